@@ -1,0 +1,175 @@
+"""Typed task-setting configs: dataset x attack x teacher x MACs budget, plus the training recipe, the proxy
+fidelity and the reward weights. One YAML file per task under ``configs/tasks/`` (override files carry a delta
+through ``base:``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import Field, field_validator, model_validator
+
+from rcnas.configio import Count, Epsilon, StrictModel, load_config
+
+ATTACK_NAMES = ("fgsm", "pgd", "cw", "aa", "aa_compact")
+
+
+class AttackConfig(StrictModel):
+    """An L-inf attack and its budget."""
+
+    name: Literal["fgsm", "pgd", "cw", "aa", "aa_compact"] = "pgd"
+    """fgsm | pgd (cross-entropy) | cw (PGD on the CW margin loss) | aa (AutoAttack standard) | aa_compact"""
+    epsilon: Epsilon
+    """perturbation bound with its unit, e.g. "8/255" """
+    steps: int = Field(20, ge=1)
+    """iterations (pgd, cw)"""
+    step_size: Optional[Epsilon] = None
+    """per-step size; default epsilon / 4 (training) or the suite's epsilon / 10"""
+    random_start: bool = True
+    """start from a uniform point in the epsilon ball (pgd, cw)"""
+
+    @property
+    def alpha(self) -> float:
+        return self.step_size if self.step_size is not None else self.epsilon / 4
+
+
+class TrainConfig(StrictModel):
+    """An adversarial training recipe (METHOD §6 defaults: TRADES, 100 epochs, SGD 0.1, x0.1 at 75 and 90)."""
+
+    loss: Literal["pgd_at", "trades"] = "trades"
+    """pgd_at (Madry) or trades"""
+    attack: AttackConfig = AttackConfig(epsilon="8/255", steps=10, step_size="2/255")  # type: ignore[arg-type]
+    """the attack that makes training examples"""
+    beta: float = Field(6.0, ge=0)
+    """TRADES trade-off"""
+    epochs: float = Field(100, gt=0)
+    """training length; fractions allowed (the schedule is per step)"""
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(2e-4, ge=0)
+    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
+    milestones: tuple[float, ...] = (0.75, 0.9)
+    """multistep: fractions of the epochs at which the lr is multiplied by gamma"""
+    gamma: float = Field(0.1, gt=0)
+    grad_clip: Optional[float] = Field(5.0, gt=0)
+    """max gradient norm; null disables clipping"""
+    select_on_val: bool = True
+    """keep the epoch with the best validation PGD accuracy (never the test split)"""
+    val_examples: int = Field(1000, ge=1)
+    """validation examples attacked after each epoch for checkpoint selection"""
+    seed: int = 0
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < m <= 1 for m in v) or list(v) != sorted(v):
+            raise ValueError("milestones are increasing fractions of the epochs in (0, 1], e.g. [0.75, 0.9]")
+        return v
+
+
+class DatasetConfig(StrictModel):
+    name: str
+    """a registered dataset: digits | cifar10 | cifar100 | tiny-imagenet"""
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    """share of the training split held out as validation (search rewards and checkpoint selection)"""
+    split_seed: int = 0
+    """seed of the train/validation split (the test split never changes)"""
+    augment: bool = True
+    """random crop (+ flip where the data allows it) during training"""
+    download: bool = False
+    """download CIFAR when missing (needs a network)"""
+
+
+class BudgetConfig(StrictModel):
+    """A MACs limit for the sub-network: absolute (``macs: 5G``) or a share of the teacher's (``ratio: 0.5``)."""
+
+    macs: Optional[Count] = None
+    ratio: Optional[float] = Field(None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _one(self) -> "BudgetConfig":
+        if (self.macs is None) == (self.ratio is None):
+            raise ValueError("give exactly one of macs (e.g. 5G) or ratio (a share of the teacher's MACs)")
+        return self
+
+
+class ProxyConfig(StrictModel):
+    """Fidelity of the cheap evaluation that turns a sub-network into a reward (METHOD §5)."""
+
+    inherit: bool = True
+    """start from the adversarially trained teacher's weights (else from scratch)"""
+    epochs: float = Field(2.0, gt=0)
+    """adversarial fine-tuning epochs (fractions allowed)"""
+    lr: float = Field(0.02, gt=0)
+    schedule: Literal["multistep", "cosine", "constant"] = "cosine"
+    data_fraction: float = Field(1.0, gt=0, le=1)
+    """share of the training split used for fine-tuning"""
+    val_examples: int = Field(300, ge=1)
+    """fixed validation subset attacked for the reward"""
+    repeats: int = Field(1, ge=1)
+    """independent seeds averaged per reward"""
+
+
+class RewardConfig(StrictModel):
+    """R = acc_rob(subnet) / acc_rob(teacher) * (1 + mu * (1 - MACs / budget)) (METHOD §3)."""
+
+    mu: float = Field(0.1, ge=0)
+    failure: float = 0.0
+    """reward of a failed evaluation (NaN loss, exception)"""
+
+
+class TaskConfig(StrictModel):
+    """One task setting."""
+
+    name: str
+    dataset: DatasetConfig
+    teacher: str
+    """a registered teacher (rcnas.models.teachers)"""
+    attack: AttackConfig
+    """the attack under which sub-networks are scored"""
+    budget: BudgetConfig
+    training: TrainConfig = TrainConfig()
+    """recipe for the teacher and for final training from scratch"""
+    proxy: ProxyConfig = ProxyConfig()
+    reward: RewardConfig = RewardConfig()
+    blocks: tuple[str, ...] = ("basic_block",)
+    """block types a stage may take (METHOD §3: switching to robust_res_block is an experiment)"""
+
+    @field_validator("teacher")
+    @classmethod
+    def _known_teacher(cls, v: str) -> str:
+        from rcnas.models.teachers import TEACHERS
+
+        TEACHERS.get(v)  # raises with the known names
+        return v
+
+    @field_validator("blocks")
+    @classmethod
+    def _known_blocks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        known = ("basic_block", "robust_res_block")
+        bad = [b for b in v if b not in known]
+        if bad or not v:
+            raise ValueError(f"unknown block type {bad}; known: {', '.join(known)}")
+        return v
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: DatasetConfig) -> DatasetConfig:
+        from rcnas.data.registry import DATASETS
+
+        DATASETS.get(v.name)
+        return v
+
+
+def load_task(path: str | Path) -> TaskConfig:
+    """Load a task YAML and check it against its teacher: the smallest sub-network must fit the budget.
+
+    Raises:
+        rcnas.errors.ConfigError: any problem, as one line naming the file.
+    """
+    from rcnas.space.space import CompressionSpace
+
+    task = load_config(path, TaskConfig)
+    CompressionSpace.for_task(task, where=str(path))  # validates the budget
+    return task

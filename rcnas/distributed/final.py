@@ -1,0 +1,40 @@
+"""evaluate.py's fan-out: one Ray task per sub-network, a GPU each when the cluster has GPUs, CPUs otherwise."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import ray
+import torch
+
+from rcnas.devices import pick_device
+from rcnas.distributed.resources import ensure_ray, worker_resources
+from rcnas.final_eval import EvalJob, evaluate_job
+
+
+def _evaluate_remote(job: EvalJob) -> dict[str, Any]:
+    # Ray sets OMP_NUM_THREADS=1 for num_cpus=1 workers; make torch agree so workers do not oversubscribe cores
+    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+    device = pick_device(want_gpu=bool(ray.get_gpu_ids()))
+    return evaluate_job(job, log=lambda m: print(m, flush=True), device=device)
+
+
+def evaluate_jobs(
+    jobs: list[EvalJob],
+    log: Callable[[str], None],
+    on_result: Callable[[dict[str, Any]], None],
+    address: str | None = None,
+) -> None:
+    """Evaluate ``jobs`` in parallel on Ray, handing each result to ``on_result`` as soon as it is done.
+
+    A worker that dies is retried by Ray (``max_retries``); the training checkpoint in the job's output folder
+    lets the retry continue from the last finished epoch.
+    """
+    ensure_ray(address)
+    remote = ray.remote(_evaluate_remote).options(max_retries=2, **worker_resources())
+    refs = {remote.remote(job): job.name for job in jobs}
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        on_result(ray.get(done[0]))
+        log(f"done: {refs[done[0]]} ({len(jobs) - len(pending)}/{len(jobs)})")

@@ -1,0 +1,34 @@
+"""Ray start-up and resource decisions taken from what the cluster reports, never assumed."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to ``address`` (or $RAY_ADDRESS, or start a local Ray) unless already connected."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def cluster_gpus() -> float:
+    """GPUs the cluster has; Ray omits the key entirely when there are none."""
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
+def worker_resources(gpus_per_worker: float = 1.0, cpus_without_gpu: float = 1.0) -> dict[str, float]:
+    """Resources for one evaluation worker: a GPU (or fraction) each when the cluster has GPUs, CPUs otherwise.
+
+    Asking for a GPU on a cluster without one would wait forever with no error, so the request is decided here.
+    """
+    if cluster_gpus() > 0:
+        return {"num_gpus": gpus_per_worker, "num_cpus": 1}
+    return {"num_gpus": 0, "num_cpus": cpus_without_gpu}

@@ -1,0 +1,117 @@
+"""Robust accuracy under several attacks (with the pointwise worst case) and the local Lipschitz estimate."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from rcnas.attacks import AttackContext, run_attack
+from rcnas.checks import check_model
+from rcnas.config import AttackConfig
+from rcnas.configio import eps_label
+from rcnas.data.tensors import TensorData, batches, to_float
+
+
+@dataclass(frozen=True)
+class AttackAccuracy:
+    """One labelled robustness number: never a bare "robust_acc"."""
+
+    label: str
+    attack: str
+    epsilon: float
+    steps: int
+    accuracy: float
+    n_examples: int
+    seed: int
+    seconds: float
+
+    @property
+    def eps_255(self) -> str:
+        return eps_label(self.epsilon)
+
+
+@dataclass(frozen=True)
+class RobustnessReport:
+    clean: float
+    attacks: tuple[AttackAccuracy, ...]
+    worst_case: Optional[float]
+    """pointwise worst case over all attacks run (an example counts only if it survives every attack)"""
+    n_examples: int
+    seed: int
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return model(x).argmax(1) == y
+
+
+def robust_accuracy(
+    model: nn.Module,
+    data: TensorData,
+    attacks: dict[str, AttackConfig],
+    *,
+    num_classes: int,
+    seed: int = 0,
+    batch_size: int = 256,
+    state_dir: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> RobustnessReport:
+    """Clean accuracy, accuracy under each attack, and the pointwise worst case, on all of ``data``.
+
+    The model is put in eval mode and checked (deterministic, logits) before anything is reported.
+    """
+    device = next(model.parameters()).device
+    model.eval()
+    check_model(model, to_float(data.x[: min(8, len(data))]).to(device))
+    clean = torch.cat([_correct(model, x, y).cpu() for x, y in batches(data, batch_size, device)])
+    survive = clean.clone()
+    results = []
+    for label, cfg in attacks.items():
+        t0 = time.perf_counter()
+        g = torch.Generator().manual_seed(seed)
+        ok = []
+        for i, (x, y) in enumerate(batches(data, 10_000 if cfg.name.startswith("aa") else batch_size, device)):
+            state = None if state_dir is None else state_dir / f"aa_state_{label}_{i}.json"
+            ctx = AttackContext(num_classes=num_classes, seed=seed, generator=g, state_path=state)
+            ok.append(_correct(model, run_attack(model, x, y, cfg, ctx), y).cpu())
+        correct = torch.cat(ok) & clean  # a misclassified clean point is not robust
+        survive &= correct
+        seconds = time.perf_counter() - t0
+        results.append(AttackAccuracy(label, cfg.name, cfg.epsilon, cfg.steps, correct.float().mean().item(),
+                                      len(data), seed, seconds))
+        if progress:
+            progress(f"{label}: {results[-1].accuracy:.4f} ({seconds:.1f}s)")
+    return RobustnessReport(
+        clean=clean.float().mean().item(),
+        attacks=tuple(results),
+        worst_case=survive.float().mean().item() if results else None,
+        n_examples=len(data),
+        seed=seed,
+    )
+
+
+def local_lipschitz(
+    model: nn.Module, data: TensorData, attack: AttackConfig, *, num_classes: int, seed: int = 0,
+    batch_size: int = 256,
+) -> float:
+    """LIPS (METHOD §3): mean over examples of ||f(x) - f(x_adv)||_1 / ||x - x_adv||_inf on logits, x_adv from
+    ``attack`` (PGD). Examples the attack leaves unchanged are skipped."""
+    device = next(model.parameters()).device
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    ratios = []
+    for x, y in batches(data, batch_size, device):
+        x_adv = run_attack(model, x, y, attack, AttackContext(num_classes=num_classes, seed=seed, generator=g))
+        with torch.no_grad():
+            num = (model(x) - model(x_adv)).abs().sum(1)
+            den = (x - x_adv).flatten(1).abs().amax(1)
+        keep = den > 0
+        ratios.append((num[keep] / den[keep]).cpu())
+    values = torch.cat(ratios)
+    return values.mean().item() if len(values) else 0.0

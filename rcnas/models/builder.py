@@ -1,0 +1,98 @@
+"""One pre-activation ResNet class for the whole family, built from an :class:`ArchSpec` (the timm way: one
+parameterised class, variants are data)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from rcnas.models.blocks import BLOCKS, copy_prefix
+from rcnas.models.layers import ACTIVATIONS, NORMALIZATIONS
+from rcnas.space.arch import ArchSpec, InputShape
+from rcnas.space.cost import stage_out_channels
+
+
+class PreActResNet(nn.Module):
+    """stem conv3x3 (no BN/act: blocks are pre-activated) -> stages -> BN -> act -> global pool -> linear.
+
+    Inputs are images in [0, 1]; outputs are logits.
+    """
+
+    def __init__(self, arch: ArchSpec, shape: InputShape) -> None:
+        super().__init__()
+        self.arch, self.shape = arch, shape
+        self.stem = nn.Conv2d(shape.channels, arch.stem_channels, 3, arch.stem_stride, 1, bias=False)
+        c_in = arch.stem_channels
+        stages = []
+        for stage in arch.stages:
+            block = BLOCKS.get(stage.block)
+            layers = []
+            for i in range(stage.depth):
+                layers.append(block(c_in, stage, stage.stride if i == 0 else 1, arch.block_params))
+                c_in = stage_out_channels(stage)
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.ModuleList(stages)
+        last = arch.stages[-1]
+        self.head_norm = NORMALIZATIONS.get(last.normalization)(c_in)
+        self.head_act = ACTIVATIONS.get(last.activation)()
+        self.fc = nn.Linear(c_in, shape.num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # He init on fan-out, unit BN, zero biases: the RobustResNet / WRN recipe that the sizes table assumes
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.stem(x)
+        for stage in self.stages:
+            out = stage(out)
+        out = self.head_act(self.head_norm(out))
+        out = nn.functional.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.fc(out)
+
+
+def build_model(arch: ArchSpec, shape: InputShape) -> PreActResNet:
+    """Build a freshly initialised network for ``arch`` on inputs of ``shape``.
+
+    Example:
+        >>> from rcnas.models.teachers import get_teacher
+        >>> model = build_model(get_teacher("tiny-444").arch, InputShape(1, 8, 10))
+    """
+    return PreActResNet(arch, shape)
+
+
+@torch.no_grad()
+def inherit_weights(student: PreActResNet, teacher: PreActResNet) -> dict[str, int]:
+    """Copy the teacher's weights into a sub-network of it (first blocks, first channels; METHOD §2).
+
+    A stage whose block type differs from the teacher's keeps its fresh initialisation, as does any tensor that
+    does not fit inside the teacher's (the input side of the stage after a switched one).
+
+    Returns:
+        counts of ``inherited`` and ``fresh`` blocks, for provenance.
+    """
+    copy_prefix(student.stem.weight, teacher.stem.weight)
+    counts = {"inherited": 0, "fresh": 0}
+    for s_stage, t_stage, s_spec, t_spec in zip(student.stages, teacher.stages, student.arch.stages,
+                                                teacher.arch.stages):
+        if s_spec.block != t_spec.block:
+            counts["fresh"] += len(s_stage)
+            continue
+        for s_block, t_block in zip(s_stage, t_stage):
+            s_block.inherit_from(t_block)
+            counts["inherited"] += 1
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        copy_prefix(getattr(student.head_norm, name), getattr(teacher.head_norm, name))
+    copy_prefix(student.fc.weight, teacher.fc.weight)
+    copy_prefix(student.fc.bias, teacher.fc.bias)
+    return counts

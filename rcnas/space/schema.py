@@ -1,0 +1,141 @@
+"""Sub-network files in the RobustResNet YAML schema (robust-residual-network, NARes-Train, RC-NAS reference), so a
+file written here trains in that ecosystem and theirs loads here.
+
+Their files also carry training sections (``criterion``, ``optimizer``, ``scheduler``, ``dataset``...), which we
+accept and ignore (training comes from the task), and we add an optional ``rcnas:`` section with the robust-block
+hyper-parameters their YAML lacks and the provenance of a searched result.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import Field, model_validator
+
+from rcnas.configio import StrictModel, read_yaml, validate
+from rcnas.errors import ConfigError
+from rcnas.space.arch import ArchSpec, RobustBlockParams, StageSpec
+
+BLOCK_NAMES = ("basic_block", "robust_res_block")
+
+
+class ModelSection(StrictModel):
+    name: Literal["PreActResNet"] = "PreActResNet"
+    num_classes: Optional[int] = None
+    channel_configs: list[int]
+    """stem channels, then each stage's planes (16*W1, 32*W2, 64*W3)"""
+    depth_configs: list[int]
+    stride_config: list[int]
+    block_types: list[str]
+    activations: list[str]
+    normalizations: list[str]
+    kernel_size_configs: list[int]
+    drop_rate_config: Optional[list[float]] = None
+    zero_init_residual: bool = False
+    stem_stride: int = 1
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelSection":
+        n = len(self.depth_configs)
+        lengths = {
+            "channel_configs": len(self.channel_configs) - 1, "stride_config": len(self.stride_config),
+            "block_types": len(self.block_types), "activations": len(self.activations),
+            "normalizations": len(self.normalizations), "kernel_size_configs": len(self.kernel_size_configs),
+        }
+        bad = {k: v for k, v in lengths.items() if v != n}
+        if bad:
+            raise ValueError(f"per-stage lists disagree with depth_configs' {n} stages: {bad} "
+                             "(channel_configs has the stem first, so one entry more)")
+        unknown = sorted(set(self.block_types) - set(BLOCK_NAMES))
+        if unknown:
+            raise ValueError(f"unknown block type {unknown}; known: {', '.join(BLOCK_NAMES)}")
+        if min(self.depth_configs + self.channel_configs + self.kernel_size_configs + self.stride_config) < 1:
+            raise ValueError("depths, channels, kernel sizes and strides must be >= 1")
+        return self
+
+
+class RobustBlockParamsModel(StrictModel):
+    scales: int = Field(8, ge=1)
+    base_width: int = Field(10, ge=1)
+    cardinality: int = Field(4, ge=1)
+    se_reduction: int = Field(64, ge=1)
+
+
+class RcnasSection(StrictModel):
+    """Our additions: robust-block hyper-parameters and where a searched sub-network came from."""
+
+    block_params: RobustBlockParamsModel = RobustBlockParamsModel()
+    teacher: Optional[str] = None
+    task: Optional[str] = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class SubnetFile(StrictModel):
+    model: ModelSection
+    rcnas: Optional[RcnasSection] = None
+    # carried by RobustResNet-style files; accepted, not used (the task config supplies training)
+    num_classes: Optional[int] = None
+    epochs: Optional[int] = None
+    grad_clip: Optional[float] = None
+    log_frequency: Optional[int] = None
+    criterion: Optional[dict[str, Any]] = None
+    dataset: Optional[dict[str, Any]] = None
+    optimizer: Optional[dict[str, Any]] = None
+    scheduler: Optional[dict[str, Any]] = None
+
+
+def to_arch(f: SubnetFile) -> ArchSpec:
+    m = f.model
+    p = (f.rcnas.block_params if f.rcnas else RobustBlockParamsModel()).model_dump()
+    stages = tuple(
+        StageSpec(depth=d, channels=c, block=b, stride=s, kernel_size=k, activation=a, normalization=nrm)
+        for d, c, b, s, k, a, nrm in zip(m.depth_configs, m.channel_configs[1:], m.block_types, m.stride_config,
+                                        m.kernel_size_configs, m.activations, m.normalizations)
+    )
+    return ArchSpec(m.channel_configs[0], stages, RobustBlockParams(**p), m.stem_stride)
+
+
+def from_arch(arch: ArchSpec, num_classes: int | None = None, **rcnas: Any) -> SubnetFile:
+    model = ModelSection(
+        num_classes=num_classes,
+        channel_configs=[arch.stem_channels, *arch.channels],
+        depth_configs=list(arch.depths),
+        stride_config=[s.stride for s in arch.stages],
+        block_types=list(arch.blocks),
+        activations=[s.activation for s in arch.stages],
+        normalizations=[s.normalization for s in arch.stages],
+        kernel_size_configs=[s.kernel_size for s in arch.stages],
+        drop_rate_config=[0.0] * len(arch.stages),
+        stem_stride=arch.stem_stride,
+    )
+    section = RcnasSection(block_params=RobustBlockParamsModel(**_asdict(arch.block_params)), **rcnas)
+    return SubnetFile(model=model, rcnas=section, num_classes=num_classes)
+
+
+def _asdict(p: RobustBlockParams) -> dict[str, int]:
+    return {"scales": p.scales, "base_width": p.base_width, "cardinality": p.cardinality,
+            "se_reduction": p.se_reduction}
+
+
+def load_subnet(path: str | Path) -> tuple[ArchSpec, SubnetFile]:
+    """Read a sub-network YAML (ours or RobustResNet's); raises ConfigError with the file and key on problems."""
+    from rcnas.models.layers import ACTIVATIONS, NORMALIZATIONS
+
+    f = validate(SubnetFile, read_yaml(path), str(path))
+    for kind, names, reg in (("activations", f.model.activations, ACTIVATIONS),
+                             ("normalizations", f.model.normalizations, NORMALIZATIONS)):
+        for n in names:
+            if n not in reg:
+                raise ConfigError(f"{path}: model.{kind}: unknown {n!r}; known: {', '.join(reg.names())}")
+    return to_arch(f), f
+
+
+def dump_subnet(f: SubnetFile, path: str | Path) -> None:
+    """Write ``f`` as YAML (keys in schema order, no nulls)."""
+    data = f.model_dump(exclude_none=True)
+    if data.get("rcnas", {}).get("metrics") == {}:
+        data["rcnas"].pop("metrics")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
