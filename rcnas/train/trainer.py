@@ -141,11 +141,11 @@ def adversarial_train(
         if not cfg.select_on_val or val_rob > state["best_acc"]:
             state.update(best_acc=val_rob, best_epoch=epoch + 1, best=copy.deepcopy(model.state_dict()))
         state["epoch"] = epoch + 1
-        if progress:
-            progress(row)
-        if checkpoint is not None:
+        if checkpoint is not None:  # before reporting, so that whatever the caller does next, the epoch is kept
             _save_atomic({**state, "model": model.state_dict(), "optimizer": opt.state_dict(),
                           "generator": g.get_state()}, checkpoint)
+        if progress:
+            progress(row)
     if state["best"] is not None:
         model.load_state_dict(state["best"])
     return TrainResult(state["step"] / steps_per_epoch, state["best_epoch"], max(state["best_acc"], 0.0),

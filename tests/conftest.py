@@ -1,0 +1,51 @@
+"""Shared fixtures: small real data (scikit-learn's digits) and tiny models; no network, no GPU."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from rcnas.config import DatasetConfig
+    from rcnas.data.registry import load_splits
+
+    return load_splits(DatasetConfig(name="digits", val_fraction=0.25))
+
+
+@pytest.fixture(scope="session")
+def standard_digits_model(digits):
+    """A tiny CNN trained without any adversarial examples: accurate on clean digits, not robust."""
+    from rcnas.data.tensors import batches
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(16 * 64, 10)
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        for x, y in batches(digits.train, 64, shuffle=True, generator=g):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    return model.eval()
+
+
+def run_script(*args: str, timeout: int = 600, env: dict | None = None):
+    """Run a repo entry point in a subprocess, the way a user does."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})},
+    )

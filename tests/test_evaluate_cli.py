@@ -1,0 +1,78 @@
+"""evaluate.py as a user runs it: the smoke run's table, --profile, and one clear line (exit 2) per mistake."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import ROOT, run_script
+
+TASK = "configs/tasks/digits-pgd-e20-t444-r35.yaml"
+SUB = "configs/subnets/digits/tiny-444-half.yaml"
+
+
+def test_smoke_run_writes_a_consistent_table(tmp_path):
+    proc = run_script("evaluate.py", "--smoke-test", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    (r,) = results
+    accs = {a["label"]: a["accuracy"] for a in r["attacks"]}
+    assert set(accs) == {"fgsm", "pgd20", "cw40", "aa_compact"}
+    assert all(a <= r["clean"] for a in accs.values())
+    assert r["worst_case"] <= min(accs.values())
+    assert r["eps_255"] == "51/255" and r["n_examples"] == 64 and r["split"] == "test" and r["seed"] == 0
+    assert r["macs"] == 712976 and r["params"] == 94422
+    assert "pgd20 (20 steps)" in proc.stdout and "51/255" in proc.stdout
+    assert (tmp_path / "results.md").read_text().count("|") > 10
+    assert (tmp_path / "tiny-444-half" / "model.pt").is_file()
+
+
+def test_checkpoint_is_evaluated_without_training(tmp_path):
+    first = run_script("evaluate.py", "--smoke-test", "--out", str(tmp_path / "a"), "--attacks", "clean,pgd20")
+    assert first.returncode == 0, first.stderr
+    ckpt = tmp_path / "a" / "tiny-444-half" / "model.pt"
+    again = run_script("evaluate.py", SUB, "--task", TASK, "--checkpoint", str(ckpt), "--n-examples", "64",
+                       "--attacks", "clean,pgd20", "--out", str(tmp_path / "b"))
+    assert again.returncode == 0, again.stderr
+    a = json.loads((tmp_path / "a/results.json").read_text())[0]
+    b = json.loads((tmp_path / "b/results.json").read_text())[0]
+    assert "training" not in again.stderr
+    assert a["clean"] == b["clean"] and a["attacks"] == [{**x, "seconds": x["seconds"]} for x in a["attacks"]]
+    assert [x["accuracy"] for x in a["attacks"]] == [x["accuracy"] for x in b["attacks"]]
+
+
+def test_profile_prints_params_and_macs(tmp_path):
+    proc = run_script("evaluate.py", "configs/subnets/cifar10/WRN-A1.yaml", "--profile")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["params"] == pytest.approx(18.71e6, rel=0.01) and out["macs"] == pytest.approx(5.08e9, rel=0.01)
+
+
+def _one_line_error(proc, *fragments):
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def test_bad_inputs_each_get_one_line_and_exit_2(tmp_path):
+    _one_line_error(run_script("evaluate.py", "nope.yaml", "--task", TASK), "nope.yaml", "no such config file")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / TASK).read_text().replace("base: _digits_base.yaml",
+                                                     f"base: {ROOT / 'configs/tasks/_digits_base.yaml'}")
+                   + "colour: red\n")
+    _one_line_error(run_script("evaluate.py", SUB, "--task", str(bad)), "colour", "unknown key")
+    eps = tmp_path / "eps.yaml"
+    eps.write_text(bad.read_text().replace("colour: red\n", "").replace('epsilon: "1/5"', "epsilon: 0.2"))
+    _one_line_error(run_script("evaluate.py", SUB, "--task", str(eps)), "no explicit unit")
+    big = "configs/subnets/cifar10/WRN-A1.yaml"
+    _one_line_error(run_script("evaluate.py", big, "--task", TASK), "larger than teacher tiny-444")
+    low = tmp_path / "low.yaml"
+    low.write_text(bad.read_text().replace("colour: red\n", "").replace("budget: {ratio: 0.35}", "budget: {macs: 10}"))
+    _one_line_error(run_script("evaluate.py", SUB, "--task", str(low)), "below the smallest sub-network")
+    _one_line_error(run_script("evaluate.py", SUB, "--task", TASK, "--attacks", "pgd,square"), "--attacks")
+    cifar = "configs/tasks/cifar10-cw-wrna4-10g.yaml"
+    _one_line_error(run_script("evaluate.py", "configs/subnets/cifar10/WRN-A1.yaml", "--task", cifar,
+                               "--data-root", str(tmp_path)), "cifar10", "not found", str(tmp_path))
