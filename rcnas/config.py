@@ -133,8 +133,8 @@ class TaskConfig(StrictModel):
     """recipe for the teacher and for final training from scratch"""
     proxy: ProxyConfig = ProxyConfig()
     reward: RewardConfig = RewardConfig()
-    blocks: tuple[str, ...] = ("basic_block",)
-    """block types a stage may take (METHOD §3: switching to robust_res_block is an experiment)"""
+    blocks: tuple[str, ...] = ()
+    """block types a stage may take; empty: the teacher's own (METHOD §3: switching blocks is an experiment)"""
 
     @field_validator("teacher")
     @classmethod
@@ -149,7 +149,7 @@ class TaskConfig(StrictModel):
     def _known_blocks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         known = ("basic_block", "robust_res_block")
         bad = [b for b in v if b not in known]
-        if bad or not v:
+        if bad:
             raise ValueError(f"unknown block type {bad}; known: {', '.join(known)}")
         return v
 

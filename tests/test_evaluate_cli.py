@@ -76,3 +76,15 @@ def test_bad_inputs_each_get_one_line_and_exit_2(tmp_path):
     cifar = "configs/tasks/cifar10-cw-wrna4-10g.yaml"
     _one_line_error(run_script("evaluate.py", "configs/subnets/cifar10/WRN-A1.yaml", "--task", cifar,
                                "--data-root", str(tmp_path)), "cifar10", "not found", str(tmp_path))
+
+
+@pytest.mark.ray
+def test_several_configs_run_in_parallel_on_ray_workers(tmp_path):
+    proc = run_script("evaluate.py", SUB, "configs/subnets/digits/tiny-444-deep-narrow.yaml", "--task", TASK,
+                      "--epochs", "0.3", "--n-examples", "32", "--attacks", "clean,pgd20", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(r["name"] for r in results) == ["tiny-444-deep-narrow", "tiny-444-half"]
+    assert len({r["node"] for r in results}) == 1 and all(r["device"] == "cpu" for r in results)
+    assert "done: tiny-444-half" in proc.stderr and "done: tiny-444-deep-narrow" in proc.stderr
+    assert "(pid=" in proc.stderr or "pid=" in proc.stderr + proc.stdout, "work ran in Ray worker processes"

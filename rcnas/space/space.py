@@ -1,6 +1,10 @@
 """The compression search space of one task: per-stage (depth, width factor, block type) choices inside a
 teacher, and the budget wall (AMC's "action wall") that keeps every finished sub-network within its MACs budget.
 
+Actions index a fixed grid ``block x depth x width`` (:class:`ActionGrid`), so that tasks with different teachers
+share one action space and one policy can meta-train across them; grid cells a stage cannot take (deeper or wider
+than the teacher's stage, a block type the task does not offer) are never valid.
+
 Pure Python + numpy: the Gymnasium env calls :meth:`CompressionSpace.mask` on every step.
 """
 
@@ -28,12 +32,38 @@ from rcnas.space.cost import (
 if TYPE_CHECKING:
     from rcnas.config import TaskConfig
 
+GRID_BLOCKS = ("basic_block", "robust_res_block")
+
 
 @dataclass(frozen=True, slots=True)
 class StageChoice:
     depth: int
     width: int
     block: str
+
+
+@dataclass(frozen=True, slots=True)
+class ActionGrid:
+    """Action ``a`` <-> (block, depth, width): ``a = (b * max_depth + depth - 1) * max_width + width - 1``."""
+
+    max_depth: int
+    max_width: int
+
+    @property
+    def n(self) -> int:
+        return len(GRID_BLOCKS) * self.max_depth * self.max_width
+
+    def encode(self, c: StageChoice) -> int:
+        return (GRID_BLOCKS.index(c.block) * self.max_depth + c.depth - 1) * self.max_width + c.width - 1
+
+    def decode(self, a: int) -> StageChoice:
+        b, rest = divmod(int(a), self.max_depth * self.max_width)
+        d, w = divmod(rest, self.max_width)
+        return StageChoice(d + 1, w + 1, GRID_BLOCKS[b])
+
+    @classmethod
+    def for_teacher(cls, teacher: TeacherSpec) -> "ActionGrid":
+        return cls(max(teacher.arch.depths), max(teacher.widths))
 
 
 class CompressionSpace:
@@ -44,22 +74,28 @@ class CompressionSpace:
         shape: the dataset's input shape (MACs depend on resolution and class count).
         budget_macs: the MACs limit.
         blocks: block types a stage may take; empty means the teacher's own.
+        grid: the action grid; default: the smallest one holding this teacher.
     """
 
-    def __init__(self, teacher: TeacherSpec, shape: InputShape, budget_macs: float, blocks: tuple[str, ...] = ()):
+    def __init__(self, teacher: TeacherSpec, shape: InputShape, budget_macs: float, blocks: tuple[str, ...] = (),
+                 grid: ActionGrid | None = None):
         self.teacher, self.shape, self.budget = teacher, shape, float(budget_macs)
-        kinds = blocks or tuple(dict.fromkeys(teacher.arch.blocks))
-        self.choices: tuple[tuple[StageChoice, ...], ...] = tuple(
-            tuple(
-                StageChoice(d, w, b)
-                for b in kinds
+        self.blocks = blocks or tuple(dict.fromkeys(teacher.arch.blocks))
+        self.grid = grid or ActionGrid.for_teacher(teacher)
+        if self.grid.max_depth < max(teacher.arch.depths) or self.grid.max_width < max(teacher.widths):
+            raise ConfigError(f"action grid {self.grid} is smaller than teacher {teacher.name}")
+        self.n_actions = self.grid.n
+        self.choices: tuple[dict[int, StageChoice], ...] = tuple(
+            {
+                self.grid.encode(c): c
+                for b in self.blocks
                 for d in range(1, stage.depth + 1)
                 for w in range(1, width + 1)
                 if b != "robust_res_block" or self._robust_ok(base * w)
-            )
+                for c in (StageChoice(d, w, b),)
+            }
             for stage, width, base in zip(teacher.arch.stages, teacher.widths, teacher.base_channels)
         )
-        self.n_actions = max(len(c) for c in self.choices)
         self._stem, size = stem_cost(teacher.arch, shape)
         sizes = [size]
         for stage in teacher.arch.stages:
@@ -75,7 +111,8 @@ class CompressionSpace:
         return robust_width(planes, p) >= p.cardinality and planes * 4 // p.se_reduction >= 1
 
     @classmethod
-    def for_task(cls, task: "TaskConfig", where: str | None = None) -> "CompressionSpace":
+    def for_task(cls, task: "TaskConfig", where: str | None = None, grid: ActionGrid | None = None,
+                 ) -> "CompressionSpace":
         """The space of a task; raises ConfigError when even the smallest sub-network exceeds the budget."""
         from rcnas.data.registry import DATASETS
         from rcnas.models.teachers import get_teacher
@@ -84,7 +121,7 @@ class CompressionSpace:
         shape = DATASETS.get(task.dataset.name).shape
         teacher_macs = arch_cost(teacher.arch, shape).macs
         budget = task.budget.macs if task.budget.macs is not None else task.budget.ratio * teacher_macs
-        space = cls(teacher, shape, budget, task.blocks)
+        space = cls(teacher, shape, budget, task.blocks, grid)
         if space.min_macs > space.budget:
             raise ConfigError(
                 f"{where or task.name}: budget.{'macs' if task.budget.macs is not None else 'ratio'}: "
@@ -98,26 +135,27 @@ class CompressionSpace:
         return len(self.choices)
 
     # -- costs ---------------------------------------------------------------------------------------------
-    def _choice_stage(self, i: int, ch: StageChoice) -> StageSpec:
+    def stage_spec(self, i: int, ch: StageChoice) -> StageSpec:
         stage = self.teacher.arch.stages[i]
         return replace(stage, depth=ch.depth, channels=self.teacher.base_channels[i] * ch.width, block=ch.block)
 
     def _stage_costs_uncached(self, i: int, c_in: int) -> tuple[np.ndarray, np.ndarray]:
-        """MACs of each choice of stage ``i`` entered with ``c_in`` channels, and each choice's output channels."""
-        macs, outs = [], []
-        for ch in self.choices[i]:
-            spec = self._choice_stage(i, ch)
-            cost, _ = stage_cost(spec, c_in, self._sizes[i], self.teacher.arch.block_params)
-            macs.append(cost.macs)
-            outs.append(stage_out_channels(spec))
-        return np.asarray(macs, dtype=np.float64), np.asarray(outs, dtype=np.int64)
+        """MACs of every grid action at stage ``i`` entered with ``c_in`` channels (inf where the stage cannot take
+        it), and each action's output channels."""
+        macs = np.full(self.n_actions, np.inf)
+        outs = np.zeros(self.n_actions, dtype=np.int64)
+        for a, ch in self.choices[i].items():
+            spec = self.stage_spec(i, ch)
+            macs[a] = stage_cost(spec, c_in, self._sizes[i], self.teacher.arch.block_params)[0].macs
+            outs[a] = stage_out_channels(spec)
+        return macs, outs
 
     def _min_rest_uncached(self, i: int, c_in: int) -> int:
         """Smallest MACs of stages i.. plus the head, entered with ``c_in`` channels."""
         if i == self.n_stages:
             return head_cost(c_in, self._sizes[-1], self.shape.num_classes).macs
         macs, outs = self._stage_costs(i, c_in)
-        return int(min(m + self._min_rest(i + 1, int(o)) for m, o in zip(macs, outs)))
+        return int(min(macs[a] + self._min_rest(i + 1, int(outs[a])) for a in self.choices[i]))
 
     def prefix(self, actions: tuple[int, ...]) -> tuple[float, int]:
         """(MACs of the stem and the decided stages, channels entering the next stage)."""
@@ -136,10 +174,17 @@ class CompressionSpace:
         i = len(actions)
         used, c_in = self.prefix(actions)
         macs, outs = self._stage_costs(i, c_in)
-        rest = np.asarray([self._min_rest(i + 1, int(o)) for o in outs], dtype=np.float64)
         out = np.zeros(self.n_actions, dtype=bool)
-        out[: len(macs)] = used + macs + rest <= self.budget
+        for a in self.choices[i]:
+            out[a] = used + macs[a] + self._min_rest(i + 1, int(outs[a])) <= self.budget
         return out
+
+    def cheapest(self, actions: tuple[int, ...]) -> int:
+        """The valid action of the next stage with the cheapest completion (a safe fallback)."""
+        i = len(actions)
+        _, c_in = self.prefix(actions)
+        macs, outs = self._stage_costs(i, c_in)
+        return min(self.choices[i], key=lambda a: macs[a] + self._min_rest(i + 1, int(outs[a])))
 
     # -- sub-networks ----------------------------------------------------------------------------------------
     def arch(self, actions: tuple[int, ...]) -> ArchSpec:
@@ -147,6 +192,13 @@ class CompressionSpace:
         chosen = [self.choices[i][a] for i, a in enumerate(actions)]
         return self.teacher.subnet(
             tuple(c.depth for c in chosen), tuple(c.width for c in chosen), tuple(c.block for c in chosen)
+        )
+
+    def actions_of(self, arch: ArchSpec) -> tuple[int, ...]:
+        """The actions that build ``arch`` (inverse of :meth:`arch`)."""
+        return tuple(
+            self.grid.encode(StageChoice(s.depth, s.channels // b, s.block))
+            for s, b in zip(arch.stages, self.teacher.base_channels)
         )
 
     def cost(self, arch: ArchSpec) -> Cost:
@@ -161,4 +213,7 @@ class CompressionSpace:
         return actions
 
     def index(self, stage: int, choice: StageChoice) -> int:
-        return self.choices[stage].index(choice)
+        a = self.grid.encode(choice)
+        if a not in self.choices[stage]:
+            raise ValueError(f"{choice} is not a choice of stage {stage + 1}")
+        return a

@@ -1,0 +1,125 @@
+"""The compression environment: compress a task's teacher stage by stage, then get the sub-network's reward.
+
+One step per stage; the action picks the stage's (depth, width factor, block type) on a grid shared by all tasks
+of an experiment; ``action_mask`` is the budget wall, so every episode ends within the MACs budget. The reward is 0
+until the last step, then :func:`rcnas.reward.compression_reward` of the evaluator's metrics. With several tasks
+(meta-training), every episode draws its task from them.
+
+No Ray here: the evaluator is injected (default: the in-process proxy evaluator).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import gymnasium as gym
+import numpy as np
+
+from envs import observation
+from envs.evaluator import Evaluator
+from rcnas.config import TaskConfig, load_task
+from rcnas.proxy.records import TeacherStats
+from rcnas.reward import compression_reward
+from rcnas.space.schema import from_arch
+from rcnas.space.space import ActionGrid, CompressionSpace
+
+
+def _as_task(task: TaskConfig | str | Path) -> TaskConfig:
+    return task if isinstance(task, TaskConfig) else load_task(task)
+
+
+class CompressionEnv(gym.Env):
+    """Args (keywords, or the same keys in RLlib's ``env_config`` mapping):
+        task: a task config or YAML path; or
+        tasks: several (meta-training: one drawn per episode);
+        evaluator: scores sub-networks (default: ``LocalEvaluator`` in this process);
+        grid: ``(max_depth, max_width)`` of the action grid (default: the smallest holding every task's teacher).
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, config: Optional[Mapping[str, Any]] = None, *, task: TaskConfig | str | Path | None = None,
+                 tasks: Sequence[TaskConfig | str | Path] | None = None, evaluator: Optional[Evaluator] = None,
+                 grid: Optional[Sequence[int]] = None) -> None:
+        cfg = dict(config or {})
+        task, tasks = task or cfg.get("task"), tasks or cfg.get("tasks")
+        evaluator, grid = evaluator or cfg.get("evaluator"), grid or cfg.get("grid")
+        specs = [task] if task is not None else list(tasks or [])
+        if not specs:
+            raise ValueError("CompressionEnv needs task=<yaml or TaskConfig> or tasks=[...]")
+        self.tasks = [_as_task(t) for t in specs]
+        if evaluator is None:
+            from rcnas.proxy.local import LocalEvaluator
+
+            evaluator = LocalEvaluator()
+        self.evaluator = evaluator
+        spaces = [CompressionSpace.for_task(t) for t in self.tasks]
+        self.grid = ActionGrid(*grid) if grid else ActionGrid(max(s.grid.max_depth for s in spaces),
+                                                              max(s.grid.max_width for s in spaces))
+        self.spaces = [CompressionSpace.for_task(t, grid=self.grid) for t in self.tasks]
+        if max(s.n_stages for s in self.spaces) > observation.MAX_STAGES:
+            raise ValueError(f"teachers with more than {observation.MAX_STAGES} stages need a larger observation")
+        self.action_space = gym.spaces.Discrete(self.grid.n)
+        self.observation_space = gym.spaces.Dict({
+            "observations": gym.spaces.Box(-observation.BOUND, observation.BOUND, (observation.SIZE,), np.float32),
+            "action_mask": gym.spaces.Box(0.0, 1.0, (self.grid.n,), np.float32),
+        })
+        self._teacher: dict[int, TeacherStats] = {}
+        self._index, self._actions = 0, ()
+
+    @property
+    def task(self) -> TaskConfig:
+        return self.tasks[self._index]
+
+    @property
+    def space(self) -> CompressionSpace:
+        return self.spaces[self._index]
+
+    def teacher_stats(self, index: int) -> TeacherStats:
+        if index not in self._teacher:
+            self._teacher[index] = self.evaluator.teacher_stats(self.tasks[index])
+        return self._teacher[index]
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        stats = self.teacher_stats(self._index)
+        obs = observation.encode(self.space, self._actions, stats, observation.task_descriptor(self.task, self.space))
+        mask = self.space.mask(self._actions) if len(self._actions) < self.space.n_stages else \
+            np.zeros(self.grid.n, dtype=bool)
+        return {"observations": obs, "action_mask": mask.astype(np.float32)}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        want = (options or {}).get("task_index")
+        self._index = int(want) if want is not None else int(self.np_random.integers(len(self.tasks)))
+        self._actions = ()
+        return self._obs(), {"task": self.task.name}
+
+    def step(self, action: int):
+        if len(self._actions) >= self.space.n_stages:
+            raise RuntimeError("step() after the episode ended: call reset()")
+        action = int(action)
+        invalid = not self.space.mask(self._actions)[action]
+        if invalid:  # a policy that ignores the mask still gets a within-budget sub-network, and is told so
+            action = self.space.cheapest(self._actions)
+        self._actions += (action,)
+        info: dict[str, Any] = {"task": self.task.name, "invalid_action": invalid}
+        if len(self._actions) < self.space.n_stages:
+            return self._obs(), 0.0, False, False, info
+        return self._obs(), *self._finish(info)
+
+    def _finish(self, info: dict[str, Any]) -> tuple[float, bool, bool, dict[str, Any]]:
+        arch = self.space.arch(self._actions)
+        result = self.evaluator.evaluate(self.task, arch)
+        m, teacher = result.metrics, self.teacher_stats(self._index)
+        reward = compression_reward(m.robust_acc, teacher.robust_acc, m.macs, self.space.budget, self.task.reward,
+                                    ok=m.ok)
+        info.update(
+            subnet=from_arch(arch, self.space.shape.num_classes, teacher=self.task.teacher,
+                             task=self.task.name).model_dump(mode="json", exclude_none=True),
+            arch=arch.short(), arch_key=arch.key(), actions=list(self._actions), metrics=m.to_dict(),
+            cached=result.cached, budget=self.space.budget, teacher_robust_acc=teacher.robust_acc,
+            provenance={"task_key": result.key.task, "fidelity_key": result.key.fidelity, "seed": result.key.seed,
+                        "node": m.node, "device": m.device, "code_version": m.code_version},
+        )
+        return float(reward), True, False, info

@@ -1,0 +1,84 @@
+"""The proxy evaluation of one candidate (METHOD §5): inherit the adversarially trained teacher's weights, fine-tune
+adversarially for a few epochs on the training split, attack the fixed validation subset with the task's attack.
+
+Never raises for a bad candidate: a non-finite loss or an exception in the model becomes a ``failed`` record with
+its reason, so a search keeps going.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from typing import Optional
+
+import torch
+
+from rcnas.attacks import AttackContext, run_attack
+from rcnas.config import TaskConfig
+from rcnas.data.registry import DATASETS
+from rcnas.data.tensors import DataSplits, batches
+from rcnas.models.builder import PreActResNet, build_model, inherit_weights
+from rcnas.provenance import code_version, derive_seed, fidelity_key, task_key
+from rcnas.proxy.records import ProxyMetrics
+from rcnas.space.arch import ArchSpec
+from rcnas.space.cost import arch_cost
+from rcnas.train import adversarial_train
+
+
+def _val_accuracy(model: torch.nn.Module, task: TaskConfig, data: DataSplits, seed: int,
+                  num_classes: int) -> tuple[float, float]:
+    model.eval()
+    val = data.val.head(task.proxy.val_examples)
+    device = next(model.parameters()).device
+    ctx = AttackContext(num_classes=num_classes, seed=seed, generator=torch.Generator().manual_seed(seed))
+    clean = robust = 0
+    for x, y in batches(val, 512, device):
+        x_adv = run_attack(model, x, y, task.attack, ctx)
+        with torch.no_grad():
+            ok = model(x).argmax(1) == y
+            clean += ok.sum().item()
+            robust += (ok & (model(x_adv).argmax(1) == y)).sum().item()
+    return clean / len(val), robust / len(val)
+
+
+def proxy_evaluate(task: TaskConfig, arch: ArchSpec, data: DataSplits, teacher: Optional[PreActResNet],
+                   device: torch.device, seed: int = 0) -> ProxyMetrics:
+    """Score ``arch`` on ``task``; ``teacher`` supplies inherited weights when ``task.proxy.inherit``."""
+    t0 = time.perf_counter()
+    info = DATASETS.get(task.dataset.name)
+    cost = arch_cost(arch, info.shape)
+    p = task.proxy
+    base = dict(macs=cost.macs, params=cost.params, attack=task.attack.name, epsilon=task.attack.epsilon,
+                steps=task.attack.steps, n_val=min(p.val_examples, len(data.val)), seed=seed, repeats=p.repeats,
+                fine_tune_epochs=p.epochs, device=str(device), node=platform.node(), code_version=code_version())
+    robust, clean, counts = [], [], {"inherited": 0, "fresh": 0}
+    try:
+        for r in range(p.repeats):
+            s = derive_seed(task_key(task), arch.key(), fidelity_key(task), seed, r)
+            torch.manual_seed(s)
+            model = build_model(arch, info.shape).to(device)
+            if p.inherit and teacher is not None:
+                counts = inherit_weights(model, teacher)
+            recipe = task.training.model_copy(update={"epochs": p.epochs, "lr": p.lr, "schedule": p.schedule,
+                                                      "select_on_val": False, "seed": s})
+            res = adversarial_train(model, data, recipe, num_classes=info.shape.num_classes,
+                                    crop_padding=info.crop_padding if task.dataset.augment else 0,
+                                    flip=info.flip and task.dataset.augment, data_fraction=p.data_fraction)
+            if res.diverged:
+                return _failed(base, counts, f"fine-tuning diverged: {res.reason}", t0)
+            c, rob = _val_accuracy(model, task, data, s, info.shape.num_classes)
+            clean.append(c)
+            robust.append(rob)
+    except Exception as exc:  # noqa: BLE001 - any failure of one candidate must not stop the search
+        return _failed(base, counts, f"{type(exc).__name__}: {exc}", t0)
+    return ProxyMetrics(status="ok", reason="", robust_acc=statistics.fmean(robust),
+                        robust_sd=statistics.pstdev(robust), clean_acc=statistics.fmean(clean),
+                        inherited_blocks=counts["inherited"], fresh_blocks=counts["fresh"],
+                        seconds=time.perf_counter() - t0, **base)  # type: ignore[arg-type]
+
+
+def _failed(base: dict, counts: dict[str, int], reason: str, t0: float) -> ProxyMetrics:
+    return ProxyMetrics(status="failed", reason=reason, robust_acc=0.0, robust_sd=0.0, clean_acc=0.0,
+                        inherited_blocks=counts["inherited"], fresh_blocks=counts["fresh"],
+                        seconds=time.perf_counter() - t0, **base)

@@ -1,0 +1,79 @@
+"""The in-process evaluator: the default of the environment, and what each Ray evaluation actor runs inside."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from rcnas.config import TaskConfig
+from rcnas.data.registry import load_splits
+from rcnas.data.tensors import DataSplits
+from rcnas.devices import pick_device
+from rcnas.models.builder import PreActResNet
+from rcnas.provenance import content_key, fidelity_key, task_key, teacher_key
+from rcnas.proxy.evaluate import proxy_evaluate
+from rcnas.proxy.records import EvalKey, Evaluation, ProxyMetrics, TeacherStats
+from rcnas.proxy.store import EvaluationStore
+from rcnas.proxy.teacher import cache_root, load_or_train_teacher, measure_teacher
+from rcnas.space.arch import ArchSpec
+
+
+def eval_key(task: TaskConfig, arch: ArchSpec, seed: int = 0) -> EvalKey:
+    return EvalKey(task_key(task), arch.key(), fidelity_key(task), seed)
+
+
+class ProxyRunner:
+    """Computes proxy evaluations, keeping datasets and trained teachers in memory between calls."""
+
+    def __init__(self, cache_dir: str | Path | None = None, data_root: str | Path | None = None,
+                 device: Optional[torch.device] = None, log: Callable[[str], None] = print) -> None:
+        self.cache = cache_root(cache_dir)
+        self.data_root = data_root
+        self.device = device or pick_device()
+        self.log = log
+        self._data: dict[str, DataSplits] = {}
+        self._teachers: dict[str, tuple[PreActResNet, float]] = {}
+
+    def data(self, task: TaskConfig) -> DataSplits:
+        k = content_key(task.dataset.model_dump())
+        if k not in self._data:
+            self._data[k] = load_splits(task.dataset, self.data_root)
+        return self._data[k]
+
+    def teacher(self, task: TaskConfig) -> tuple[PreActResNet, float]:
+        k = teacher_key(task)
+        if k not in self._teachers:
+            self._teachers[k] = load_or_train_teacher(task, self.data(task), self.cache, self.device, self.log)
+        return self._teachers[k]
+
+    def teacher_stats(self, task: TaskConfig) -> TeacherStats:
+        model, seconds = self.teacher(task)
+        return measure_teacher(task, model, self.data(task), self.cache, seconds)
+
+    def compute(self, task: TaskConfig, arch: ArchSpec, seed: int = 0) -> ProxyMetrics:
+        teacher = self.teacher(task)[0] if task.proxy.inherit else None
+        return proxy_evaluate(task, arch, self.data(task), teacher, self.device, seed)
+
+
+class LocalEvaluator:
+    """The environment's default evaluator: a :class:`ProxyRunner` in this process behind an optional store."""
+
+    def __init__(self, store: EvaluationStore | str | Path | None = None, **runner_kwargs: object) -> None:
+        self.runner = ProxyRunner(**runner_kwargs)  # type: ignore[arg-type]
+        self.store = EvaluationStore(store) if isinstance(store, (str, Path)) else store
+
+    def teacher_stats(self, task: TaskConfig) -> TeacherStats:
+        return self.runner.teacher_stats(task)
+
+    def evaluate(self, task: TaskConfig, arch: ArchSpec, seed: int = 0) -> Evaluation:
+        key = eval_key(task, arch, seed)
+        if self.store is not None:
+            hit = self.store.get(key)
+            if hit is not None:
+                return Evaluation(key, hit, cached=True)
+        metrics = self.runner.compute(task, arch, seed)
+        if self.store is not None:
+            self.store.put(key, arch, metrics, task.name)
+        return Evaluation(key, metrics, cached=False)

@@ -1,0 +1,77 @@
+"""The evaluation store: every proxy evaluation of a run, in SQLite in the run directory.
+
+Key = (task, sub-network, fidelity, seed) content hashes; value = the metrics with their provenance and the
+sub-network itself. Inserts never overwrite (``INSERT OR IGNORE``), so a result is stored once however many
+processes race to store it, and a restarted run on the same directory reuses everything.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from rcnas.proxy.records import EvalKey, ProxyMetrics
+from rcnas.space.arch import ArchSpec
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS evaluations (
+    task TEXT NOT NULL, arch TEXT NOT NULL, fidelity TEXT NOT NULL, seed INTEGER NOT NULL,
+    task_name TEXT, arch_json TEXT NOT NULL, metrics_json TEXT NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (task, arch, fidelity, seed)
+)
+"""
+
+
+class EvaluationStore:
+    """A small thread-safe wrapper over one SQLite file (WAL mode: readers never block the writer)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(SCHEMA)
+
+    def get(self, key: EvalKey) -> Optional[ProxyMetrics]:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT metrics_json FROM evaluations WHERE task=? AND arch=? AND fidelity=? AND seed=?",
+                (key.task, key.arch, key.fidelity, key.seed),
+            ).fetchone()
+        return None if row is None else ProxyMetrics(**json.loads(row[0]))
+
+    def put(self, key: EvalKey, arch: ArchSpec, metrics: ProxyMetrics, task_name: str = "") -> bool:
+        """Store a result; returns False when the key was already stored (the first result wins)."""
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (key.task, key.arch, key.fidelity, key.seed, task_name, json.dumps(asdict(arch)),
+                 json.dumps(metrics.to_dict()), time.time()),
+            )
+        return cur.rowcount == 1
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0])
+
+    def rows(self, task_name: str | None = None) -> Iterator[dict[str, Any]]:
+        """All stored evaluations (optionally of one task), oldest first, as plain dicts."""
+        query = "SELECT task_name, arch_json, metrics_json, created FROM evaluations"
+        args: tuple[Any, ...] = ()
+        if task_name is not None:
+            query, args = query + " WHERE task_name=?", (task_name,)
+        with self._lock:
+            fetched = self._db.execute(query + " ORDER BY created", args).fetchall()
+        for name, arch, metrics, created in fetched:
+            yield {"task_name": name, "arch": json.loads(arch), "metrics": json.loads(metrics), "created": created}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

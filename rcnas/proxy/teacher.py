@@ -1,0 +1,96 @@
+"""Adversarially trained teachers, trained once per (dataset, teacher, recipe) and cached on disk by content hash.
+
+Concurrent processes wanting the same teacher (several evaluation actors on one node) serialise on a file lock, so
+it is trained once; a killed training resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from rcnas.attacks import suite_attack
+from rcnas.config import TaskConfig
+from rcnas.data.registry import DATASETS
+from rcnas.data.tensors import DataSplits
+from rcnas.evaluation import local_lipschitz, robust_accuracy
+from rcnas.models.builder import PreActResNet, build_model
+from rcnas.models.teachers import get_teacher
+from rcnas.provenance import content_key, derive_seed, teacher_key
+from rcnas.proxy.records import TeacherStats
+from rcnas.train import adversarial_train
+
+CACHE_ENV = "RCNAS_CACHE"
+
+
+def cache_root(override: str | Path | None = None) -> Path:
+    return Path(override or os.environ.get(CACHE_ENV) or "runs/cache")
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def load_or_train_teacher(task: TaskConfig, data: DataSplits, cache: Path, device: torch.device,
+                          log: Callable[[str], None] = print) -> tuple[PreActResNet, float]:
+    """The task's teacher with trained weights; trains and caches it on first use.
+
+    Returns:
+        (model in eval mode on ``device``, training seconds spent when it was trained).
+    """
+    key = teacher_key(task)
+    folder = cache / "teachers" / key
+    info = DATASETS.get(task.dataset.name)
+    with file_lock(folder / ".lock"):
+        torch.manual_seed(task.training.seed)
+        model = build_model(get_teacher(task.teacher).arch, info.shape).to(device)
+        if not (folder / "model.pt").is_file():
+            log(f"training teacher {task.teacher} on {task.dataset.name} ({task.training.epochs:g} epochs, "
+                f"{task.training.loss}); cached as {folder}")
+            res = adversarial_train(model, data, task.training, num_classes=info.shape.num_classes,
+                                    crop_padding=info.crop_padding if task.dataset.augment else 0,
+                                    flip=info.flip and task.dataset.augment, checkpoint=folder / "train_state.pt")
+            if res.diverged:
+                raise RuntimeError(f"teacher {task.teacher} diverged: {res.reason}; lower training.lr")
+            torch.save(model.state_dict(), folder / "model.tmp")
+            os.replace(folder / "model.tmp", folder / "model.pt")
+            (folder / "train.json").write_text(json.dumps({"seconds": res.seconds, "best_epoch": res.best_epoch,
+                                                           "best_val_robust": res.best_val_robust}))
+            (folder / "train_state.pt").unlink(missing_ok=True)
+        model.load_state_dict(torch.load(folder / "model.pt", map_location=device, weights_only=True))
+    seconds = json.loads((folder / "train.json").read_text())["seconds"]
+    return model.eval(), seconds
+
+
+def measure_teacher(task: TaskConfig, model: PreActResNet, data: DataSplits, cache: Path,
+                    train_seconds: float) -> TeacherStats:
+    """Teacher accuracy under the task's attack on the proxy's validation subset, and its LIPS; cached per attack."""
+    key = teacher_key(task)
+    path = cache / "teachers" / key / f"stats-{content_key([task.attack.model_dump(), task.proxy.val_examples])}.json"
+    if path.is_file():
+        return TeacherStats(**json.loads(path.read_text()))
+    info = DATASETS.get(task.dataset.name)
+    val = data.val.head(task.proxy.val_examples)
+    seed = derive_seed(key, "teacher")
+    report = robust_accuracy(model, val, {"task": task.attack}, num_classes=info.shape.num_classes, seed=seed)
+    lips = local_lipschitz(model, val, suite_attack("pgd20", task.attack.epsilon),
+                           num_classes=info.shape.num_classes, seed=seed)
+    stats = TeacherStats(key, report.clean, report.attacks[0].accuracy, lips, len(val), train_seconds)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(stats)))
+    os.replace(tmp, path)
+    return stats

@@ -1,0 +1,27 @@
+"""A deterministic stand-in evaluator for unit tests of the environment and agent plumbing (never used outside
+tests): robust accuracy grows with the sub-network's MACs, so a learning agent has something to find."""
+
+from __future__ import annotations
+
+from rcnas.config import TaskConfig
+from rcnas.proxy.local import eval_key
+from rcnas.proxy.records import Evaluation, ProxyMetrics, TeacherStats
+from rcnas.space.arch import ArchSpec
+from rcnas.space.space import CompressionSpace
+
+
+class FakeEvaluator:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def teacher_stats(self, task: TaskConfig) -> TeacherStats:
+        return TeacherStats("fake", 0.95, 0.7, 12.0, 100, 0.0)
+
+    def evaluate(self, task: TaskConfig, arch: ArchSpec) -> Evaluation:
+        self.calls += 1
+        space = CompressionSpace.for_task(task)
+        cost = space.cost(arch)
+        robust = 0.2 + 0.5 * (cost.macs / space.teacher_macs) ** 0.5
+        m = ProxyMetrics("ok", "", robust, 0.0, robust + 0.2, cost.macs, cost.params, task.attack.name,
+                         task.attack.epsilon, task.attack.steps, 100, 0, 1, 0.0, 0, 0, 0.0, "cpu", "test", "test")
+        return Evaluation(eval_key(task, arch), m, cached=False)
