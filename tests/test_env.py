@@ -18,7 +18,7 @@ from envs.compression_env import CompressionEnv
 from rcnas.config import TaskConfig
 from rcnas.data.registry import DATASETS
 from rcnas.reward import compression_reward
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tiny_task
 from tests.fakes import FakeEvaluator
 
 DIGITS_TASKS = sorted(p for p in glob.glob(str(ROOT / "configs/tasks/digits-*.yaml")))
@@ -122,14 +122,7 @@ def test_a_real_episode_with_the_in_process_proxy(tmp_path):
     """No fake: a teacher is adversarially trained (1 epoch), cached, and a candidate fine-tuned and attacked."""
     from rcnas.proxy.local import LocalEvaluator
 
-    task = TaskConfig.model_validate({
-        "name": "tiny-real", "dataset": {"name": "digits", "val_fraction": 0.25, "augment": False},
-        "teacher": "tiny-222", "attack": {"name": "pgd", "epsilon": "1/10", "steps": 5, "step_size": "1/40"},
-        "budget": {"ratio": 0.5},
-        "training": {"loss": "pgd_at", "attack": {"name": "pgd", "epsilon": "1/10", "steps": 2, "step_size": "1/20"},
-                     "epochs": 1, "batch_size": 128, "lr": 0.1, "schedule": "cosine", "val_examples": 64},
-        "proxy": {"epochs": 0.3, "val_examples": 64},
-    })
+    task = tiny_task()
     ev = LocalEvaluator(store=tmp_path / "evals.sqlite", cache_dir=tmp_path / "cache")
     env = CompressionEnv(task=task, evaluator=ev)
     obs, _ = env.reset(seed=0)
