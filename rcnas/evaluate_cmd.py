@@ -79,6 +79,27 @@ def profile(args: EvaluateArgs) -> int:
     return 0
 
 
+def run_jobs(jobs: list[EvalJob], out: Path, no_ray: bool = False, ray_address: str | None = None) -> list[dict]:
+    """Evaluate ``jobs`` (on Ray workers when there are several), writing ``results.json`` / ``results.md`` under
+    ``out`` after every finished job, so an interrupted run keeps what it finished."""
+    results: list[dict] = []
+
+    def keep(result: dict) -> None:
+        results.append(result)
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+        (out / "results.md").write_text(markdown_table(results))
+
+    out.mkdir(parents=True, exist_ok=True)
+    if len(jobs) > 1 and not no_ray:
+        from rcnas.distributed.final import evaluate_jobs
+
+        evaluate_jobs(jobs, log, keep, ray_address)
+    else:
+        for job in jobs:
+            keep(evaluate_job(job, log=log))
+    return results
+
+
 def run_evaluate(args: EvaluateArgs) -> int:
     if args.profile:
         return profile(args)
@@ -104,21 +125,7 @@ def run_evaluate(args: EvaluateArgs) -> int:
         raise ConfigError(f"two configs share a file name ({names}); results are stored by name, rename one")
     out.mkdir(parents=True, exist_ok=True)
     (out / "task.yaml").write_text(yaml.safe_dump(task.model_dump(mode="json"), sort_keys=False))
-    results: list[dict] = []
-
-    def keep(result: dict) -> None:
-        # written after every sub-network, so an interrupted run keeps what it finished
-        results.append(result)
-        (out / "results.json").write_text(json.dumps(results, indent=2))
-        (out / "results.md").write_text(markdown_table(results))
-
-    if len(jobs) > 1 and not args.no_ray:
-        from rcnas.distributed.final import evaluate_jobs
-
-        evaluate_jobs(jobs, log, keep, args.ray_address)
-    else:
-        for job in jobs:
-            keep(evaluate_job(job, log=log))
+    results = run_jobs(jobs, out, no_ray=args.no_ray, ray_address=args.ray_address)
     print(text_table(results))
     print(f"\nwritten: {out / 'results.json'}, {out / 'results.md'}")
     return 0

@@ -142,6 +142,10 @@ class EvaluationService:
     def stats(self) -> dict[str, Any]:
         return {**self.counts, "stored": len(self.store), "workers": len(self.workers), "time": time.time()}
 
+    def rows(self, task_name: str) -> list[dict[str, Any]]:
+        """Every stored evaluation of ``task_name`` (arch and metrics as plain dicts)."""
+        return list(self.store.rows(task_name))
+
     def worker_handles(self) -> list[Any]:
         return list(self.workers)
 

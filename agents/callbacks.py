@@ -1,0 +1,45 @@
+"""Per-episode and per-iteration metrics of the search, for TensorBoard and progress.csv.
+
+RLlib aggregates ``info`` dicts nowhere, so the final step's info is turned into metrics here: the episode's
+robust accuracy and MACs, and whether its evaluation was computed or answered from the store (or de-duplicated).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.rllib.callbacks.callbacks import RLlibCallback
+
+
+class SearchMetrics(RLlibCallback):
+    def on_episode_end(self, *, episode: Any, metrics_logger: Any = None, **kwargs: Any) -> None:
+        info = episode.get_infos(-1)
+        if not info or "metrics" not in info or metrics_logger is None:
+            return
+        m = info["metrics"]
+        reward = float(sum(episode.get_rewards()))
+        metrics_logger.log_value("rcnas/robust_acc", m["robust_acc"], reduce="mean", window=50)
+        metrics_logger.log_value("rcnas/macs", m["macs"], reduce="mean", window=50)
+        metrics_logger.log_value("rcnas/best_reward", reward, reduce="max")
+        metrics_logger.log_value("rcnas/evals_from_store", int(info["cached"]), reduce="sum")
+        metrics_logger.log_value("rcnas/evals_computed", int(not info["cached"]), reduce="sum")
+        metrics_logger.log_value("rcnas/evals_failed", int(m["status"] != "ok"), reduce="sum")
+
+    def on_train_result(self, *, algorithm: Any, result: dict, metrics_logger: Any = None, **kwargs: Any) -> None:
+        """Best-so-far figures over every evaluation the run has stored for its tasks (the store is the truth:
+        it survives restarts, and it includes evaluations answered for other env runners)."""
+        from agents.summary import best_candidates
+
+        cfg = algorithm.config.env_config
+        best = best_candidates(cfg["tasks"], cfg["service"], top=1)
+        if best:
+            top = best[0]
+            result["rcnas"] = {"best_reward": top["reward"], "best_robust_acc": top["robust_acc"],
+                               "best_macs": top["macs"], "evaluations_stored": top["stored"]}
+        from rcnas.distributed.service import NAMESPACE
+
+        import ray
+
+        stats = ray.get(ray.get_actor(cfg["service"], namespace=NAMESPACE).stats.remote())
+        result.setdefault("rcnas", {}).update({k: stats[k] for k in ("computed", "from_store", "deduplicated",
+                                                                       "failed", "retried")})

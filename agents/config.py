@@ -1,0 +1,95 @@
+"""Typed experiment configs (``configs/experiments/``): the meta-training task set, the held-out target task, PPO
+and encoder settings, and the final evaluation of the chosen sub-network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from pydantic import Field, model_validator
+
+from rcnas.configio import StrictModel, load_config
+from rcnas.errors import ConfigError
+
+
+class PPOSettings(StrictModel):
+    lr: float = Field(3e-4, gt=0)
+    num_epochs: int = Field(8, ge=1)
+    """SGD passes over each batch"""
+    minibatch_episodes: Optional[int] = Field(None, ge=1)
+    """episodes per minibatch (default: the whole batch)"""
+    clip_param: float = Field(0.2, gt=0)
+    entropy_coeff: float = Field(0.01, ge=0)
+    vf_loss_coeff: float = Field(0.5, ge=0)
+    gamma: float = Field(1.0, gt=0, le=1)
+    """episodes are one step per stage with the reward at the end: no discounting by default"""
+    lambda_: float = Field(0.95, ge=0, le=1)
+
+
+class ModelSettings(StrictModel):
+    embed: int = Field(32, ge=1)
+    lstm: int = Field(32, ge=1)
+    hidden: int = Field(64, ge=1)
+    task_embed: int = Field(16, ge=1)
+
+
+class FinalEvalSettings(StrictModel):
+    """evaluate.py on the chosen sub-network, next to the teacher and a uniformly shrunk one of the same budget."""
+
+    enabled: bool = True
+    epochs: Optional[float] = None
+    """training length; default: the target task's recipe"""
+    attacks: list[str] = ["clean", "fgsm", "pgd20", "cw40", "aa_compact"]
+    n_examples: Optional[int] = None
+
+
+class ExperimentConfig(StrictModel):
+    name: str
+    meta_tasks: list[str]
+    """task names (``configs/tasks/<name>.yaml``) or YAML paths: the meta-training set"""
+    target_task: str
+    """the held-out task to fine-tune on (never in meta_tasks)"""
+    M: int = Field(5, ge=1)
+    """sub-networks sampled per policy update (the original README's --M)"""
+    meta_iterations: int = Field(10, ge=0)
+    finetune_iterations: int = Field(6, ge=0)
+    env_runners: int = Field(2, ge=0)
+    """parallel env runners (each waits on one evaluation at a time; they hold no CPU reservation)"""
+    eval_workers: Optional[int] = Field(None, ge=1)
+    """evaluation actors (default: one per GPU, else one per CPU)"""
+    seed: int = 0
+    ppo: PPOSettings = PPOSettings()
+    model: ModelSettings = ModelSettings()
+    final_eval: FinalEvalSettings = FinalEvalSettings()
+
+    @model_validator(mode="after")
+    def _held_out(self) -> "ExperimentConfig":
+        if self.target_task in self.meta_tasks:
+            raise ValueError(f"target_task {self.target_task!r} is also a meta-training task: hold it out")
+        if not self.meta_tasks:
+            raise ValueError("meta_tasks is empty")
+        return self
+
+
+def task_path(ref: str, experiment_file: Path | None = None) -> str:
+    """A task reference as a YAML path: a path ending in .yaml, else a name under ``configs/tasks``."""
+    if ref.endswith((".yaml", ".yml")):
+        return ref
+    tasks_dir = experiment_file.resolve().parent.parent / "tasks" if experiment_file else Path("configs/tasks")
+    path = tasks_dir / f"{ref}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in tasks_dir.glob("[!_]*.yaml")))
+        raise ConfigError(f"unknown task {ref!r} (no {path}); known: {known}")
+    return str(path)
+
+
+def load_experiment(path: str | Path) -> tuple[ExperimentConfig, list[str], str]:
+    """The experiment and its resolved meta-task and target-task paths (every task validated)."""
+    from rcnas.config import load_task
+
+    exp = load_config(path, ExperimentConfig)
+    metas = [task_path(t, Path(path)) for t in exp.meta_tasks]
+    target = task_path(exp.target_task, Path(path))
+    for p in [*metas, target]:
+        load_task(p)
+    return exp, metas, target

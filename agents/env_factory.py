@@ -1,0 +1,24 @@
+"""The one place that wires the Ray evaluation service into the (Ray-free) environment for RLlib."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ray.tune.registry import register_env
+
+from envs.compression_env import CompressionEnv
+from rcnas.distributed.service import RayEvaluator
+
+ENV_NAME = "rcnas-compression"
+
+
+def make_env(env_config: Mapping[str, Any]) -> CompressionEnv:
+    """``env_config``: ``tasks`` (YAML paths; one per episode is drawn), ``grid``, ``service`` (the evaluation
+    service's actor name, looked up in whichever process RLlib builds the env)."""
+    cfg = dict(env_config)
+    return CompressionEnv(tasks=cfg["tasks"], grid=cfg.get("grid"), evaluator=RayEvaluator(cfg["service"]))
+
+
+def register() -> str:
+    register_env(ENV_NAME, make_env)
+    return ENV_NAME

@@ -1,0 +1,46 @@
+"""train.py's body: resolve the experiment and CLI overrides, run the search, then the final comparison."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from agents.config import load_experiment, task_path
+from agents.final import final_comparison
+from agents.search import SearchOptions, run_search
+from rcnas.report import text_table
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def run_pipeline(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(1)  # the driver shares the machine with evaluation workers (STACK_NOTES: 10x slowdown)
+    exp, metas, target = load_experiment(args.experiment)
+    if args.task:
+        target = task_path(args.task)
+        metas = [m for m in metas if Path(m).resolve() != Path(target).resolve()]
+    if args.M:
+        exp = exp.model_copy(update={"M": args.M})
+    out = Path(args.out or f"runs/{exp.name}")
+    opts = SearchOptions(out=out, no_tune=args.no_tune, resume=args.resume, from_checkpoint=args.from_checkpoint,
+                         ray_address=args.ray_address)
+    summary = run_search(exp, metas, target, opts, log=log)
+    log(f"chosen: {summary['chosen']} (reward {summary['reward']:.4f}, val robust acc "
+        f"{summary['val_robust_acc']:.4f}, {summary['macs']:,} MACs <= budget {summary['budget']:,.0f}); "
+        f"written {summary['yaml']} and {out / 'report.md'}")
+    if exp.final_eval.enabled and not args.no_final_eval:
+        from rcnas.space.schema import load_subnet
+
+        chosen, _ = load_subnet(summary["yaml"])
+        results = final_comparison(exp, target, chosen, out / "final")
+        print(text_table(results))
+    print(f"\nrun folder: {out} (tensorboard --logdir {out / 'tune'})")
+    return 0
+
+

@@ -1,0 +1,120 @@
+"""The search report: the chosen sub-network as a RobustResNet-schema YAML, its metrics, and a Markdown report with
+plots (reward over iterations, every candidate's robust accuracy against MACs with the budget line, and the chosen
+depth and width per stage next to the teacher's: the paper's topology figure)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on cluster nodes or CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+from rcnas.config import TaskConfig  # noqa: E402
+from rcnas.configio import eps_label  # noqa: E402
+from rcnas.report import human  # noqa: E402
+from rcnas.space.schema import dump_subnet, from_arch  # noqa: E402
+from rcnas.space.space import CompressionSpace  # noqa: E402
+
+DATASET_DIRS = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "tiny-imagenet": "TinyImageNet", "digits": "DIGITS"}
+
+
+def subnet_path(out: Path, task: TaskConfig, space: CompressionSpace) -> Path:
+    """Named like the original results: ``<DATASET>/RL_<budget>.yaml`` (budget as 5G, 712K...)."""
+    return out / DATASET_DIRS[task.dataset.name] / f"RL_{human(space.budget)}.yaml"
+
+
+def progress_rows(trial_root: Path) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+    for f in sorted(trial_root.rglob("progress.csv")):
+        with open(f) as handle:
+            rows += list(csv.DictReader(handle))
+    return rows
+
+
+def plot_rewards(stages: dict[str, Path], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    offset = 0
+    for name, root in stages.items():
+        rows = progress_rows(root)
+        ys = [float(r.get("env_runners/episode_return_mean") or "nan") for r in rows]
+        best = [float(r.get("rcnas/best_reward") or "nan") for r in rows]
+        xs = list(range(offset + 1, offset + len(ys) + 1))
+        ax.plot(xs, ys, marker="o", label=f"{name}: mean episode reward")
+        ax.plot(xs, best, linestyle="--", label=f"{name}: best so far")
+        offset += len(ys)
+    ax.set_xlabel("PPO iteration")
+    ax.set_ylabel("reward")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_candidates(rows: list[dict[str, Any]], chosen: dict[str, Any], path: Path, task: TaskConfig) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.scatter([r["macs"] for r in rows], [r["robust_acc"] for r in rows], s=14, alpha=0.6, label="evaluated")
+    ax.scatter([chosen["macs"]], [chosen["robust_acc"]], s=80, marker="*", color="red", label="chosen")
+    ax.axvline(rows[0]["budget"], color="gray", linestyle="--", label="budget")
+    ax.set_xlabel("MACs")
+    ax.set_ylabel(f"val robust acc ({task.attack.name}, eps {eps_label(task.attack.epsilon)})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_topology(chosen: dict[str, Any], space: CompressionSpace, path: Path) -> None:
+    t, arch = space.teacher, chosen["arch"]
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3))
+    stages = [f"stage {i + 1}" for i in range(len(t.arch.stages))]
+    for ax, title, teacher_vals, vals in (
+        (axes[0], "depth", t.arch.depths, arch.depths),
+        (axes[1], "width (channels)", t.arch.channels, arch.channels),
+    ):
+        xs = range(len(stages))
+        ax.bar([x - 0.2 for x in xs], teacher_vals, width=0.4, label=f"teacher {t.name}")
+        ax.bar([x + 0.2 for x in xs], vals, width=0.4, label="chosen")
+        ax.set_xticks(list(xs), stages)
+        ax.set_title(title)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(out: Path, task: TaskConfig, space: CompressionSpace, rows: list[dict[str, Any]],
+                 stages: dict[str, Path]) -> dict[str, Any]:
+    """Write the chosen sub-network, its metrics, the plots and ``report.md``; returns the chosen row."""
+    chosen = max(rows, key=lambda r: r["reward"])
+    yaml_path = subnet_path(out, task, space)
+    metrics = {k: chosen[k] for k in ("reward", "robust_acc", "macs", "budget", "teacher_robust_acc")}
+    dump_subnet(from_arch(chosen["arch"], space.shape.num_classes, teacher=task.teacher, task=task.name,
+                          metrics={**metrics, "split": "validation", "attack": task.attack.name,
+                                   "epsilon": eps_label(task.attack.epsilon)}), yaml_path)
+    (out / "chosen_metrics.json").write_text(json.dumps({**chosen["metrics"], **metrics,
+                                                         "arch": chosen["arch"].short()}, indent=2))
+    plot_rewards(stages, out / "reward.png")
+    plot_candidates(rows, chosen, out / "candidates.png", task)
+    plot_topology(chosen, space, out / "topology.png")
+    top = sorted(rows, key=lambda r: -r["reward"])[:10]
+    lines = [
+        f"# Search report: {task.name}", "",
+        f"Teacher {task.teacher} ({human(space.teacher_macs)} MACs), budget {human(space.budget)} MACs; attack "
+        f"{task.attack.name} eps {eps_label(task.attack.epsilon)}, {task.attack.steps} steps, on "
+        f"{chosen['metrics']['n_val']} validation examples (the test split is never used by the search).", "",
+        f"Chosen: `{chosen['arch'].short()}`: reward {chosen['reward']:.4f}, val robust acc "
+        f"{100 * chosen['robust_acc']:.2f}% (teacher {100 * chosen['teacher_robust_acc']:.2f}%), "
+        f"{human(chosen['macs'])} MACs; written to `{yaml_path.relative_to(out)}`.", "",
+        f"{len(rows)} sub-networks evaluated for this task.", "",
+        "![reward](reward.png)", "", "![candidates](candidates.png)", "", "![topology](topology.png)", "",
+        "| rank | sub-network | reward | val robust acc | MACs |", "|---|---|---|---|---|",
+    ]
+    lines += [f"| {i + 1} | `{r['arch'].short()}` | {r['reward']:.4f} | {100 * r['robust_acc']:.2f} | "
+              f"{human(r['macs'])} |" for i, r in enumerate(top)]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return {**chosen, "yaml": str(yaml_path)}

@@ -1,0 +1,89 @@
+"""The dual-level search, top to bottom (METHOD §4): meta-train one policy across many task settings, fine-tune it on
+a held-out task, take the best sub-network the run evaluated there, report it, and evaluate it for real.
+
+Read it like a training loop: each numbered phase is one call.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import ray
+
+from agents.config import ExperimentConfig
+from agents.ppo import build_ppo_config
+from agents.report import write_report
+from agents.stages import module_dir, run_stage
+from agents.summary import scored_rows
+from rcnas.config import load_task
+from rcnas.distributed.resources import ensure_ray
+from rcnas.distributed.service import start_service
+from rcnas.errors import ConfigError
+from rcnas.space.space import ActionGrid, CompressionSpace
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    out: Path
+    no_tune: bool = False
+    resume: bool = False
+    from_checkpoint: Optional[str] = None
+    """skip meta-training: fine-tune from this meta checkpoint (the downstream run)"""
+    ray_address: Optional[str] = None
+
+
+def shared_grid(task_paths: list[str]) -> tuple[int, int]:
+    """The action grid holding every task's teacher, so meta-training and fine-tuning share one action space."""
+    env_spaces = [CompressionSpace.for_task(load_task(p)) for p in task_paths]
+    return max(s.grid.max_depth for s in env_spaces), max(s.grid.max_width for s in env_spaces)
+
+
+def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: SearchOptions,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    out = opts.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    storage = out / "tune"
+    ensure_ray(opts.ray_address)
+    service_name = f"rcnas-eval-{out.name}"
+    # 1. the evaluation service: workers pinned to GPUs (or fractional CPUs), the run's store in out/;
+    # the handle is held until the end: a named actor lives only as long as a handle to it does
+    service = start_service(out, n_workers=exp.eval_workers, name=service_name)
+    ray.get(service.stats.remote())
+    # task paths are made absolute: Tune runs trials in their own working directories
+    metas, target = [str(Path(m).resolve()) for m in metas], str(Path(target).resolve())
+    grid = shared_grid(metas + [target])
+    # 2. meta-training across the task set (skipped by the downstream run, which starts from a checkpoint)
+    if opts.from_checkpoint:
+        meta_ckpt = opts.from_checkpoint
+        if not Path(module_dir(meta_ckpt)).is_dir():
+            raise ConfigError(f"--from {meta_ckpt}: not an algorithm checkpoint (no {module_dir(meta_ckpt)})")
+    else:
+        log(f"meta-training on {len(metas)} tasks, {exp.meta_iterations} iterations of M={exp.M}")
+        meta_ckpt = run_stage("meta", build_ppo_config(exp, metas, service_name, grid=grid), exp.meta_iterations,
+                              storage, no_tune=opts.no_tune, resume=opts.resume, log=log)
+        log(f"meta checkpoint: {meta_ckpt}")
+    # 3. fine-tuning on the held-out task, starting from the meta-trained policy
+    log(f"fine-tuning on {load_task(target).name}, {exp.finetune_iterations} iterations")
+    ft_config = build_ppo_config(exp, [target], service_name, grid=grid, load_module_from=module_dir(meta_ckpt))
+    ft_ckpt = run_stage("finetune", ft_config, exp.finetune_iterations, storage, no_tune=opts.no_tune,
+                        resume=opts.resume, log=log)
+    # 4. the result: the best sub-network evaluated on the target task, its report and plots
+    task = load_task(target)
+    space = CompressionSpace.for_task(task, grid=ActionGrid(*grid))
+    rows = scored_rows(target, service_name)
+    if not rows:
+        raise RuntimeError("no sub-network of the target task was evaluated: raise finetune_iterations")
+    chosen = write_report(out, task, space, rows, {"meta": storage / "meta", "finetune": storage / "finetune"})
+    summary = {"experiment": exp.name, "target": task.name, "chosen": chosen["arch"].short(),
+               "yaml": chosen["yaml"], "reward": chosen["reward"], "val_robust_acc": chosen["robust_acc"],
+               "macs": chosen["macs"], "budget": space.budget, "meta_checkpoint": meta_ckpt,
+               "finetune_checkpoint": ft_ckpt, "evaluated": len(rows), "search_seconds": time.perf_counter() - t0}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    log(f"evaluation service: {ray.get(service.stats.remote())}")
+    return summary
+
