@@ -13,12 +13,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-# The main job on the embedded default (offline digits, CPU): train and attack a shipped sub-network.
-# aa_compact, not standard AutoAttack: on a robust model Square-5000 and FAB-T alone take ~8 minutes here.
+# The main job on the embedded default (offline digits, CPU): meta-train the PPO agent on digits tasks, fine-tune
+# on a held-out one, then train + attack the chosen sub-network next to the teacher and a uniform shrink.
 run: $(STAMP)
-	RAY_AUTH_MODE=disabled $(PY) evaluate.py configs/subnets/digits/tiny-444-half.yaml \
-		--task configs/tasks/digits-pgd-e20-t444-r35.yaml --attacks clean,fgsm,pgd20,cw40,aa_compact \
-		--out runs/readme-eval
+	RAY_AUTH_MODE=disabled $(PY) train.py --out runs/digits
 
 test: $(STAMP)
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q
