@@ -12,7 +12,7 @@ This script:
 
 How to run:
     python train.py                                   # the embedded default: digits, CPU, minutes
-    python train.py --task configs/tasks/digits-cw-e20-t444-r30.yaml --M 5 --from runs/digits/tune/meta/<trial>/<checkpoint>
+    python train.py --task configs/tasks/digits-cw-e20-t444-r30.yaml --M 5 --from <meta checkpoint in summary.json>
     python train.py --experiment configs/experiments/cifar10.yaml --out /shared/runs/cifar10   # on a GPU cluster
     python train.py --resume                          # continue an interrupted run (Tune + the evaluation store)
     python train.py --smoke-test / --no-tune          # a minute-long run for CI / a plain algo.train() loop
@@ -41,7 +41,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-tune", action="store_true", help="plain algo.train() loops instead of Tune")
     p.add_argument("--no-final-eval", action="store_true", help="stop after the search report")
     p.add_argument("--ray-address", help="an existing Ray cluster (default $RAY_ADDRESS or a local one)")
-    p.add_argument("--smoke-test", action="store_true", help="every phase, tiny settings (configs/experiments/smoke.yaml)")
+    p.add_argument("--smoke-test", action="store_true", help="every phase, tiny settings (experiments/smoke.yaml)")
     args = p.parse_args(argv)
     if args.smoke_test:
         args.experiment = "configs/experiments/smoke.yaml"

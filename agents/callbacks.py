@@ -36,9 +36,9 @@ class SearchMetrics(RLlibCallback):
             top = best[0]
             result["rcnas"] = {"best_reward": top["reward"], "best_robust_acc": top["robust_acc"],
                                "best_macs": top["macs"], "evaluations_stored": top["stored"]}
-        from rcnas.distributed.service import NAMESPACE
-
         import ray
+
+        from rcnas.distributed.service import NAMESPACE
 
         stats = ray.get(ray.get_actor(cfg["service"], namespace=NAMESPACE).stats.remote())
         result.setdefault("rcnas", {}).update({k: stats[k] for k in ("computed", "from_store", "deduplicated",

@@ -63,7 +63,7 @@ class ExperimentConfig(StrictModel):
     final_eval: FinalEvalSettings = FinalEvalSettings()
 
     @model_validator(mode="after")
-    def _held_out(self) -> "ExperimentConfig":
+    def _held_out(self) -> ExperimentConfig:
         if self.target_task in self.meta_tasks:
             raise ValueError(f"target_task {self.target_task!r} is also a meta-training task: hold it out")
         if not self.meta_tasks:

@@ -31,7 +31,9 @@ def build_ppo_config(exp: ExperimentConfig, tasks: list[str], service: str, n_st
             # env runners only wait on the evaluation service: a token CPU share (Tune refuses empty bundles),
             # so that with the evaluation workers' fractional CPUs nothing can wait forever for a CPU
             num_cpus_per_env_runner=0.01,
-            rollout_fragment_length=n_stages,
+            # M * stages steps per update split over the runners; an episode may straddle two updates, which
+            # PPO handles (value bootstrap on the cut)
+            rollout_fragment_length="auto",
             # a step may adversarially fine-tune a network for minutes on a CPU
             sample_timeout_s=3600,
         )

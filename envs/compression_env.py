@@ -10,8 +10,9 @@ No Ray here: the evaluator is injected (default: the in-process proxy evaluator)
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 import gymnasium as gym
 import numpy as np

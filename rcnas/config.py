@@ -88,7 +88,7 @@ class BudgetConfig(StrictModel):
     ratio: Optional[float] = Field(None, gt=0, le=1)
 
     @model_validator(mode="after")
-    def _one(self) -> "BudgetConfig":
+    def _one(self) -> BudgetConfig:
         if (self.macs is None) == (self.ratio is None):
             raise ValueError("give exactly one of macs (e.g. 5G) or ratio (a share of the teacher's MACs)")
         return self

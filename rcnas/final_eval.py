@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -42,7 +43,9 @@ class EvalJob:
     data_root: Optional[str] = None
 
 
-def evaluate_job(job: EvalJob, log: Callable[[str], None] = print, device: torch.device | None = None) -> dict[str, Any]:
+def evaluate_job(
+    job: EvalJob, log: Callable[[str], None] = print, device: torch.device | None = None
+) -> dict[str, Any]:
     """Train (or load) and attack ``job``'s sub-network; returns a JSON-ready result and saves the weights."""
     t0 = time.perf_counter()
     device = device or pick_device()

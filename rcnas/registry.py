@@ -6,7 +6,8 @@ Modelled on torchvision's ``register_model``: a duplicate name is a programming 
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from rcnas.errors import ConfigError
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from rcnas.config import TaskConfig, load_task
 from rcnas.configio import eps_label, parse_epsilon
@@ -12,7 +13,8 @@ from rcnas.errors import ConfigError
 from rcnas.space.schema import dump_subnet, from_arch, load_subnet
 
 ROOT = Path(__file__).resolve().parents[1]
-TASKS = sorted(p for p in (ROOT / "configs/tasks").glob("*.yaml") if not p.name.startswith("_"))
+TASKS = sorted(p for p in (ROOT / "configs/tasks").rglob("*.yaml") if not p.name.startswith("_"))
+EXPERIMENTS = sorted((ROOT / "configs/experiments").glob("*.yaml"))
 SUBNETS = sorted((ROOT / "configs/subnets").rglob("*.yaml"))
 
 
@@ -21,6 +23,14 @@ def test_every_task_config_loads(path):
     task = load_task(path)
     assert task.name == path.stem
     assert task.attack.epsilon == task.training.attack.epsilon, "train and score at the same epsilon"
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_every_experiment_loads_with_a_held_out_target(path):
+    from agents.config import load_experiment
+
+    exp, metas, target = load_experiment(path)
+    assert target not in metas and len(metas) >= 2 and exp.M >= 1
 
 
 @pytest.mark.parametrize("path", SUBNETS, ids=lambda p: f"{p.parent.name}/{p.stem}")
@@ -137,5 +147,5 @@ def test_epsilon_parsing_and_labels():
 def test_configs_are_frozen():
     task = TaskConfig.model_validate({"name": "t", "dataset": {"name": "digits"}, "teacher": "tiny-444",
                                       "attack": {"epsilon": "1/5"}, "budget": {"ratio": 0.5}})
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         task.name = "other"  # type: ignore[misc]

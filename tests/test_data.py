@@ -64,12 +64,13 @@ def test_cifar_download_without_network_is_one_clear_line(tmp_path, monkeypatch)
 
 
 def _fake_cifar10(root, n_train=20, n_test=10):
-    """The real on-disk format (pickled dicts, str keys as Python 2 pickles decode); md5 checks bypassed by the caller."""
+    """The real on-disk format (pickled dicts with str keys, as Python 2 pickles decode); the caller bypasses md5."""
     folder = root / "cifar10" / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for i in range(1, 6):
-        data = {"data": rng.integers(0, 256, (n_train, 3072), dtype=np.uint8), "labels": list(range(10)) * (n_train // 10)}
+        data = {"data": rng.integers(0, 256, (n_train, 3072), dtype=np.uint8),
+                "labels": list(range(10)) * (n_train // 10)}
         pickle.dump(data, open(folder / f"data_batch_{i}", "wb"))
     pickle.dump({"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8), "labels": list(range(10))},
                 open(folder / "test_batch", "wb"))

@@ -80,7 +80,8 @@ def test_robust_block_inherits_per_branch_and_group():
     w_s, w_t = s.width, tb.width
     # branch b of the student is the first w_s channels of the teacher's branch b, for every branch
     for b in range(s.scales):
-        assert torch.equal(s.conv1.weight[b * w_s:(b + 1) * w_s], tb.conv1.weight[b * w_t:b * w_t + w_s, :s.conv1.in_channels])
+        student = s.conv1.weight[b * w_s:(b + 1) * w_s]
+        assert torch.equal(student, tb.conv1.weight[b * w_t:b * w_t + w_s, :s.conv1.in_channels])
     assert torch.isfinite(sub(torch.rand(2, 1, 8, 8))).all()
 
 

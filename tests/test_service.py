@@ -61,7 +61,8 @@ def test_a_killed_worker_is_replaced_and_the_request_retried(ray_local, service)
     result = ray_local.get(ref, timeout=300)
     stats = ray_local.get(svc.stats.remote())
     assert result.metrics.ok and stats["retried"] >= 1 and stats["workers"] == 2
-    rows = [r for r in EvaluationStore(base / "run" / "evaluations.sqlite").rows() if r["metrics"] == result.metrics.to_dict()]
+    store = EvaluationStore(base / "run" / "evaluations.sqlite")
+    rows = [r for r in store.rows() if r["metrics"] == result.metrics.to_dict()]
     assert len(rows) == 1, "stored once, nothing lost or duplicated"
 
 
@@ -80,9 +81,9 @@ def test_a_restarted_service_reuses_the_store(ray_local, service):
 
 
 def test_env_episode_through_the_service(ray_local, service):
-    from rcnas.distributed.service import RayEvaluator
-
     import pickle
+
+    from rcnas.distributed.service import RayEvaluator
 
     evaluator = pickle.loads(pickle.dumps(RayEvaluator("svc-main")))  # what an env runner receives
     env = CompressionEnv(task=tiny_task(), evaluator=evaluator)

@@ -5,7 +5,7 @@ Small and tested, because they run in the adversarial-training inner loop and in
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -61,7 +62,9 @@ def _aa_compact(
                       state_path=ctx.state_path)
 
 
-def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig, ctx: AttackContext) -> torch.Tensor:
+def run_attack(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig, ctx: AttackContext
+) -> torch.Tensor:
     """Attack ``(x, y)`` with ``cfg``; the result stays in the eps ball and in [0, 1]."""
     return ATTACKS.get(cfg.name)(model, x, y, cfg, ctx)
 

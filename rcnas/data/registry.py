@@ -6,9 +6,10 @@ Importing this module imports neither torch nor torchvision: configs validate da
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from rcnas.registry import Registry
 from rcnas.space.arch import InputShape
@@ -30,7 +31,7 @@ class DatasetInfo:
     """random-crop padding of the training augmentation (pixels)"""
     flip: bool
     """horizontal flips are label-preserving (not for digits)"""
-    load: Callable[[Path, bool], "tuple[TensorData, TensorData]"]
+    load: Callable[[Path, bool], tuple[TensorData, TensorData]]
     """(data root, download) -> (training pool, test split); imports torch lazily"""
 
 
@@ -42,8 +43,8 @@ def data_root(override: str | Path | None = None) -> Path:
     return Path(override or os.environ.get(DATA_ENV) or "data")
 
 
-def _lazy(fn_name: str) -> Callable[[Path, bool], "tuple[TensorData, TensorData]"]:
-    def load(root: Path, download: bool) -> "tuple[TensorData, TensorData]":
+def _lazy(fn_name: str) -> Callable[[Path, bool], tuple[TensorData, TensorData]]:
+    def load(root: Path, download: bool) -> tuple[TensorData, TensorData]:
         from rcnas.data import sources
 
         return getattr(sources, fn_name)(root, download)
@@ -61,7 +62,7 @@ DATASETS.add("tiny-imagenet", DatasetInfo("tiny-imagenet", InputShape(3, 64, 200
                                           load=_lazy("load_tiny_imagenet")))
 
 
-def load_splits(cfg: "DatasetConfig", root: str | Path | None = None) -> "DataSplits":
+def load_splits(cfg: DatasetConfig, root: str | Path | None = None) -> DataSplits:
     """Load a dataset and carve its validation split (deterministic in ``cfg.split_seed``).
 
     Raises:

@@ -7,8 +7,8 @@ with vectorised augmentation keep the data path off the critical path of small C
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -23,10 +23,10 @@ class TensorData:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
-    def subset(self, idx: torch.Tensor) -> "TensorData":
+    def subset(self, idx: torch.Tensor) -> TensorData:
         return TensorData(self.x[idx], self.y[idx])
 
-    def head(self, n: int) -> "TensorData":
+    def head(self, n: int) -> TensorData:
         return TensorData(self.x[:n], self.y[:n])
 
 

@@ -6,7 +6,7 @@ Variants are data over one builder (timm's ``resnet18d`` pattern). Sizes at 32x3
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from rcnas.registry import Registry
 from rcnas.space.arch import ArchSpec, RobustBlockParams, StageSpec, TeacherSpec

@@ -11,9 +11,10 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from rcnas.proxy.records import EvalKey, ProxyMetrics
 from rcnas.space.arch import ArchSpec

@@ -3,7 +3,8 @@
 The environment masks actions by budget thousands of times per search, so building a model and tracing it with
 ``torchprofile`` (the field's counter, ~1 s for a large teacher) is far too slow there. These formulas count what
 ``torchprofile.profile_macs`` (0.1) counts: convolutions and linear layers, plus one MAC per output element of
-affine batch-norm, average pooling and elementwise multiplies (additions and activations are free); and ``tests/test_cost.py`` checks them against it on built models.
+affine batch-norm, average pooling and elementwise multiplies (additions and activations are free); and
+``tests/test_cost.py`` checks them against it on built models.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ class Cost:
     macs: int
     params: int
 
-    def __add__(self, other: "Cost") -> "Cost":
+    def __add__(self, other: Cost) -> Cost:
         return Cost(self.macs + other.macs, self.params + other.params)
 
 

@@ -37,7 +37,7 @@ class ModelSection(StrictModel):
     stem_stride: int = 1
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ModelSection":
+    def _consistent(self) -> ModelSection:
         n = len(self.depth_configs)
         lengths = {
             "channel_configs": len(self.channel_configs) - 1, "stride_config": len(self.stride_config),

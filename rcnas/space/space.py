@@ -62,7 +62,7 @@ class ActionGrid:
         return StageChoice(d + 1, w + 1, GRID_BLOCKS[b])
 
     @classmethod
-    def for_teacher(cls, teacher: TeacherSpec) -> "ActionGrid":
+    def for_teacher(cls, teacher: TeacherSpec) -> ActionGrid:
         return cls(max(teacher.arch.depths), max(teacher.widths))
 
 
@@ -111,8 +111,8 @@ class CompressionSpace:
         return robust_width(planes, p) >= p.cardinality and planes * 4 // p.se_reduction >= 1
 
     @classmethod
-    def for_task(cls, task: "TaskConfig", where: str | None = None, grid: ActionGrid | None = None,
-                 ) -> "CompressionSpace":
+    def for_task(cls, task: TaskConfig, where: str | None = None, grid: ActionGrid | None = None,
+                 ) -> CompressionSpace:
         """The space of a task; raises ConfigError when even the smallest sub-network exceeds the budget."""
         from rcnas.data.registry import DATASETS
         from rcnas.models.teachers import get_teacher

@@ -7,7 +7,7 @@ logits it trained on.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -1,0 +1,116 @@
+"""The agent: the stage-encoder module, fine-tuning from meta-trained weights, and train.py end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from envs import observation
+from envs.compression_env import CompressionEnv
+from tests.conftest import ROOT, run_script
+from tests.fakes import FakeEvaluator
+
+TASK = str(ROOT / "configs/tasks/digits-pgd-e20-t444-r35.yaml")
+
+
+def module_for(env):
+    from agents.rl_module import StageEncoderModule
+
+    return StageEncoderModule(observation_space=env.observation_space, action_space=env.action_space,
+                              model_config={"embed": 8, "lstm": 8, "hidden": 16, "task_embed": 4})
+
+
+def test_module_masks_invalid_actions_and_uses_the_current_stage_head():
+    from ray.rllib.core.columns import Columns
+
+    env = CompressionEnv(task=TASK, evaluator=FakeEvaluator())
+    module = module_for(env)
+    obs, _ = env.reset(seed=0)
+    batch = {Columns.OBS: {k: torch.as_tensor(v)[None] for k, v in obs.items()}}
+    logits = module.forward_exploration(batch)[Columns.ACTION_DIST_INPUTS][0]
+    mask = torch.as_tensor(obs["action_mask"]).bool()
+    assert (logits[~mask] < -1e30).all() and (logits[mask] > -1e3).all()
+    values = module.compute_values(batch)
+    assert values.shape == (1,)
+    # a different current stage selects a different head: moving the flag changes the logits
+    obs2 = obs["observations"].copy()
+    obs2[observation.STAGE_FEATURES * 0 + 5], obs2[observation.STAGE_FEATURES * 1 + 5] = 0.0, 1.0
+    with torch.no_grad():
+        module.heads[1].weight.add_(1.0)
+    batch2 = {Columns.OBS: {"observations": torch.as_tensor(obs2)[None],
+                            "action_mask": torch.as_tensor(obs["action_mask"])[None]}}
+    logits2 = module.forward_exploration(batch2)[Columns.ACTION_DIST_INPUTS][0]
+    assert not torch.allclose(logits2[mask], logits[mask])
+
+
+@pytest.mark.ray
+def test_finetuning_starts_from_the_meta_trained_weights(ray_local, tmp_path):
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    from agents.config import load_experiment
+    from agents.ppo import build_ppo_config
+    from agents.stages import module_dir, run_stage
+    from rcnas.distributed.service import start_service
+
+    exp, metas, target = load_experiment(ROOT / "configs/experiments/smoke.yaml")
+    metas, target = [str((ROOT / m).resolve()) for m in metas], str((ROOT / target).resolve())
+    svc = start_service(tmp_path, n_workers=1, cache_dir=tmp_path / "cache", name="svc-agent")
+    ray_local.get(svc.stats.remote())
+    meta = run_stage("meta", build_ppo_config(exp, metas, "svc-agent", grid=(2, 4)), 1, tmp_path, no_tune=True)
+    saved = RLModule.from_checkpoint(module_dir(meta)).state_dict()
+    fresh = build_ppo_config(exp, [target], "svc-agent", grid=(2, 4)).build_algo()
+    tuned = build_ppo_config(exp, [target], "svc-agent", grid=(2, 4), load_module_from=module_dir(meta)).build_algo()
+    try:
+        learner = tuned.get_module().state_dict()
+        runner = tuned.env_runner_group.foreach_env_runner(lambda r: r.module.state_dict(), local_env_runner=False)[0]
+        for name, value in saved.items():
+            assert torch.equal(learner[name].cpu(), value.cpu()), name
+            assert torch.equal(torch.as_tensor(runner[name]), value.cpu()), name
+        assert any(not torch.equal(fresh.get_module().state_dict()[n].cpu(), v.cpu()) for n, v in saved.items())
+    finally:
+        fresh.stop()
+        tuned.stop()
+
+
+@pytest.mark.ray
+def test_train_smoke_writes_every_output(tmp_path):
+    proc = run_script("train.py", "--smoke-test", "--out", str(tmp_path / "run"), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    from rcnas.space.schema import load_subnet
+
+    arch, sub = load_subnet(summary["yaml"])
+    assert summary["yaml"].endswith(".yaml") and "/DIGITS/RL_" in summary["yaml"]
+    assert summary["macs"] <= summary["budget"] and sub.rcnas.task == "smoke-target"
+    for name in ("report.md", "reward.png", "candidates.png", "topology.png", "final/results.json",
+                 "final/comparison.txt", "evaluations.sqlite"):
+        assert (run / name).is_file(), name
+    assert list((run / "tune" / "meta").rglob("events.out.tfevents*")), "TensorBoard events for meta-training"
+    assert list((run / "tune" / "finetune").rglob("progress.csv"))
+    progress = next((run / "tune" / "finetune").rglob("progress.csv")).read_text()
+    assert "rcnas/best_reward" in progress and "rcnas/computed" in progress
+    results = json.loads((run / "final" / "results.json").read_text())
+    assert {r["name"] for r in results} == {"rl-chosen", "uniform-shrink", "teacher-tiny-222"}
+    assert "rl-chosen" in proc.stdout
+
+    # the downstream run of the original README: fine-tune only, from the saved meta checkpoint
+    down = run_script("train.py", "--experiment", "configs/experiments/smoke.yaml", "--task",
+                      "configs/tasks/smoke/smoke-target.yaml", "--M", "2", "--from", summary["meta_checkpoint"],
+                      "--out", str(tmp_path / "down"), "--no-final-eval", timeout=900)
+    assert down.returncode == 0, down.stderr[-3000:]
+    assert "meta-training" not in down.stderr and (tmp_path / "down" / "report.md").is_file()
+
+
+def test_bad_experiment_inputs_are_one_line(tmp_path):
+    bad = run_script("train.py", "--task", "configs/tasks/nope.yaml", "--out", str(tmp_path))
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error:") and "nope.yaml" in bad.stderr
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("name: x\nmeta_tasks: [digits-pgd-e20-t444-r35]\ntarget_task: digits-pgd-e20-t444-r35\n")
+    held = run_script("train.py", "--experiment", str(exp), "--out", str(tmp_path))
+    assert held.returncode == 2 and "hold it out" in held.stderr
+    missing = run_script("train.py", "--experiment", "configs/experiments/smoke.yaml", "--from", str(tmp_path),
+                         "--out", str(tmp_path / "o"), "--no-final-eval")
+    assert missing.returncode == 2 and "not an algorithm checkpoint" in missing.stderr
