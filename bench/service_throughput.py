@@ -19,6 +19,7 @@ import ray
 import torch
 
 from rcnas.config import load_task
+from rcnas.distributed.resources import ensure_ray
 from rcnas.distributed.service import start_service
 from rcnas.proxy.local import ProxyRunner, eval_key
 from rcnas.proxy.store import EvaluationStore
@@ -44,7 +45,7 @@ def main() -> None:
     t_seq = time.perf_counter() - t0
     rows = [("in-process, sequential, 1 thread", t_seq)]
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ensure_ray(num_cpus=2)
     tmp = Path(tempfile.mkdtemp(prefix="rcnas-bench-"))
     for n in (1, 2):
         svc = start_service(tmp / f"run{n}", n_workers=n, cache_dir=args.cache, name=f"bench-{n}", cpus_per_worker=1)

@@ -114,3 +114,32 @@ def test_bad_experiment_inputs_are_one_line(tmp_path):
     missing = run_script("train.py", "--experiment", "configs/experiments/smoke.yaml", "--from", str(tmp_path),
                          "--out", str(tmp_path / "o"), "--no-final-eval")
     assert missing.returncode == 2 and "not an algorithm checkpoint" in missing.stderr
+
+
+@pytest.mark.slow
+def test_resume_continues_a_killed_run_and_keeps_its_evaluations(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from rcnas.proxy.store import EvaluationStore
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "train.py", "--smoke-test", "--out", str(run)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    db = run / "evaluations.sqlite"
+    deadline = time.time() + 600
+    while time.time() < deadline and not (db.is_file() and len(EvaluationStore(db)) >= 1):
+        time.sleep(2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole process group: driver, Ray, workers
+    proc.wait()
+    before = {json.dumps(r["metrics"], sort_keys=True) for r in EvaluationStore(db).rows()}
+    assert before, "the first run stored at least one evaluation before it was killed"
+    again = run_script("train.py", "--smoke-test", "--out", str(run), "--resume", timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = {json.dumps(r["metrics"], sort_keys=True) for r in EvaluationStore(db).rows()}
+    assert before <= after, "nothing stored before the kill is lost"
+    assert (run / "summary.json").is_file()
