@@ -12,6 +12,13 @@ from ray.rllib.callbacks.callbacks import RLlibCallback
 
 
 class SearchMetrics(RLlibCallback):
+    def on_algorithm_init(self, *, algorithm: Any, metrics_logger: Any = None, **kwargs: Any) -> None:
+        """Fine-tuning: the learner has loaded the meta-trained module (``RLModuleSpec.load_state_path``); push
+        those weights to every env runner, the local one included (RLlib leaves it at its fresh init), so that the
+        very first episodes already sample from the meta-trained policy."""
+        algorithm.env_runner_group.sync_weights(from_worker_or_learner_group=algorithm.learner_group,
+                                                inference_only=True)
+
     def on_episode_end(self, *, episode: Any, metrics_logger: Any = None, **kwargs: Any) -> None:
         info = episode.get_infos(-1)
         if not info or "metrics" not in info or metrics_logger is None:

@@ -10,6 +10,9 @@ from pathlib import Path
 from agents.config import load_experiment, task_path
 from agents.final import final_comparison
 from agents.search import SearchOptions, run_search
+from agents.stages import module_dir
+from rcnas.config import load_task
+from rcnas.errors import ConfigError
 from rcnas.report import text_table
 
 
@@ -25,8 +28,15 @@ def run_pipeline(args: argparse.Namespace) -> int:
     if args.task:
         target = task_path(args.task)
         metas = [m for m in metas if Path(m).resolve() != Path(target).resolve()]
-    if args.M:
+    if args.M is not None:
         exp = exp.model_copy(update={"M": args.M})
+    # every user mistake is reported before Ray starts
+    load_task(target)
+    if args.from_checkpoint and not Path(module_dir(args.from_checkpoint)).is_dir():
+        raise ConfigError(f"--from {args.from_checkpoint}: not an algorithm checkpoint (no "
+                          f"{module_dir(args.from_checkpoint)}); pass a meta checkpoint folder from summary.json")
+    if args.M is not None and args.M < 1:
+        raise ConfigError(f"--M {args.M}: the number of sub-networks per policy update must be >= 1")
     out = Path(args.out or f"runs/{exp.name}")
     opts = SearchOptions(out=out, no_tune=args.no_tune, resume=args.resume, from_checkpoint=args.from_checkpoint,
                          ray_address=args.ray_address)

@@ -63,11 +63,14 @@ def test_finetuning_starts_from_the_meta_trained_weights(ray_local, tmp_path):
     fresh = build_ppo_config(exp, [target], "svc-agent", grid=(2, 4)).build_algo()
     tuned = build_ppo_config(exp, [target], "svc-agent", grid=(2, 4), load_module_from=module_dir(meta)).build_algo()
     try:
-        learner = tuned.get_module().state_dict()
+        learner = tuned.learner_group.get_state(components="learner/rl_module/default_policy")
+        learner = learner["learner"]["rl_module"]["default_policy"]
+        local = tuned.get_module().state_dict()
         runner = tuned.env_runner_group.foreach_env_runner(lambda r: r.module.state_dict(), local_env_runner=False)[0]
         for name, value in saved.items():
-            assert torch.equal(learner[name].cpu(), value.cpu()), name
-            assert torch.equal(torch.as_tensor(runner[name]), value.cpu()), name
+            assert torch.equal(torch.as_tensor(learner[name]), value.cpu()), f"learner {name}"
+            assert torch.equal(local[name].cpu(), value.cpu()), f"local env runner {name}"
+            assert torch.equal(torch.as_tensor(runner[name]), value.cpu()), f"remote env runner {name}"
         assert any(not torch.equal(fresh.get_module().state_dict()[n].cpu(), v.cpu()) for n, v in saved.items())
     finally:
         fresh.stop()
@@ -88,7 +91,14 @@ def test_train_smoke_writes_every_output(tmp_path):
     for name in ("report.md", "reward.png", "candidates.png", "topology.png", "final/results.json",
                  "final/comparison.txt", "evaluations.sqlite"):
         assert (run / name).is_file(), name
-    assert list((run / "tune" / "meta").rglob("events.out.tfevents*")), "TensorBoard events for meta-training"
+    events = list((run / "tune" / "meta").rglob("events.out.tfevents*"))
+    assert events, "TensorBoard events for meta-training"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert any("episode_return_mean" in t for t in tags) and any("rcnas/best_reward" in t for t in tags), tags[:20]
     assert list((run / "tune" / "finetune").rglob("progress.csv"))
     progress = next((run / "tune" / "finetune").rglob("progress.csv")).read_text()
     assert "rcnas/best_reward" in progress and "rcnas/computed" in progress
