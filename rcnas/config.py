@@ -99,8 +99,8 @@ class ProxyConfig(StrictModel):
 
     inherit: bool = True
     """start from the adversarially trained teacher's weights (else from scratch)"""
-    epochs: float = Field(2.0, gt=0)
-    """adversarial fine-tuning epochs (fractions allowed)"""
+    epochs: float = Field(2.0, ge=0)
+    """adversarial fine-tuning epochs (fractions allowed; 0 scores the inherited weights as they are)"""
     lr: float = Field(0.02, gt=0)
     schedule: Literal["multistep", "cosine", "constant"] = "cosine"
     data_fraction: float = Field(1.0, gt=0, le=1)

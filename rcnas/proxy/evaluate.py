@@ -60,13 +60,14 @@ def proxy_evaluate(task: TaskConfig, arch: ArchSpec, data: DataSplits, teacher: 
             model = build_model(arch, info.shape).to(device)
             if p.inherit and teacher is not None:
                 counts = inherit_weights(model, teacher)
-            recipe = task.training.model_copy(update={"epochs": p.epochs, "lr": p.lr, "schedule": p.schedule,
-                                                      "select_on_val": False, "seed": s})
-            res = adversarial_train(model, data, recipe, num_classes=info.shape.num_classes,
-                                    crop_padding=info.crop_padding if task.dataset.augment else 0,
-                                    flip=info.flip and task.dataset.augment, data_fraction=p.data_fraction)
-            if res.diverged:
-                return _failed(base, counts, f"fine-tuning diverged: {res.reason}", t0)
+            if p.epochs > 0:
+                recipe = task.training.model_copy(update={"epochs": p.epochs, "lr": p.lr, "schedule": p.schedule,
+                                                          "select_on_val": False, "seed": s})
+                res = adversarial_train(model, data, recipe, num_classes=info.shape.num_classes,
+                                        crop_padding=info.crop_padding if task.dataset.augment else 0,
+                                        flip=info.flip and task.dataset.augment, data_fraction=p.data_fraction)
+                if res.diverged:
+                    return _failed(base, counts, f"fine-tuning diverged: {res.reason}", t0)
             c, rob = _val_accuracy(model, task, data, s, info.shape.num_classes)
             clean.append(c)
             robust.append(rob)
