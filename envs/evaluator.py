@@ -1,23 +1,6 @@
-"""What the environment needs from whoever scores sub-networks; injected, so the env never imports Ray.
+"""The evaluator the environment is given (injected, so the env never imports Ray); defined in rcnas so that the
+baseline searchers share it."""
 
-Implementations: :class:`rcnas.proxy.local.LocalEvaluator` (in-process, the default) and
-``rcnas.distributed.service.RayEvaluator`` (a shared pool of Ray actors with a persistent store).
-"""
+from rcnas.proxy.protocol import Evaluator
 
-from __future__ import annotations
-
-from typing import Protocol
-
-from rcnas.config import TaskConfig
-from rcnas.proxy.records import Evaluation, TeacherStats
-from rcnas.space.arch import ArchSpec
-
-
-class Evaluator(Protocol):
-    def teacher_stats(self, task: TaskConfig) -> TeacherStats:
-        """The task's adversarially trained teacher, measured like candidates (for the observation and reward)."""
-        ...
-
-    def evaluate(self, task: TaskConfig, arch: ArchSpec) -> Evaluation:
-        """The proxy evaluation of ``arch`` on ``task`` (from the store when already measured)."""
-        ...
+__all__ = ["Evaluator"]

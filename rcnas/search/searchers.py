@@ -1,0 +1,141 @@
+"""Non-RL searchers over a task's compression space, selected by name from ``SEARCHERS``.
+
+Each gets the same :class:`CompressionSpace` (so the same budget wall) and the same evaluator as the agent (so the
+same proxy, seeds and store), and spends at most ``n`` evaluations of distinct sub-networks. A searcher returns
+its trajectory: every evaluated sub-network in order with its reward, from which best-so-far curves are drawn.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from rcnas.config import TaskConfig
+from rcnas.proxy.protocol import Evaluator
+from rcnas.registry import Registry
+from rcnas.reward import compression_reward
+from rcnas.space.arch import ArchSpec
+from rcnas.space.baselines import uniform_shrink
+from rcnas.space.space import CompressionSpace
+
+
+@dataclass(frozen=True)
+class Step:
+    arch: ArchSpec
+    reward: float
+    robust_acc: float
+    macs: int
+    cached: bool
+
+
+class Budgeted:
+    """Evaluates sub-networks for a searcher, counting distinct ones against the budget ``n``."""
+
+    def __init__(self, task: TaskConfig, space: CompressionSpace, evaluator: Evaluator, n: int) -> None:
+        self.task, self.space, self.evaluator, self.n = task, space, evaluator, n
+        self.teacher = evaluator.teacher_stats(task)
+        self.trajectory: list[Step] = []
+        self._seen: dict[ArchSpec, Step] = {}
+
+    @property
+    def done(self) -> bool:
+        return len(self.trajectory) >= self.n
+
+    def __call__(self, arch: ArchSpec) -> float:
+        if arch in self._seen:  # a repeat costs nothing and is not counted again
+            return self._seen[arch].reward
+        m = self.evaluator.evaluate(self.task, arch)
+        reward = compression_reward(m.metrics.robust_acc, self.teacher.robust_acc, m.metrics.macs,
+                                    self.space.budget, self.task.reward, ok=m.metrics.ok)
+        step = Step(arch, reward, m.metrics.robust_acc, m.metrics.macs, m.cached)
+        self._seen[arch] = step
+        self.trajectory.append(step)
+        return reward
+
+
+Searcher = Callable[[Budgeted, np.random.Generator], None]
+SEARCHERS: Registry[Searcher] = Registry("searcher")
+
+
+@SEARCHERS.register("random")
+def random_search(ev: Budgeted, rng: np.random.Generator) -> None:
+    """Uniformly random valid actions per stage, until ``n`` distinct sub-networks are evaluated."""
+    for _ in range(100 * ev.n):
+        if ev.done:
+            return
+        ev(ev.space.arch(ev.space.sample(rng)))
+
+
+def mutate(space: CompressionSpace, actions: tuple[int, ...], rng: np.random.Generator) -> tuple[int, ...]:
+    """Change one stage's choice to another valid one, keeping the rest where the budget wall still allows it
+    (later stages that no longer fit get random valid choices). A stage without an alternative is skipped; when no
+    stage has one, the result is a fresh random sub-network."""
+    for stage in rng.permutation(space.n_stages):
+        valid = np.flatnonzero(space.mask(actions[:stage]))
+        others = [int(a) for a in valid if a != actions[stage]]
+        if not others:
+            continue
+        out = actions[:stage] + (int(rng.choice(others)),)
+        for i in range(stage + 1, space.n_stages):
+            valid = np.flatnonzero(space.mask(out))
+            out += (actions[i] if actions[i] in valid else int(rng.choice(valid)),)
+        return out
+    return space.sample(rng)
+
+
+@SEARCHERS.register("evolution")
+def regularized_evolution(ev: Budgeted, rng: np.random.Generator, population: int = 10, sample: int = 3) -> None:
+    """Regularized evolution (Real et al., AAAI 2019): tournament selection, one-stage mutation, oldest dies."""
+    pop: list[tuple[tuple[int, ...], float]] = []
+    while len(pop) < population and not ev.done:
+        a = ev.space.sample(rng)
+        pop.append((a, ev(ev.space.arch(a))))
+    for _ in range(100 * ev.n):
+        if ev.done:
+            return
+        contenders = [pop[i] for i in rng.choice(len(pop), size=min(sample, len(pop)), replace=False)]
+        parent = max(contenders, key=lambda p: p[1])[0]
+        child = mutate(ev.space, parent, rng)
+        pop.append((child, ev(ev.space.arch(child))))
+        pop.pop(0)
+
+
+@SEARCHERS.register("compound")
+def compound_scaling(ev: Budgeted, rng: np.random.Generator) -> None:
+    """RobustResNet's compound-scaling rule (Huang et al., CVPR 2023): depths D1:D2:D3 = 2:2:1 and widths
+    W1:W2:W3 = 2:2.5:1, scaled down to the budget. Evaluates the largest rule-following sub-networks that fit,
+    from the most MACs down, one per depth scale."""
+    t, space = ev.space.teacher, ev.space
+    fits: list[ArchSpec] = []
+    for kd in np.linspace(max(t.arch.depths) / 2, 0.5, 40):
+        best = None
+        for kw in np.linspace(max(t.widths) / 2, 0.4, 60):
+            depths = tuple(min(d, max(1, round(r * kd))) for d, r in zip(t.arch.depths, (2, 2, 1)))
+            widths = tuple(min(w, max(1, math.floor(r * kw + 0.5))) for w, r in zip(t.widths, (2, 2.5, 1)))
+            arch = t.subnet(depths, widths, t.arch.blocks)
+            if space.cost(arch).macs <= space.budget:
+                best = arch
+                break
+        if best is not None and best not in fits:
+            fits.append(best)
+    for arch in sorted(fits, key=lambda a: -space.cost(a).macs):
+        if ev.done:
+            return
+        ev(arch)
+
+
+@SEARCHERS.register("uniform")
+def uniform(ev: Budgeted, rng: np.random.Generator) -> None:
+    """The teacher shrunk by one factor in depth and width to the budget: a single sub-network."""
+    ev(uniform_shrink(ev.space))
+
+
+def run_searcher(name: str, task: TaskConfig, evaluator: Evaluator, n: int, seed: int = 0) -> list[Step]:
+    """Run searcher ``name`` for at most ``n`` distinct evaluations; returns its trajectory."""
+    space = CompressionSpace.for_task(task)
+    ev = Budgeted(task, space, evaluator, n)
+    SEARCHERS.get(name)(ev, np.random.default_rng(seed))
+    return ev.trajectory

@@ -1,0 +1,57 @@
+"""Baseline searchers: same budget wall, evaluation budget respected, reproducible, each does what it says."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rcnas.config import load_task
+from rcnas.search.searchers import SEARCHERS, mutate, run_searcher
+from rcnas.space.space import CompressionSpace
+from tests.conftest import ROOT
+from tests.fakes import FakeEvaluator
+
+TASK = load_task(ROOT / "configs/tasks/digits-pgd-e20-t444-r35.yaml")
+
+
+@pytest.mark.parametrize("name", SEARCHERS.names())
+def test_every_searcher_stays_within_budget_and_evaluation_count(name):
+    space = CompressionSpace.for_task(TASK)
+    fake = FakeEvaluator()
+    steps = run_searcher(name, TASK, fake, n=12, seed=0)
+    assert 1 <= len(steps) <= 12 and fake.calls == len(steps)
+    assert len({s.arch for s in steps}) == len(steps), "distinct sub-networks only"
+    assert all(s.macs <= space.budget and np.isfinite(s.reward) for s in steps)
+    again = run_searcher(name, TASK, FakeEvaluator(), n=12, seed=0)
+    assert [s.arch for s in again] == [s.arch for s in steps], "reproducible from its seed"
+
+
+def test_random_and_evolution_spend_the_whole_budget():
+    for name in ("random", "evolution"):
+        assert len(run_searcher(name, TASK, FakeEvaluator(), n=20, seed=1)) == 20
+
+
+def test_mutation_changes_one_stage_and_stays_valid():
+    space = CompressionSpace.for_task(TASK)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        parent = space.sample(rng)
+        child = mutate(space, parent, rng)
+        prefix: tuple[int, ...] = ()
+        for a in child:
+            assert space.mask(prefix)[a]
+            prefix += (a,)
+        first = next((i for i, (p, c) in enumerate(zip(parent, child)) if p != c), None)
+        assert first is not None, "a mutation changes something"
+
+
+def test_evolution_improves_on_its_initial_population_under_a_monotone_reward():
+    steps = run_searcher("evolution", TASK, FakeEvaluator(), n=40, seed=0)
+    assert max(s.reward for s in steps[10:]) >= max(s.reward for s in steps[:10])
+
+
+def test_compound_scaling_follows_the_2_2_1_depth_rule():
+    steps = run_searcher("compound", TASK, FakeEvaluator(), n=5, seed=0)
+    for s in steps:
+        d1, d2, d3 = s.arch.depths
+        assert d1 == d2 and d3 <= d1
