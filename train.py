@@ -16,6 +16,7 @@ How to run:
     python train.py --experiment configs/experiments/cifar10.yaml --out /shared/runs/cifar10   # on a GPU cluster
     python train.py --resume                          # continue an interrupted run (Tune + the evaluation store)
     python train.py --smoke-test / --no-tune          # a minute-long run for CI / a plain algo.train() loop
+    python train.py --searcher evolution --n 25       # a baseline on the same service, store and budget wall
 
 Results to expect:
     under --out: summary.json, report.md, reward.png, candidates.png, topology.png, DIGITS/RL_<budget>.yaml,
@@ -36,6 +37,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--task", help="target task YAML (overrides the experiment's target_task)")
     p.add_argument("--M", type=int, help="sub-networks sampled per policy update")
     p.add_argument("--from", dest="from_checkpoint", help="meta-trained checkpoint: skip meta-training")
+    p.add_argument("--searcher", default="rl", choices=["rl", "ppo-scratch", "random", "evolution", "compound",
+                                                        "uniform"],
+                   help="rl (meta-train + fine-tune, default), ppo-scratch, or a baseline on the same service")
+    p.add_argument("--n", type=int, default=25, help="evaluations a baseline searcher may spend")
     p.add_argument("--out", help="run folder (default runs/<experiment name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-tune", action="store_true", help="plain algo.train() loops instead of Tune")

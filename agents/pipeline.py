@@ -35,11 +35,15 @@ def run_pipeline(args: argparse.Namespace) -> int:
     if args.from_checkpoint and not Path(module_dir(args.from_checkpoint)).is_dir():
         raise ConfigError(f"--from {args.from_checkpoint}: not an algorithm checkpoint (no "
                           f"{module_dir(args.from_checkpoint)}); pass a meta checkpoint folder from summary.json")
+    if args.from_checkpoint and args.searcher != "rl":
+        raise ConfigError(f"--from applies to the rl searcher, not --searcher {args.searcher}")
+    if args.n < 1:
+        raise ConfigError(f"--n {args.n}: a searcher needs at least one evaluation")
     if args.M is not None and args.M < 1:
         raise ConfigError(f"--M {args.M}: the number of sub-networks per policy update must be >= 1")
     out = Path(args.out or f"runs/{exp.name}")
     opts = SearchOptions(out=out, no_tune=args.no_tune, resume=args.resume, from_checkpoint=args.from_checkpoint,
-                         ray_address=args.ray_address)
+                         ray_address=args.ray_address, searcher=args.searcher, n=args.n)
     summary = run_search(exp, metas, target, opts, log=log)
     log(f"chosen: {summary['chosen']} (reward {summary['reward']:.4f}, val robust acc "
         f"{summary['val_robust_acc']:.4f}, {summary['macs']:,} MACs <= budget {summary['budget']:,.0f}); "

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only: no display on cluster nodes or CI
 import matplotlib.pyplot as plt  # noqa: E402
@@ -36,18 +37,25 @@ def progress_rows(trial_root: Path) -> list[dict[str, str]]:
     return rows
 
 
-def plot_rewards(stages: dict[str, Path], path: Path) -> None:
+def plot_rewards(stages: dict[str, Path], rows: list[dict[str, Any]], path: Path) -> None:
+    """PPO runs: mean and best-so-far reward per iteration of each Tune stage. Baseline searchers (no stages):
+    each evaluation's reward and the best so far, in evaluation order."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     offset = 0
     for name, root in stages.items():
-        rows = progress_rows(root)
-        ys = [float(r.get("env_runners/episode_return_mean") or "nan") for r in rows]
-        best = [float(r.get("rcnas/best_reward") or "nan") for r in rows]
+        progress = progress_rows(root)
+        ys = [float(r.get("env_runners/episode_return_mean") or "nan") for r in progress]
+        best = [float(r.get("rcnas/best_reward") or "nan") for r in progress]
         xs = list(range(offset + 1, offset + len(ys) + 1))
         ax.plot(xs, ys, marker="o", label=f"{name}: mean episode reward")
         ax.plot(xs, best, linestyle="--", label=f"{name}: best so far")
         offset += len(ys)
-    ax.set_xlabel("PPO iteration")
+    if not stages:
+        rewards = [r["reward"] for r in rows]
+        xs = list(range(1, len(rewards) + 1))
+        ax.plot(xs, rewards, marker="o", linestyle="", label="evaluation reward")
+        ax.plot(xs, np.maximum.accumulate(rewards), label="best so far")
+    ax.set_xlabel("PPO iteration" if stages else "evaluation")
     ax.set_ylabel("reward")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -98,7 +106,7 @@ def write_report(out: Path, task: TaskConfig, space: CompressionSpace, rows: lis
                                    "epsilon": eps_label(task.attack.epsilon)}), yaml_path)
     (out / "chosen_metrics.json").write_text(json.dumps({**chosen["metrics"], **metrics,
                                                          "arch": chosen["arch"].short()}, indent=2))
-    plot_rewards(stages, out / "reward.png")
+    plot_rewards(stages, rows, out / "reward.png")
     plot_candidates(rows, chosen, out / "candidates.png", task)
     plot_topology(chosen, space, out / "topology.png")
     top = sorted(rows, key=lambda r: -r["reward"])[:10]

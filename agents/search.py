@@ -22,8 +22,8 @@ from agents.stages import module_dir, run_stage
 from agents.summary import scored_rows
 from rcnas.config import load_task
 from rcnas.distributed.resources import ensure_ray
-from rcnas.distributed.service import start_service
-from rcnas.errors import ConfigError
+from rcnas.distributed.service import RayEvaluator, start_service
+from rcnas.search.searchers import SEARCHERS, run_searcher
 from rcnas.space.space import ActionGrid, CompressionSpace
 
 
@@ -35,6 +35,10 @@ class SearchOptions:
     from_checkpoint: Optional[str] = None
     """skip meta-training: fine-tune from this meta checkpoint (the downstream run)"""
     ray_address: Optional[str] = None
+    searcher: str = "rl"
+    """rl (meta-train + fine-tune), ppo-scratch (PPO on the target only), or a baseline in rcnas.search SEARCHERS"""
+    n: int = 25
+    """evaluations a baseline searcher may spend"""
 
 
 def shared_grid(task_paths: list[str]) -> tuple[int, int]:
@@ -58,29 +62,39 @@ def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: Searc
     # task paths are made absolute: Tune runs trials in their own working directories
     metas, target = [str(Path(m).resolve()) for m in metas], str(Path(target).resolve())
     grid = shared_grid(metas + [target])
-    # 2. meta-training across the task set (skipped by the downstream run, which starts from a checkpoint)
-    if opts.from_checkpoint:
-        meta_ckpt = opts.from_checkpoint
-        if not Path(module_dir(meta_ckpt)).is_dir():
-            raise ConfigError(f"--from {meta_ckpt}: not an algorithm checkpoint (no {module_dir(meta_ckpt)})")
-    else:
-        log(f"meta-training on {len(metas)} tasks, {exp.meta_iterations} iterations of M={exp.M}")
-        meta_ckpt = run_stage("meta", build_ppo_config(exp, metas, service_name, grid=grid), exp.meta_iterations,
-                              storage, no_tune=opts.no_tune, resume=opts.resume, log=log)
-        log(f"meta checkpoint: {meta_ckpt}")
-    # 3. fine-tuning on the held-out task, starting from the meta-trained policy
-    log(f"fine-tuning on {load_task(target).name}, {exp.finetune_iterations} iterations")
-    ft_config = build_ppo_config(exp, [target], service_name, grid=grid, load_module_from=module_dir(meta_ckpt))
-    ft_ckpt = run_stage("finetune", ft_config, exp.finetune_iterations, storage, no_tune=opts.no_tune,
-                        resume=opts.resume, log=log)
-    # 4. the result: the best sub-network evaluated on the target task, its report and plots
     task = load_task(target)
+    meta_ckpt = ft_ckpt = None
+    stages: dict[str, Path] = {}
+    if opts.searcher in SEARCHERS:
+        # 2'. a baseline searcher on the same service, store and budget wall
+        log(f"searcher {opts.searcher}: {opts.n} evaluations on {task.name}")
+        run_searcher(opts.searcher, task, RayEvaluator(service_name), opts.n, exp.seed)
+    else:
+        # 2. meta-training across the task set (skipped by the downstream run, which starts from a checkpoint,
+        # and by the PPO-from-scratch baseline)
+        if opts.from_checkpoint:
+            meta_ckpt = opts.from_checkpoint
+        elif opts.searcher == "rl":
+            log(f"meta-training on {len(metas)} tasks, {exp.meta_iterations} iterations of M={exp.M}")
+            meta_ckpt = run_stage("meta", build_ppo_config(exp, metas, service_name, grid=grid),
+                                  exp.meta_iterations, storage, no_tune=opts.no_tune, resume=opts.resume, log=log)
+            log(f"meta checkpoint: {meta_ckpt}")
+            stages["meta"] = storage / "meta"
+        # 3. fine-tuning on the held-out task, starting from the meta-trained policy (or from scratch)
+        log(f"fine-tuning on {task.name}, {exp.finetune_iterations} iterations"
+            + ("" if meta_ckpt else " (no meta-training: PPO from scratch)"))
+        ft_config = build_ppo_config(exp, [target], service_name, grid=grid,
+                                     load_module_from=module_dir(meta_ckpt) if meta_ckpt else None)
+        ft_ckpt = run_stage("finetune", ft_config, exp.finetune_iterations, storage, no_tune=opts.no_tune,
+                            resume=opts.resume, log=log)
+        stages["finetune"] = storage / "finetune"
+    # 4. the result: the best sub-network evaluated on the target task, its report and plots
     space = CompressionSpace.for_task(task, grid=ActionGrid(*grid))
     rows = scored_rows(target, service_name)
     if not rows:
         raise RuntimeError("no sub-network of the target task was evaluated: raise finetune_iterations")
-    chosen = write_report(out, task, space, rows, {"meta": storage / "meta", "finetune": storage / "finetune"})
-    summary = {"experiment": exp.name, "target": task.name, "chosen": chosen["arch"].short(),
+    chosen = write_report(out, task, space, rows, stages)
+    summary = {"experiment": exp.name, "searcher": opts.searcher, "target": task.name, "chosen": chosen["arch"].short(),
                "yaml": chosen["yaml"], "reward": chosen["reward"], "val_robust_acc": chosen["robust_acc"],
                "macs": chosen["macs"], "budget": space.budget, "meta_checkpoint": meta_ckpt,
                "finetune_checkpoint": ft_ckpt, "evaluated": len(rows), "search_seconds": time.perf_counter() - t0}

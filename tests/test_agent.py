@@ -153,3 +153,17 @@ def test_resume_continues_a_killed_run_and_keeps_its_evaluations(tmp_path):
     after = {json.dumps(r["metrics"], sort_keys=True) for r in EvaluationStore(db).rows()}
     assert before <= after, "nothing stored before the kill is lost"
     assert (run / "summary.json").is_file()
+
+
+@pytest.mark.ray
+def test_baseline_searchers_run_through_train_py(tmp_path):
+    evo = run_script("train.py", "--smoke-test", "--searcher", "evolution", "--n", "3", "--no-final-eval",
+                     "--out", str(tmp_path / "evo"), timeout=900)
+    assert evo.returncode == 0, evo.stderr[-3000:]
+    summary = json.loads((tmp_path / "evo" / "summary.json").read_text())
+    assert summary["searcher"] == "evolution" and summary["evaluated"] == 3 and summary["meta_checkpoint"] is None
+    assert (tmp_path / "evo" / "reward.png").is_file() and not (tmp_path / "evo" / "tune").exists()
+    ppo = run_script("train.py", "--smoke-test", "--searcher", "ppo-scratch", "--no-final-eval",
+                     "--out", str(tmp_path / "ppo"), timeout=900)
+    assert ppo.returncode == 0, ppo.stderr[-3000:]
+    assert not (tmp_path / "ppo" / "tune" / "meta").exists() and (tmp_path / "ppo" / "tune" / "finetune").is_dir()

@@ -17,7 +17,8 @@ def imports(module: str) -> set[str]:
 
 
 @pytest.mark.parametrize("module", ["rcnas", "rcnas.final_eval", "rcnas.evaluate_cmd", "rcnas.train",
-                                    "rcnas.attacks", "rcnas.space.space", "envs"])
+                                    "rcnas.attacks", "rcnas.space.space", "rcnas.proxy.local",
+                                    "rcnas.search.searchers", "envs"])
 def test_no_ray_outside_distributed(module):
     assert "ray" not in imports(module)
 
