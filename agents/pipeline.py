@@ -37,6 +37,9 @@ def run_pipeline(args: argparse.Namespace) -> int:
                           f"{module_dir(args.from_checkpoint)}); pass a meta checkpoint folder from summary.json")
     if args.from_checkpoint and args.searcher != "rl":
         raise ConfigError(f"--from applies to the rl searcher, not --searcher {args.searcher}")
+    if not metas and args.searcher == "rl" and not args.from_checkpoint:
+        raise ConfigError(f"--task {args.task} was the experiment's only meta-training task: nothing is left to "
+                          "meta-train on; pass --from <meta checkpoint> or another --experiment")
     if args.n < 1:
         raise ConfigError(f"--n {args.n}: a searcher needs at least one evaluation")
     if args.M is not None and args.M < 1:
