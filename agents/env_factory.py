@@ -15,9 +15,11 @@ ENV_NAME = "rcnas-compression"
 
 def make_env(env_config: Mapping[str, Any]) -> CompressionEnv:
     """``env_config``: ``tasks`` (YAML paths; one per episode is drawn), ``grid``, ``service`` (the evaluation
-    service's actor name, looked up in whichever process RLlib builds the env)."""
+    service's actor name, looked up in whichever process RLlib builds the env), ``client`` (the tag under which the
+    service logs this run's requests)."""
     cfg = dict(env_config)
-    return CompressionEnv(tasks=cfg["tasks"], grid=cfg.get("grid"), evaluator=RayEvaluator(cfg["service"]))
+    evaluator = RayEvaluator(cfg["service"], client=cfg.get("client", ""))
+    return CompressionEnv(tasks=cfg["tasks"], grid=cfg.get("grid"), evaluator=evaluator)
 
 
 def register() -> str:

@@ -14,7 +14,8 @@ from agents.rl_module import StageEncoderModule
 
 
 def build_ppo_config(exp: ExperimentConfig, tasks: list[str], service: str, n_stages: int = 3,
-                     grid: Optional[tuple[int, int]] = None, load_module_from: Optional[str] = None) -> PPOConfig:
+                     grid: Optional[tuple[int, int]] = None, load_module_from: Optional[str] = None,
+                     client: str = "") -> PPOConfig:
     """PPO over the compression env: ``M`` episodes (sub-networks) per policy update.
 
     Args:
@@ -22,7 +23,8 @@ def build_ppo_config(exp: ExperimentConfig, tasks: list[str], service: str, n_st
     """
     batch = exp.M * n_stages
     minibatch = (exp.ppo.minibatch_episodes or exp.M) * n_stages
-    env_config: dict[str, Any] = {"tasks": tasks, "service": service, "grid": list(grid) if grid else None}
+    env_config: dict[str, Any] = {"tasks": tasks, "service": service, "grid": list(grid) if grid else None,
+                                  "client": client}
     return (
         PPOConfig()
         .environment(env=register(), env_config=env_config, disable_env_checking=True)

@@ -68,7 +68,7 @@ def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: Searc
     if opts.searcher in SEARCHERS:
         # 2'. a baseline searcher on the same service, store and budget wall
         log(f"searcher {opts.searcher}: {opts.n} evaluations on {task.name}")
-        run_searcher(opts.searcher, task, RayEvaluator(service_name), opts.n, exp.seed)
+        run_searcher(opts.searcher, task, RayEvaluator(service_name, client=opts.searcher), opts.n, exp.seed)
     else:
         # 2. meta-training across the task set (skipped by the downstream run, which starts from a checkpoint,
         # and by the PPO-from-scratch baseline)
@@ -76,7 +76,7 @@ def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: Searc
             meta_ckpt = opts.from_checkpoint
         elif opts.searcher == "rl":
             log(f"meta-training on {len(metas)} tasks, {exp.meta_iterations} iterations of M={exp.M}")
-            meta_ckpt = run_stage("meta", build_ppo_config(exp, metas, service_name, grid=grid),
+            meta_ckpt = run_stage("meta", build_ppo_config(exp, metas, service_name, grid=grid, client="rl-meta"),
                                   exp.meta_iterations, storage, no_tune=opts.no_tune, resume=opts.resume, log=log)
             log(f"meta checkpoint: {meta_ckpt}")
             stages["meta"] = storage / "meta"
@@ -84,7 +84,8 @@ def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: Searc
         log(f"fine-tuning on {task.name}, {exp.finetune_iterations} iterations"
             + ("" if meta_ckpt else " (no meta-training: PPO from scratch)"))
         ft_config = build_ppo_config(exp, [target], service_name, grid=grid,
-                                     load_module_from=module_dir(meta_ckpt) if meta_ckpt else None)
+                                     load_module_from=module_dir(meta_ckpt) if meta_ckpt else None,
+                                     client=f"{opts.searcher}-finetune")
         ft_ckpt = run_stage("finetune", ft_config, exp.finetune_iterations, storage, no_tune=opts.no_tune,
                             resume=opts.resume, log=log)
         stages["finetune"] = storage / "finetune"

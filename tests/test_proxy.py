@@ -58,3 +58,19 @@ def test_store_keeps_the_first_result_and_survives_reopening(tmp_path):
     reopened = LocalEvaluator(store=tmp_path / "s.sqlite", cache_dir=tmp_path / "cache")
     again = reopened.evaluate(task, ARCH)
     assert again.cached and again.metrics == first.metrics and len(EvaluationStore(tmp_path / "s.sqlite")) == 1
+
+
+def test_request_log_replays_each_clients_order_over_a_shared_store(tmp_path):
+    task = tiny_task()
+    ev = LocalEvaluator(store=tmp_path / "s.sqlite", cache_dir=tmp_path / "cache")
+    a = ARCH
+    b = get_teacher("tiny-222").subnet((1, 1, 1), (1, 1, 1), ("basic_block",) * 3)
+    ra, rb = ev.evaluate(task, a), ev.evaluate(task, b)
+    ev.store.log_request("random", ra.key, task.name, ra.cached)
+    ev.store.log_request("random", rb.key, task.name, rb.cached)
+    ev.store.log_request("evolution", rb.key, task.name, True)
+    log = ev.store.requests("random")
+    assert [r["arch_key"] for r in log] == [a.key(), b.key()]
+    assert log[0]["metrics"] == ra.metrics.to_dict()
+    assert [r["arch_key"] for r in ev.store.requests("evolution")] == [b.key()]
+    assert ev.store.requests("nobody") == []

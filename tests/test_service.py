@@ -32,12 +32,14 @@ def test_repeat_is_answered_from_the_store(ray_local, service):
     svc, _ = service
     task = tiny_task()
     arch = TEACHER.subnet((1, 1, 1), (1, 1, 1), ("basic_block",) * 3)
-    first = ray_local.get(svc.evaluate.remote(task, arch))
+    first = ray_local.get(svc.evaluate.remote(task, arch, 0, "client-a"))
     before = ray_local.get(svc.stats.remote())
-    again = ray_local.get(svc.evaluate.remote(task, arch))
+    again = ray_local.get(svc.evaluate.remote(task, arch, 0, "client-a"))
     after = ray_local.get(svc.stats.remote())
     assert not first.cached and again.cached and again.metrics == first.metrics
     assert after["computed"] == before["computed"] and after["from_store"] == before["from_store"] + 1
+    log = ray_local.get(svc.requests.remote("client-a"))
+    assert [r["cached"] for r in log] == [False, True] and {r["arch_key"] for r in log} == {arch.key()}
 
 
 def test_concurrent_identical_requests_compute_once(ray_local, service):

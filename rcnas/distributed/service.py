@@ -113,7 +113,14 @@ class EvaluationService:
             self.teachers.pop(key, None)  # let a later call try again
             raise
 
-    async def evaluate(self, task: TaskConfig, arch: ArchSpec, seed: int = 0) -> Evaluation:
+    async def evaluate(self, task: TaskConfig, arch: ArchSpec, seed: int = 0, client: str = "") -> Evaluation:
+        """The proxy evaluation of ``arch``; ``client`` (a run or searcher tag) has its request order logged."""
+        result = await self._evaluate(task, arch, seed)
+        if client:
+            self.store.log_request(client, result.key, task.name, result.cached)
+        return result
+
+    async def _evaluate(self, task: TaskConfig, arch: ArchSpec, seed: int) -> Evaluation:
         key = eval_key(task, arch, seed)
         hit = self.store.get(key)
         if hit is not None:
@@ -146,6 +153,10 @@ class EvaluationService:
         """Every stored evaluation of ``task_name`` (arch and metrics as plain dicts)."""
         return list(self.store.rows(task_name))
 
+    def requests(self, client: str) -> list[dict[str, Any]]:
+        """``client``'s evaluation requests in order, with their metrics."""
+        return self.store.requests(client)
+
     def worker_handles(self) -> list[Any]:
         return list(self.workers)
 
@@ -175,8 +186,8 @@ def start_service(run_dir: str | Path, n_workers: Optional[int] = None, cache_di
 class RayEvaluator:
     """The env's evaluator on Ray: a client of the named service, found by name in any process of the cluster."""
 
-    def __init__(self, name: str = SERVICE_NAME) -> None:
-        self.name = name
+    def __init__(self, name: str = SERVICE_NAME, client: str = "") -> None:
+        self.name, self.client = name, client
         self._handle: Any = None
 
     def _service(self) -> Any:
@@ -188,7 +199,8 @@ class RayEvaluator:
         return ray.get(self._service().teacher_stats.remote(task))
 
     def evaluate(self, task: TaskConfig, arch: ArchSpec) -> Evaluation:
-        return ray.get(self._service().evaluate.remote(task, arch))
+        return ray.get(self._service().evaluate.remote(task, arch, 0, self.client))
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"name": self.name, "_handle": None}  # handles are looked up again in the receiving process
+        # handles are looked up again in the receiving process
+        return {"name": self.name, "client": self.client, "_handle": None}

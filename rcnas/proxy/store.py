@@ -24,6 +24,11 @@ CREATE TABLE IF NOT EXISTS evaluations (
     task TEXT NOT NULL, arch TEXT NOT NULL, fidelity TEXT NOT NULL, seed INTEGER NOT NULL,
     task_name TEXT, arch_json TEXT NOT NULL, metrics_json TEXT NOT NULL, created REAL NOT NULL,
     PRIMARY KEY (task, arch, fidelity, seed)
+);
+CREATE TABLE IF NOT EXISTS requests (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, client TEXT NOT NULL, task_name TEXT,
+    task TEXT NOT NULL, arch TEXT NOT NULL, fidelity TEXT NOT NULL, seed INTEGER NOT NULL,
+    cached INTEGER NOT NULL, created REAL NOT NULL
 )
 """
 
@@ -38,7 +43,7 @@ class EvaluationStore:
         self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(SCHEMA)
+        self._db.executescript(SCHEMA)
 
     def get(self, key: EvalKey) -> Optional[ProxyMetrics]:
         with self._lock:
@@ -57,6 +62,27 @@ class EvaluationStore:
                  json.dumps(metrics.to_dict()), time.time()),
             )
         return cur.rowcount == 1
+
+    def log_request(self, client: str, key: EvalKey, task_name: str, cached: bool) -> None:
+        """Record that ``client`` asked for ``key``: several searchers can share one store (the proxy value of a
+        sub-network is the same whoever asks) and still each replay their own evaluation order."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO requests (client, task_name, task, arch, fidelity, seed, cached, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (client, task_name, key.task, key.arch, key.fidelity, key.seed, int(cached), time.time()),
+            )
+
+    def requests(self, client: str) -> list[dict[str, Any]]:
+        """``client``'s requests in the order made, each with the stored metrics."""
+        with self._lock:
+            fetched = self._db.execute(
+                "SELECT r.task_name, r.arch, r.cached, e.metrics_json FROM requests r JOIN evaluations e "
+                "ON r.task = e.task AND r.arch = e.arch AND r.fidelity = e.fidelity AND r.seed = e.seed "
+                "WHERE r.client = ? ORDER BY r.seq", (client,),
+            ).fetchall()
+        return [{"task_name": t, "arch_key": a, "cached": bool(c), "metrics": json.loads(m)}
+                for t, a, c, m in fetched]
 
     def __len__(self) -> int:
         with self._lock:
