@@ -43,8 +43,8 @@ class SearchOptions:
 
 def shared_grid(task_paths: list[str]) -> tuple[int, int]:
     """The action grid holding every task's teacher, so meta-training and fine-tuning share one action space."""
-    env_spaces = [CompressionSpace.for_task(load_task(p)) for p in task_paths]
-    return max(s.grid.max_depth for s in env_spaces), max(s.grid.max_width for s in env_spaces)
+    grid = ActionGrid.covering([CompressionSpace.for_task(load_task(p)) for p in task_paths])
+    return grid.max_depth, grid.max_width
 
 
 def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: SearchOptions,

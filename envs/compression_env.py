@@ -56,8 +56,7 @@ class CompressionEnv(gym.Env):
             evaluator = LocalEvaluator()
         self.evaluator = evaluator
         spaces = [CompressionSpace.for_task(t) for t in self.tasks]
-        self.grid = ActionGrid(*grid) if grid else ActionGrid(max(s.grid.max_depth for s in spaces),
-                                                              max(s.grid.max_width for s in spaces))
+        self.grid = ActionGrid(*grid) if grid else ActionGrid.covering(spaces)
         self.spaces = [CompressionSpace.for_task(t, grid=self.grid) for t in self.tasks]
         if max(s.n_stages for s in self.spaces) > observation.MAX_STAGES:
             raise ValueError(f"teachers with more than {observation.MAX_STAGES} stages need a larger observation")

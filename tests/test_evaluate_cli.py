@@ -38,7 +38,7 @@ def test_checkpoint_is_evaluated_without_training(tmp_path):
     a = json.loads((tmp_path / "a/results.json").read_text())[0]
     b = json.loads((tmp_path / "b/results.json").read_text())[0]
     assert "training" not in again.stderr
-    assert a["clean"] == b["clean"] and a["attacks"] == [{**x, "seconds": x["seconds"]} for x in a["attacks"]]
+    assert a["clean"] == b["clean"]
     assert [x["accuracy"] for x in a["attacks"]] == [x["accuracy"] for x in b["attacks"]]
 
 

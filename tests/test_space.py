@@ -11,7 +11,7 @@ from rcnas.errors import ConfigError
 from rcnas.models.teachers import get_teacher
 from rcnas.space.arch import InputShape
 from rcnas.space.cost import arch_cost
-from rcnas.space.space import CompressionSpace
+from rcnas.space.space import CompressionSpace, StageChoice
 
 TEACHERS = ["tiny-444", "tiny-332", "tiny-444-w234", "WRN-A1", "RobustResNet-A2", "WRN-34-10"]
 SHAPES = [InputShape(1, 8, 10), InputShape(3, 32, 10), InputShape(3, 32, 100), InputShape(3, 64, 200)]
@@ -45,7 +45,7 @@ def test_full_budget_allows_the_teacher_and_tight_budget_only_small():
     shape = InputShape(1, 8, 10)
     full = CompressionSpace(t, shape, arch_cost(t.arch, shape).macs)
     teacher_actions = tuple(full.index(i, c) for i, c in enumerate(
-        [type(full.choices[0][0])(s.depth, w, s.block) for s, w in zip(t.arch.stages, t.widths)]))
+        [StageChoice(s.depth, w, s.block) for s, w in zip(t.arch.stages, t.widths)]))
     assert full.arch(teacher_actions) == t.arch
     tight = CompressionSpace(t, shape, full.min_macs)
     assert tight.mask(()).sum() == 1

@@ -14,32 +14,16 @@ from typing import Optional
 
 import torch
 
-from rcnas.attacks import AttackContext, run_attack
 from rcnas.config import TaskConfig
 from rcnas.data.registry import DATASETS
-from rcnas.data.tensors import DataSplits, batches
+from rcnas.data.tensors import DataSplits
+from rcnas.evaluation import robust_accuracy
 from rcnas.models.builder import PreActResNet, build_model, inherit_weights
 from rcnas.provenance import code_version, derive_seed, fidelity_key, task_key
 from rcnas.proxy.records import ProxyMetrics
 from rcnas.space.arch import ArchSpec
 from rcnas.space.cost import arch_cost
 from rcnas.train import adversarial_train
-
-
-def _val_accuracy(model: torch.nn.Module, task: TaskConfig, data: DataSplits, seed: int,
-                  num_classes: int) -> tuple[float, float]:
-    model.eval()
-    val = data.val.head(task.proxy.val_examples)
-    device = next(model.parameters()).device
-    ctx = AttackContext(num_classes=num_classes, seed=seed, generator=torch.Generator().manual_seed(seed))
-    clean = robust = 0
-    for x, y in batches(val, 512, device):
-        x_adv = run_attack(model, x, y, task.attack, ctx)
-        with torch.no_grad():
-            ok = model(x).argmax(1) == y
-            clean += ok.sum().item()
-            robust += (ok & (model(x_adv).argmax(1) == y)).sum().item()
-    return clean / len(val), robust / len(val)
 
 
 def proxy_evaluate(task: TaskConfig, arch: ArchSpec, data: DataSplits, teacher: Optional[PreActResNet],
@@ -68,9 +52,11 @@ def proxy_evaluate(task: TaskConfig, arch: ArchSpec, data: DataSplits, teacher: 
                                         flip=info.flip and task.dataset.augment, data_fraction=p.data_fraction)
                 if res.diverged:
                     return _failed(base, counts, f"fine-tuning diverged: {res.reason}", t0)
-            c, rob = _val_accuracy(model, task, data, s, info.shape.num_classes)
-            clean.append(c)
-            robust.append(rob)
+            # the same measurement as the teacher's (rcnas.proxy.teacher.measure_teacher), in one batch of <= 512
+            report = robust_accuracy(model, data.val.head(p.val_examples), {"task": task.attack},
+                                     num_classes=info.shape.num_classes, seed=s, batch_size=512)
+            clean.append(report.clean)
+            robust.append(report.attacks[0].accuracy)
     except Exception as exc:  # noqa: BLE001 - any failure of one candidate must not stop the search
         return _failed(base, counts, f"{type(exc).__name__}: {exc}", t0)
     return ProxyMetrics(status="ok", reason="", robust_acc=statistics.fmean(robust),

@@ -65,6 +65,11 @@ class ActionGrid:
     def for_teacher(cls, teacher: TeacherSpec) -> ActionGrid:
         return cls(max(teacher.arch.depths), max(teacher.widths))
 
+    @classmethod
+    def covering(cls, spaces: list[CompressionSpace]) -> ActionGrid:
+        """The smallest grid holding every space's teacher: one action space for all tasks of an experiment."""
+        return cls(max(s.grid.max_depth for s in spaces), max(s.grid.max_width for s in spaces))
+
 
 class CompressionSpace:
     """All sub-networks of ``teacher`` reachable stage by stage within ``budget_macs``.
