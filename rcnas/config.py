@@ -109,6 +109,13 @@ class ProxyConfig(StrictModel):
     """fixed validation subset attacked for the reward"""
     repeats: int = Field(1, ge=1)
     """independent seeds averaged per reward"""
+    supernet: Literal["plain", "sandwich"] = "plain"
+    """how the teacher that weights are inherited from is trained: ``plain`` adversarial training of the full
+    network, or ``sandwich`` weight sharing (full + smallest + ``sandwich_random`` random sub-networks per step)"""
+    sandwich_random: int = Field(2, ge=0)
+    recalibrate_bn: int = Field(0, ge=0)
+    """training images to re-estimate BN statistics on before fine-tuning (0: keep the inherited ones, which are the
+    full teacher's and do not fit a narrow slice: OFA's BN recalibration, needed when ``epochs`` is 0)"""
 
 
 class RewardConfig(StrictModel):

@@ -18,9 +18,12 @@ def content_key(obj: Any) -> str:
 
 
 def teacher_key(task: TaskConfig) -> str:
-    """What a trained teacher depends on: data, split, architecture and recipe (not the task's attack or budget)."""
-    return content_key({"dataset": task.dataset.model_dump(), "teacher": task.teacher,
-                        "training": task.training.model_dump()})
+    """What a trained teacher depends on: data, split, architecture, recipe and weight-sharing rule (not the task's
+    attack or budget)."""
+    what = {"dataset": task.dataset.model_dump(), "teacher": task.teacher, "training": task.training.model_dump()}
+    if task.proxy.supernet != "plain":  # only then: plain teachers keep the keys (and caches) they always had
+        what["supernet"] = [task.proxy.supernet, task.proxy.sandwich_random]
+    return content_key(what)
 
 
 def task_key(task: TaskConfig) -> str:

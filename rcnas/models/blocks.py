@@ -22,33 +22,48 @@ def _conv(c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1) -> nn
     return nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2, groups=groups, bias=False)
 
 
-@torch.no_grad()
-def copy_prefix(dst: torch.Tensor, src: torch.Tensor, index: dict[int, torch.Tensor] | None = None) -> bool:
-    """Copy ``src`` into ``dst``: along dim d take ``index[d]`` if given, else the first ``dst.shape[d]`` entries.
+Slice = tuple[int | torch.Tensor, ...]
+"""Where a student tensor sits in its teacher's: per dim, a prefix length or the indices to take."""
 
-    Returns False (and leaves ``dst`` as initialised) when ``dst`` does not fit inside ``src``.
-    """
-    if dst.dim() != src.dim():
-        return False
-    view = src
-    for d in range(dst.dim()):
+
+def slice_of(dst_shape: torch.Size, src_shape: torch.Size, index: dict[int, torch.Tensor] | None = None
+             ) -> Slice | None:
+    """Along dim d take ``index[d]`` if given, else the first ``dst_shape[d]`` entries; None if ``dst`` does not
+    fit inside ``src``."""
+    if len(dst_shape) != len(src_shape):
+        return None
+    out: list[int | torch.Tensor] = []
+    for d, (n_dst, n_src) in enumerate(zip(dst_shape, src_shape)):
         idx = (index or {}).get(d)
-        if idx is None:
-            if dst.shape[d] > src.shape[d]:
-                return False
-            idx = torch.arange(dst.shape[d])
-        view = view.index_select(d, idx.to(src.device))
-    dst.copy_(view)
-    return True
+        if idx is None and n_dst > n_src:
+            return None
+        out.append(n_dst if idx is None else idx)
+    return tuple(out)
 
 
-def inherit_module(dst: nn.Module, src: nn.Module, index: dict[str, dict[int, torch.Tensor]] | None = None) -> None:
-    """Prefix-slice every parameter and buffer of ``src`` into ``dst`` (same names), with per-tensor overrides."""
-    src_state = src.state_dict()
+def take(src: torch.Tensor, where: Slice) -> torch.Tensor:
+    """``src`` sliced by ``where``; differentiable, and a view wherever it is a prefix (weight sharing relies on
+    gradients flowing back into ``src``)."""
+    for d, idx in enumerate(where):
+        if isinstance(idx, int):
+            src = src.narrow(d, 0, idx) if idx != src.shape[d] else src
+        else:
+            src = src.index_select(d, idx.to(src.device))
+    return src
+
+
+def module_plan(dst: nn.Module, src: nn.Module, index: dict[str, dict[int, torch.Tensor]] | None = None
+                ) -> dict[str, tuple[str, Slice]]:
+    """Prefix-slice every parameter and buffer of ``src`` into ``dst`` (same names), with per-tensor overrides;
+    tensors that do not fit are left out (they keep their initialisation)."""
+    src_state = src.state_dict(keep_vars=True)
+    plan = {}
     for name, tensor in dst.state_dict(keep_vars=True).items():
         if name in src_state:
-            copy_prefix(tensor.data if isinstance(tensor, nn.Parameter) else tensor, src_state[name],
-                        (index or {}).get(name))
+            where = slice_of(tensor.shape, src_state[name].shape, (index or {}).get(name))
+            if where is not None:
+                plan[name] = (name, where)
+    return plan
 
 
 @BLOCKS.register("basic_block")
@@ -72,8 +87,8 @@ class PreActBasicBlock(nn.Module):
         o = self.conv2(self.act(self.bn2(o)))
         return o + sc
 
-    def inherit_from(self, teacher: nn.Module) -> None:
-        inherit_module(self, teacher)
+    def inheritance(self, teacher: nn.Module) -> dict[str, tuple[str, Slice]]:
+        return module_plan(self, teacher)
 
 
 class SqueezeExcitation(nn.Module):
@@ -142,7 +157,7 @@ class RobustResBlock(nn.Module):
         o = self.conv3(o)
         return o + sc + self.se(self.se_bn(o))
 
-    def inherit_from(self, teacher: nn.Module) -> None:
+    def inheritance(self, teacher: nn.Module) -> dict[str, tuple[str, Slice]]:
         assert isinstance(teacher, RobustResBlock)
         branch = _branch_index(self.width, teacher.width, self.scales)
         grouped = _group_index(self.width, teacher.width, self.cardinality)
@@ -155,7 +170,7 @@ class RobustResBlock(nn.Module):
             index[f"conv2.{s}.weight"] = {0: grouped}
             for t in ("weight", "bias", "running_mean", "running_var"):
                 index[f"bn3.{s}.{t}"] = {0: grouped}
-        inherit_module(self, teacher, index)
+        return module_plan(self, teacher, index)
 
 
 def _branch_index(w_student: int, w_teacher: int, scales: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from rcnas.models.blocks import BLOCKS, copy_prefix
+from rcnas.models.blocks import BLOCKS, Slice, module_plan, take
 from rcnas.models.layers import ACTIVATIONS, NORMALIZATIONS
 from rcnas.space.arch import ArchSpec, InputShape
 from rcnas.space.cost import stage_out_channels
@@ -71,28 +71,49 @@ def build_model(arch: ArchSpec, shape: InputShape) -> PreActResNet:
     return PreActResNet(arch, shape)
 
 
+Plan = dict[str, tuple[str, Slice]]
+"""student tensor name -> (teacher tensor name, where it sits in it)"""
+
+
+def inheritance_plan(student: PreActResNet, teacher: PreActResNet) -> tuple[Plan, dict[str, int]]:
+    """Where each of the student's tensors sits in the teacher (first blocks, first channels; METHOD §2).
+
+    A stage whose block type differs from the teacher's is left out (fresh initialisation), as is any tensor that
+    does not fit inside the teacher's (the input side of the stage after a switched one).
+
+    Returns:
+        the plan, and counts of ``inherited`` and ``fresh`` blocks.
+    """
+    plan = _prefixed(module_plan(student.stem, teacher.stem), "stem.")
+    counts = {"inherited": 0, "fresh": 0}
+    for i, (s_stage, t_stage, s_spec, t_spec) in enumerate(zip(student.stages, teacher.stages, student.arch.stages,
+                                                                teacher.arch.stages)):
+        if s_spec.block != t_spec.block:
+            counts["fresh"] += len(s_stage)
+            continue
+        for j, (s_block, t_block) in enumerate(zip(s_stage, t_stage)):
+            plan.update(_prefixed(s_block.inheritance(t_block), f"stages.{i}.{j}."))
+            counts["inherited"] += 1
+    for head in ("head_norm", "fc"):
+        plan.update(_prefixed(module_plan(getattr(student, head), getattr(teacher, head)), f"{head}."))
+    return plan, counts
+
+
+def _prefixed(plan: Plan, prefix: str) -> Plan:
+    return {prefix + k: (prefix + src, where) for k, (src, where) in plan.items()}
+
+
 @torch.no_grad()
 def inherit_weights(student: PreActResNet, teacher: PreActResNet) -> dict[str, int]:
-    """Copy the teacher's weights into a sub-network of it (first blocks, first channels; METHOD §2).
-
-    A stage whose block type differs from the teacher's keeps its fresh initialisation, as does any tensor that
-    does not fit inside the teacher's (the input side of the stage after a switched one).
+    """Copy the teacher's weights into a sub-network of it (:func:`inheritance_plan`).
 
     Returns:
         counts of ``inherited`` and ``fresh`` blocks, for provenance.
     """
-    copy_prefix(student.stem.weight, teacher.stem.weight)
-    counts = {"inherited": 0, "fresh": 0}
-    for s_stage, t_stage, s_spec, t_spec in zip(student.stages, teacher.stages, student.arch.stages,
-                                                teacher.arch.stages):
-        if s_spec.block != t_spec.block:
-            counts["fresh"] += len(s_stage)
-            continue
-        for s_block, t_block in zip(s_stage, t_stage):
-            s_block.inherit_from(t_block)
-            counts["inherited"] += 1
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        copy_prefix(getattr(student.head_norm, name), getattr(teacher.head_norm, name))
-    copy_prefix(student.fc.weight, teacher.fc.weight)
-    copy_prefix(student.fc.bias, teacher.fc.bias)
+    plan, counts = inheritance_plan(student, teacher)
+    src = teacher.state_dict()
+    for name, tensor in student.state_dict().items():
+        if name in plan:
+            t_name, where = plan[name]
+            tensor.copy_(take(src[t_name], where))
     return counts

@@ -16,7 +16,7 @@ import torch
 
 from rcnas.config import TaskConfig
 from rcnas.data.registry import DATASETS
-from rcnas.data.tensors import DataSplits
+from rcnas.data.tensors import DataSplits, to_float
 from rcnas.evaluation import robust_accuracy
 from rcnas.models.builder import PreActResNet, build_model, inherit_weights
 from rcnas.provenance import code_version, derive_seed, fidelity_key, task_key
@@ -24,6 +24,7 @@ from rcnas.proxy.records import ProxyMetrics
 from rcnas.space.arch import ArchSpec
 from rcnas.space.cost import arch_cost
 from rcnas.train import adversarial_train
+from rcnas.train.sandwich import recalibrate_bn
 
 
 def proxy_evaluate(task: TaskConfig, arch: ArchSpec, data: DataSplits, teacher: Optional[PreActResNet],
@@ -44,6 +45,8 @@ def proxy_evaluate(task: TaskConfig, arch: ArchSpec, data: DataSplits, teacher: 
             model = build_model(arch, info.shape).to(device)
             if p.inherit and teacher is not None:
                 counts = inherit_weights(model, teacher)
+            if p.recalibrate_bn:
+                recalibrate_bn(model, to_float(data.train.head(p.recalibrate_bn).x).to(device))
             if p.epochs > 0:
                 recipe = task.training.model_copy(update={"epochs": p.epochs, "lr": p.lr, "schedule": p.schedule,
                                                           "select_on_val": False, "seed": s})

@@ -1,4 +1,5 @@
-"""Adversarially trained teachers, trained once per (dataset, teacher, recipe) and cached on disk by content hash.
+"""Adversarially trained teachers, trained once per (dataset, teacher, recipe, weight-sharing rule) and cached on
+disk by content hash.
 
 Concurrent processes wanting the same teacher (several evaluation actors on one node) serialise on a file lock, so
 it is trained once; a killed training resumes from its checkpoint.
@@ -25,7 +26,8 @@ from rcnas.models.builder import PreActResNet, build_model
 from rcnas.models.teachers import get_teacher
 from rcnas.provenance import content_key, derive_seed, teacher_key
 from rcnas.proxy.records import TeacherStats
-from rcnas.train import adversarial_train
+from rcnas.train import LOSSES, adversarial_train
+from rcnas.train.sandwich import sandwich_objective
 
 CACHE_ENV = "RCNAS_CACHE"
 
@@ -59,11 +61,15 @@ def load_or_train_teacher(task: TaskConfig, data: DataSplits, cache: Path, devic
         torch.manual_seed(task.training.seed)
         model = build_model(get_teacher(task.teacher).arch, info.shape).to(device)
         if not (folder / "model.pt").is_file():
+            sandwich = task.proxy.supernet == "sandwich"
             log(f"training teacher {task.teacher} on {task.dataset.name} ({task.training.epochs:g} epochs, "
-                f"{task.training.loss}); cached as {folder}")
+                f"{task.training.loss}{', sandwich rule' if sandwich else ''}); cached as {folder}")
+            objective = (sandwich_objective(model, get_teacher(task.teacher), LOSSES.get(task.training.loss),
+                                            task.proxy.sandwich_random) if sandwich else None)
             res = adversarial_train(model, data, task.training, num_classes=info.shape.num_classes,
                                     crop_padding=info.crop_padding if task.dataset.augment else 0,
-                                    flip=info.flip and task.dataset.augment, checkpoint=folder / "train_state.pt")
+                                    flip=info.flip and task.dataset.augment, checkpoint=folder / "train_state.pt",
+                                    objective=objective)
             if res.diverged:
                 raise RuntimeError(f"teacher {task.teacher} diverged: {res.reason}; lower training.lr")
             torch.save(model.state_dict(), folder / "model.tmp")

@@ -22,7 +22,7 @@ from torch import nn
 from rcnas.attacks import AttackContext, run_attack
 from rcnas.config import TrainConfig
 from rcnas.data.tensors import DataSplits, TensorData, batches
-from rcnas.train.losses import LOSSES
+from rcnas.train.losses import LOSSES, LossFn
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ def adversarial_train(
     data_fraction: float = 1.0,
     checkpoint: Optional[Path] = None,
     progress: Optional[Callable[[dict[str, float]], None]] = None,
+    objective: Optional[LossFn] = None,
 ) -> TrainResult:
     """Adversarially train ``model`` in place with recipe ``cfg``; returns what happened.
 
@@ -91,6 +92,7 @@ def adversarial_train(
         data: train split for training, val split for checkpoint selection (its first ``cfg.val_examples``).
         checkpoint: resumable state file; an existing one is continued from its last finished epoch.
         progress: called with each epoch's metrics.
+        objective: the loss of one batch; default ``cfg.loss`` (weight-sharing training passes its sandwich here).
 
     Returns:
         a :class:`TrainResult`; the model holds the selected weights (best validation PGD when
@@ -105,7 +107,7 @@ def adversarial_train(
     n_epochs = math.ceil(total / steps_per_epoch)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
-    loss_fn = LOSSES.get(cfg.loss)
+    loss_fn = objective or LOSSES.get(cfg.loss)
     state: dict[str, Any] = {"epoch": 0, "step": 0, "best_acc": -1.0, "best_epoch": 0, "best": None, "history": []}
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=False)

@@ -1,0 +1,108 @@
+"""Weight-sharing ("sandwich rule") adversarial training of a teacher, so that its slices are trained networks.
+
+Plain adversarial training optimises only the full teacher; a narrow or shallow slice of it inherits weights that
+were never trained to work on their own, and the proxy's short fine-tune then ranks sub-networks partly by how badly
+they were cut (METHOD §8). The sandwich rule (Yu et al., BigNAS / OFA) trains, at every step, the full network, the
+smallest sub-network and a few random ones on the same batch with their weights shared, gradients summed.
+
+Each sub-network is a :class:`SharedSubnet`: a skeleton of its architecture whose tensors are, at every forward,
+slices of the supernet's (the same plan :func:`rcnas.models.builder.inherit_weights` copies by), so gradients reach
+the supernet and the optimizer of the supernet trains them all.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from rcnas.config import TrainConfig
+from rcnas.models.blocks import take
+from rcnas.models.builder import PreActResNet, build_model, inheritance_plan
+from rcnas.space.arch import ArchSpec, TeacherSpec
+from rcnas.space.space import CompressionSpace
+from rcnas.train.losses import LossFn, LossResult
+
+
+class SharedSubnet(nn.Module):
+    """A sub-network whose weights are views of the supernet's.
+
+    Its BN running statistics are sliced copies too: in train mode (batch statistics) the updates land on the
+    copies and are dropped, so only the full network's own passes move the supernet's statistics.
+    """
+
+    def __init__(self, supernet: PreActResNet, arch: ArchSpec) -> None:
+        super().__init__()
+        self.body = build_model(arch, supernet.shape)
+        self.plan, counts = inheritance_plan(self.body, supernet)
+        if counts["fresh"]:
+            raise ValueError(f"{arch.short()} switches block types; only the teacher's own blocks share weights")
+        self._supernet = (supernet,)  # a tuple, not a child module: the supernet's state_dict stays its own
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sup = self._supernet[0]
+        state = dict(sup.named_parameters())
+        state.update(sup.named_buffers())
+        tensors = {}
+        for name, (src, where) in self.plan.items():
+            t = take(state[src], where)
+            tensors[name] = t if isinstance(state[src], nn.Parameter) else t.clone()
+        return functional_call(self.body, tensors, (x,))
+
+
+def smallest(space: CompressionSpace) -> tuple[int, ...]:
+    actions: tuple[int, ...] = ()
+    for _ in range(space.n_stages):
+        actions += (space.cheapest(actions),)
+    return actions
+
+
+def sandwich_objective(supernet: PreActResNet, teacher: TeacherSpec, base: LossFn, n_random: int = 2,
+                       cache_size: int = 64) -> LossFn:
+    """The sandwich loss of one batch: ``base`` on the full network + the smallest + ``n_random`` random
+    sub-networks of the supernet's own space (any budget, the teacher's block types), summed.
+
+    Random sub-networks are drawn with the trainer's generator, so a resumed run draws the same ones.
+    """
+    space = CompressionSpace(teacher, supernet.shape, float("inf"))
+    views: OrderedDict[ArchSpec, SharedSubnet] = OrderedDict()
+
+    def view(arch: ArchSpec) -> SharedSubnet:
+        if arch not in views:
+            views[arch] = SharedSubnet(supernet, arch)
+            if len(views) > cache_size:  # building one costs milliseconds; keep the few hundred kB bounded
+                views.popitem(last=False)
+        views.move_to_end(arch)
+        return views[arch]
+
+    tiny = space.arch(smallest(space))
+
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> LossResult:
+        total, logits = base(model, x, y, cfg, g)
+        rng = np.random.default_rng(int(torch.randint(2**31 - 1, (1,), generator=g)))
+        for arch in [tiny] + [space.arch(space.sample(rng)) for _ in range(n_random)]:
+            total = total + base(view(arch), x, y, cfg, g)[0]
+        return total, logits
+
+    return loss
+
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> None:
+    """Re-estimate every BN layer's running statistics on ``images`` (a cumulative average, in train mode, no
+    gradient); the model is left in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # None = cumulative moving average: every batch counts equally
+    model.train()
+    for i in range(0, len(images), batch_size):
+        model(images[i:i + batch_size])
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    model.eval()
