@@ -77,12 +77,12 @@ class EvaluationStore:
         """``client``'s requests in the order made, each with the stored metrics."""
         with self._lock:
             fetched = self._db.execute(
-                "SELECT r.task_name, r.arch, r.cached, e.metrics_json FROM requests r JOIN evaluations e "
+                "SELECT r.task_name, r.arch, r.cached, e.arch_json, e.metrics_json FROM requests r JOIN evaluations e "
                 "ON r.task = e.task AND r.arch = e.arch AND r.fidelity = e.fidelity AND r.seed = e.seed "
                 "WHERE r.client = ? ORDER BY r.seq", (client,),
             ).fetchall()
-        return [{"task_name": t, "arch_key": a, "cached": bool(c), "metrics": json.loads(m)}
-                for t, a, c, m in fetched]
+        return [{"task_name": t, "arch_key": a, "cached": bool(c), "arch": json.loads(aj), "metrics": json.loads(m)}
+                for t, a, c, aj, m in fetched]
 
     def __len__(self) -> int:
         with self._lock:

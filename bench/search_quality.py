@@ -1,0 +1,276 @@
+"""Is the RL search worth it? Every searcher on held-out digits tasks, several seeds, the same service and store.
+
+For each held-out task x seed x searcher: the validation robust accuracy (and reward) of the sub-network the
+searcher would pick (highest reward) among its first N = 10 / 25 / 50 *distinct* evaluations; mean +- sd over seeds,
+and the mean over tasks. Then the N = 25 picks trained from scratch with the task's recipe and attacked on the test
+split with the full suite (evaluate.py's jobs). Meta-training (the `rl` searcher's one-off cost) is reported apart.
+
+Everything goes through one evaluation service whose store lives in ``--out``: a sub-network's proxy value is the
+same whoever asks (seeds derive from task and sub-network), each searcher replays its own request log, and a rerun
+on the same folder reuses every evaluation, the meta checkpoint and finished final evaluations.
+
+    python bench/search_quality.py [--out runs/bench/search-quality] [--seeds 3] [--n 10,25,50]
+        [--held-out digits-cw-e20-t444-r30,digits-pgd-e10-t444-r25] [--searchers rl,ppo-scratch,random,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from agents.config import load_experiment, task_path
+from agents.ppo import build_ppo_config
+from agents.search import shared_grid
+from agents.stages import module_dir
+from agents.summary import arch_from_dict
+from rcnas.config import TaskConfig, load_task
+from rcnas.distributed.resources import ensure_ray
+from rcnas.distributed.service import RayEvaluator, start_service
+from rcnas.evaluate_cmd import run_jobs
+from rcnas.final_eval import EvalJob
+from rcnas.reward import compression_reward
+from rcnas.search.quality import best_so_far, best_within, distinct, mean_sd, text_chart
+from rcnas.search.searchers import run_searcher
+from rcnas.space.space import CompressionSpace
+
+SERVICE = "bench-search-quality"
+PPO_SEARCHERS = ("rl", "ppo-scratch")
+
+
+def meta_train(exp: Any, metas: list[str], grid: tuple[int, int], out: Path) -> dict[str, Any]:
+    """The rl searcher's one-off cost: meta-training on the experiment's task set (reused when already done)."""
+    record = out / "meta.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    t0 = time.perf_counter()
+    algo = build_ppo_config(exp, metas, SERVICE, grid=grid, client="rl-meta").build_algo()
+    try:
+        for _ in range(exp.meta_iterations):
+            algo.train()
+        ckpt = str((out / "meta-checkpoint").resolve())
+        algo.save_to_path(ckpt)
+    finally:
+        algo.stop()
+    requests = ray.get(ray.get_actor(SERVICE, namespace="rcnas").requests.remote("rl-meta"))
+    info = {"checkpoint": ckpt, "seconds": time.perf_counter() - t0, "iterations": exp.meta_iterations,
+            "episodes": len(requests), "distinct": len({(r["task_name"], r["arch_key"]) for r in requests})}
+    record.write_text(json.dumps(info, indent=2))
+    return info
+
+
+def client_requests(client: str) -> list[dict[str, Any]]:
+    return ray.get(ray.get_actor(SERVICE, namespace="rcnas").requests.remote(client))
+
+
+def run_ppo(exp: Any, target: str, task: TaskConfig, grid: tuple[int, int], client: str, n: int,
+            meta_checkpoint: str | None) -> None:
+    """PPO fine-tuning (from the meta policy, or from scratch) until it has made ``n`` distinct evaluations, or
+    until ``4 n / M`` iterations (a converged policy repeats itself; repeats cost nothing and add nothing)."""
+    config = build_ppo_config(exp, [target], SERVICE, grid=grid, client=client,
+                              load_module_from=module_dir(meta_checkpoint) if meta_checkpoint else None)
+    algo = config.build_algo()
+    try:
+        for _ in range(math.ceil(4 * n / exp.M)):
+            if len(distinct(client_requests(client), task.name)) >= n:
+                break
+            algo.train()
+    finally:
+        algo.stop()
+
+
+def search(name: str, exp: Any, target: str, seed: int, n: int, grid: tuple[int, int],
+           meta_checkpoint: str | None) -> str:
+    """One search; its request log in the store is its result. Skipped when the log already holds ``n``."""
+    task = load_task(target)
+    client = f"{name}/{task.name}/seed{seed}"
+    have = len(distinct(client_requests(client), task.name))
+    if have >= n or (have and name in ("compound", "uniform")):
+        return client
+    if name in PPO_SEARCHERS:
+        run_ppo(exp.model_copy(update={"seed": seed}), target, task, grid, client, n,
+                meta_checkpoint if name == "rl" else None)
+    else:
+        run_searcher(name, task, RayEvaluator(SERVICE, client=client), n, seed)
+    return client
+
+
+def scored(client: str, task: TaskConfig) -> list[dict[str, Any]]:
+    """The client's distinct evaluations of ``task`` with their rewards, in order."""
+    space = CompressionSpace.for_task(task)
+    teacher = RayEvaluator(SERVICE).teacher_stats(task)
+    rows = distinct(client_requests(client), task.name)
+    for r in rows:
+        m = r["metrics"]
+        r["robust_acc"], r["macs"] = m["robust_acc"], m["macs"]
+        r["reward"] = compression_reward(m["robust_acc"], teacher.robust_acc, m["macs"], space.budget, task.reward,
+                                         ok=m["status"] == "ok")
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experiment", default="configs/experiments/digits.yaml")
+    p.add_argument("--held-out", default="digits-cw-e20-t444-r30,digits-pgd-e10-t444-r25",
+                   help="comma-separated task names or YAML paths, none of them in the experiment's meta set")
+    p.add_argument("--searchers", default="rl,ppo-scratch,random,evolution,compound,uniform")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--n", default="10,25,50", help="evaluation budgets; the search runs to the largest")
+    p.add_argument("--final-n", type=int, default=25, help="whose picks are trained from scratch (0: none)")
+    p.add_argument("--out", default="runs/bench/search-quality")
+    p.add_argument("--workers", type=int, default=None, help="evaluation workers (default: one per CPU or GPU)")
+    args = p.parse_args()
+    t_start = time.perf_counter()
+    exp, metas, _ = load_experiment(args.experiment)
+    held_out = [task_path(t) for t in args.held_out.split(",")]
+    if overlap := {load_task(t).name for t in held_out} & {load_task(t).name for t in metas}:
+        p.error(f"--held-out {sorted(overlap)} are meta-training tasks of {args.experiment}; pick held-out ones")
+    budgets = sorted(int(x) for x in args.n.split(","))
+    searchers = args.searchers.split(",")
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    ensure_ray()
+    service = start_service(out, n_workers=args.workers, name=SERVICE)  # noqa: F841 - held: the actor lives with it
+    grid = shared_grid(metas + held_out)
+
+    meta = meta_train(exp, metas, grid, out) if "rl" in searchers else None
+    if meta:
+        print(f"meta-training: {meta['seconds']:.0f} s, {meta['iterations']} iterations, {meta['episodes']} "
+              f"episodes, {meta['distinct']} distinct evaluations", flush=True)
+
+    # PPO runs one at a time (each keeps every evaluation worker busy through its env runners); the sequential
+    # baselines run side by side, one per evaluation worker, so that they use the workers too
+    runs: dict[tuple[str, str, int], str] = {}
+    jobs = [(s, t, seed) for t in held_out for seed in range(args.seeds) for s in searchers
+            if not (s in ("compound", "uniform") and seed > 0)]  # deterministic rules: one run each
+    t0 = time.perf_counter()
+    for key in [j for j in jobs if j[0] in PPO_SEARCHERS]:
+        runs[key] = search(key[0], exp, key[1], key[2], budgets[-1], grid, meta and meta["checkpoint"])
+        print(f"done: {runs[key]}", flush=True)
+    n_workers = len(ray.get(ray.get_actor(SERVICE, namespace="rcnas").worker_handles.remote()))
+    with ThreadPoolExecutor(max_workers=n_workers) as pool:
+        futures = {key: pool.submit(search, key[0], exp, key[1], key[2], budgets[-1], grid, None)
+                   for key in jobs if key[0] not in PPO_SEARCHERS}
+        for key, f in futures.items():
+            runs[key] = f.result()
+            print(f"done: {runs[key]}", flush=True)
+    t_search = time.perf_counter() - t0
+
+    # the picks at every N, per task and seed
+    tasks = {t: load_task(t) for t in held_out}
+    picks: dict[tuple[str, str, int, int], dict[str, Any]] = {}
+    curves: dict[str, list[list[float]]] = {s: [] for s in searchers}
+    for (s, t, seed), client in runs.items():
+        rows = scored(client, tasks[t])
+        for n in budgets:
+            best = best_within(rows, n, lambda r: r["reward"])
+            if best is not None:
+                picks[s, tasks[t].name, seed, n] = {**best, "made": min(n, len(rows))}
+        # the best-so-far reward normalised per task by the best any searcher found there: tasks are comparable
+        curves[s].append(best_so_far([r["reward"] for r in rows][: budgets[-1]]))
+    lines = [results_table(picks, searchers, [tasks[t].name for t in held_out], budgets, args.seeds)]
+    lines += ["", "Best-so-far reward (mean over tasks and seeds) against distinct evaluations:", "", "```",
+              text_chart({s: mean_curve(curves[s], budgets[-1]) for s in searchers}), "```"]
+    print("\n".join(lines), flush=True)
+
+    final: list[dict[str, Any]] = []
+    if args.final_n:
+        final = final_evaluation(picks, args.final_n, tasks, exp, out)
+        lines += ["", final_table(final, searchers, [tasks[t].name for t in held_out])]
+    total = time.perf_counter() - t_start
+    header = (f"{len(held_out)} held-out tasks ({', '.join(tasks[t].name for t in held_out)}), {args.seeds} seeds, "
+              f"searchers {', '.join(searchers)}; searches {t_search / 60:.1f} min"
+              + (f", meta-training {meta['seconds'] / 60:.1f} min ({meta['distinct']} distinct evaluations on "
+                 f"{len(metas)} meta tasks, not counted in N)" if meta else "")
+              + f"; whole run {total / 60:.1f} min")
+    report = header + "\n\n" + "\n".join(lines)
+    (out / "report.md").write_text(report + "\n")
+    print("\n" + report)
+
+
+def mean_curve(curves: list[list[float]], n: int) -> list[float]:
+    """Mean over runs of best-so-far; a run that stopped early (a converged PPO) keeps its last value."""
+    runs = [c + [c[-1]] * (n - len(c)) for c in curves if c]
+    return [sum(r[i] for r in runs) / len(runs) for i in range(n)] if runs else []
+
+
+def results_table(picks: dict, searchers: list[str], task_names: list[str], budgets: list[int], seeds: int) -> str:
+    head = "| searcher | task | " + " | ".join(f"N={n}: val robust acc (reward)" for n in budgets) + " |"
+    out = [head, "|" + "---|" * (2 + len(budgets))]
+    for s in searchers:
+        per_task: dict[int, list[tuple[float, float]]] = {n: [] for n in budgets}
+        for t in task_names:
+            cells = []
+            for n in budgets:
+                got = [picks[s, t, seed, n] for seed in range(seeds) if (s, t, seed, n) in picks]
+                acc, acc_sd = mean_sd([g["robust_acc"] * 100 for g in got])
+                rew, _ = mean_sd([g["reward"] for g in got])
+                short = min((g["made"] for g in got), default=0) < n
+                cells.append(f"{acc:.1f} ± {acc_sd:.1f} ({rew:.3f}){' †' if short else ''}")
+                per_task[n].append((acc, rew))
+            out.append(f"| {s} | {t} | " + " | ".join(cells) + " |")
+        means = [(sum(a for a, _ in per_task[n]) / len(per_task[n]), sum(r for _, r in per_task[n]) / len(per_task[n]))
+                 for n in budgets]
+        out.append(f"| **{s}** | mean over tasks | " + " | ".join(f"**{a:.1f}** ({r:.3f})" for a, r in means) + " |")
+    note = ("robust acc in %, mean ± sd over seeds, of the highest-reward sub-network among the first N distinct "
+            "evaluations (task's attack on the fixed validation subset, proxy fidelity of the task config); "
+            "† = fewer than N distinct evaluations were made (a converged policy repeats itself; compound and "
+            "uniform are single-candidate rules)")
+    return "\n".join(out) + "\n\n_" + note + "_"
+
+
+def final_evaluation(picks: dict, n: int, tasks: dict[str, TaskConfig], exp: Any, out: Path) -> list[dict]:
+    """The N=n picks trained from scratch (task recipe) and attacked on the test split; one job per distinct
+    (task, sub-network), finished ones reused."""
+    by_name = {t.name: t for t in tasks.values()}
+    folder = out / f"final-N{n}"
+    done = {r["name"]: r for r in json.loads((folder / "results.json").read_text())} if (
+        folder / "results.json").is_file() else {}
+    jobs: dict[str, EvalJob] = {}
+    who: dict[str, list[tuple[str, int]]] = {}
+    for (s, t, seed, m), pick in picks.items():
+        if m != n:
+            continue
+        arch = arch_from_dict(pick["arch"])
+        name = f"{t}/{arch.short().replace(' ', '_')}"
+        who.setdefault(name, []).append((s, seed))
+        jobs[name] = EvalJob(name, arch, by_name[t], tuple(exp.final_eval.attacks), str(folder),
+                             exp.final_eval.epochs, None, exp.final_eval.n_examples, exp.seed)
+    todo = [j for name, j in jobs.items() if name not in done]
+    if todo:
+        for r in run_jobs(todo, folder):
+            done[r["name"]] = r
+        (folder / "results.json").write_text(json.dumps(list(done.values()), indent=2))
+    return [{**done[name], "by": who[name]} for name in jobs]
+
+
+def final_table(final: list[dict], searchers: list[str], task_names: list[str]) -> str:
+    attacks = [a["label"] for a in final[0]["attacks"]] if final else []
+    out = ["| searcher | task | clean | " + " | ".join(attacks) + " | MACs |", "|" + "---|" * (4 + len(attacks))]
+    for s in searchers:
+        for t in task_names:
+            mine = [(r, seed) for r in final for who, seed in r["by"] if who == s and r["name"].startswith(t + "/")]
+            if not mine:
+                continue
+            clean = mean_sd([r["clean"] * 100 for r, _ in mine])
+            cols = [mean_sd([next(a["accuracy"] for a in r["attacks"] if a["label"] == k) * 100 for r, _ in mine])
+                    for k in attacks]
+            macs = sum(r["macs"] for r, _ in mine) / len(mine)
+            out.append(f"| {s} | {t} | {clean[0]:.1f} ± {clean[1]:.1f} | "
+                       + " | ".join(f"{m:.1f} ± {sd:.1f}" for m, sd in cols) + f" | {macs / 1e6:.2f}M |")
+    label = ""
+    if final:
+        f0 = final[0]
+        label = (f"_test split, n={f0['n_examples']}, eps {f0['eps_255']}, seed {f0['seed']}; "
+                 f"trained from scratch with the task's recipe; mean ± sd over the seeds' picks_")
+    return "\n".join(out) + "\n\n" + label
+
+
+if __name__ == "__main__":
+    main()
