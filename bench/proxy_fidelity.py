@@ -42,6 +42,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "inherit, 2 epochs, val 100": {"inherit": True, "epochs": 2, "val_examples": 100},
     "scratch, 2 epochs": {"inherit": False, "epochs": 2},
     "inherit, 0 epochs, BN recalibrated": {"inherit": True, "epochs": 0, "recalibrate_bn": 1024},
+    "inherit, 0 epochs, BN recalibrated on 256": {"inherit": True, "epochs": 0, "recalibrate_bn": 256},
+    "inherit, 1 epoch, BN recalibrated": {"inherit": True, "epochs": 1, "recalibrate_bn": 1024},
     "sandwich, 0 epochs, BN recalibrated": {"supernet": "sandwich", "epochs": 0, "recalibrate_bn": 1024},
     "sandwich, 1 epoch": {"supernet": "sandwich", "epochs": 1},
     "sandwich, 2 epochs": {"supernet": "sandwich", "epochs": 2},

@@ -117,6 +117,13 @@ class ProxyConfig(StrictModel):
     """training images to re-estimate BN statistics on before fine-tuning (0: keep the inherited ones, which are the
     full teacher's and do not fit a narrow slice: OFA's BN recalibration, needed when ``epochs`` is 0)"""
 
+    @model_validator(mode="after")
+    def _trained(self) -> ProxyConfig:
+        if self.epochs == 0 and not self.inherit:
+            raise ValueError("epochs: 0 with inherit: false would score untrained networks; set epochs > 0 or "
+                             "inherit: true")
+        return self
+
 
 class RewardConfig(StrictModel):
     """R = acc_rob(subnet) / acc_rob(teacher) * (1 + mu * (1 - MACs / budget)) (METHOD §3)."""
@@ -167,6 +174,16 @@ class TaskConfig(StrictModel):
 
         DATASETS.get(v.name)
         return v
+
+    @model_validator(mode="after")
+    def _switched_blocks_are_trained(self) -> TaskConfig:
+        from rcnas.models.teachers import get_teacher
+
+        foreign = sorted(set(self.blocks) - set(get_teacher(self.teacher).arch.blocks))
+        if foreign and self.proxy.epochs == 0:
+            raise ValueError(f"blocks {foreign} are not {self.teacher}'s own: a stage switched to them starts "
+                             "untrained, so proxy.epochs must be > 0 (e.g. 2)")
+        return self
 
 
 def load_task(path: str | Path) -> TaskConfig:

@@ -79,6 +79,17 @@ def test_unknown_key_names_file_key_and_allowed_keys(tmp_path):
         load_task(p)
 
 
+def test_a_proxy_that_would_score_untrained_weights_is_refused(tmp_path):
+    p = write(tmp_path, GOOD + "proxy: {epochs: 0, inherit: false}\n")
+    with pytest.raises(ConfigError, match=r"proxy: .*epochs: 0 with inherit: false would score untrained"):
+        load_task(p)
+    p = write(tmp_path, GOOD + "proxy: {epochs: 0}\nblocks: [basic_block, robust_res_block]\n")
+    with pytest.raises(ConfigError, match=r"robust_res_block.*not tiny-444's own.*proxy.epochs must be > 0"):
+        load_task(p)
+    p = write(tmp_path, GOOD + "proxy: {epochs: 1}\nblocks: [basic_block, robust_res_block]\n")
+    assert load_task(p).proxy.epochs == 1
+
+
 def test_unitless_epsilon_is_refused(tmp_path):
     p = write(tmp_path, GOOD.replace('"1/5"', "0.2"))
     with pytest.raises(ConfigError, match=r"attack.epsilon: 0.2 has no explicit unit.*8/255"):
