@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -86,19 +87,28 @@ def run_ppo(exp: Any, target: str, task: TaskConfig, grid: tuple[int, int], clie
 
 
 def search(name: str, exp: Any, target: str, seed: int, n: int, grid: tuple[int, int],
-           meta_checkpoint: str | None) -> str:
-    """One search; its request log in the store is its result. Skipped when the log already holds ``n``."""
+           meta_checkpoint: str | None, finished: Path) -> str:
+    """One search; its request log in the store is its result. Skipped when a previous run finished it (a PPO
+    search that converged before ``n`` distinct evaluations is finished too: rerunning it would change it)."""
     task = load_task(target)
-    client = f"{name}/{task.name}/seed{seed}"
-    have = len(distinct(client_requests(client), task.name))
-    if have >= n or (have and name in ("compound", "uniform")):
+    client = f"{name}/{task.name}/seed{seed}/n{n}"
+    if client in _finished(finished):
         return client
     if name in PPO_SEARCHERS:
         run_ppo(exp.model_copy(update={"seed": seed}), target, task, grid, client, n,
                 meta_checkpoint if name == "rl" else None)
     else:
         run_searcher(name, task, RayEvaluator(SERVICE, client=client), n, seed)
+    with _LOCK:
+        finished.write_text("\n".join(sorted(_finished(finished) | {client})) + "\n")
     return client
+
+
+_LOCK = threading.Lock()  # baselines finish on several threads
+
+
+def _finished(path: Path) -> set[str]:
+    return set(path.read_text().split()) if path.is_file() else set()
 
 
 def scored(client: str, task: TaskConfig) -> list[dict[str, Any]]:
@@ -147,15 +157,16 @@ def main() -> None:
     # PPO runs one at a time (each keeps every evaluation worker busy through its env runners); the sequential
     # baselines run side by side, one per evaluation worker, so that they use the workers too
     runs: dict[tuple[str, str, int], str] = {}
+    finished = out / "finished-searches.txt"
     jobs = [(s, t, seed) for t in held_out for seed in range(args.seeds) for s in searchers
             if not (s in ("compound", "uniform") and seed > 0)]  # deterministic rules: one run each
     t0 = time.perf_counter()
     for key in [j for j in jobs if j[0] in PPO_SEARCHERS]:
-        runs[key] = search(key[0], exp, key[1], key[2], budgets[-1], grid, meta and meta["checkpoint"])
+        runs[key] = search(key[0], exp, key[1], key[2], budgets[-1], grid, meta and meta["checkpoint"], finished)
         print(f"done: {runs[key]}", flush=True)
     n_workers = len(ray.get(ray.get_actor(SERVICE, namespace="rcnas").worker_handles.remote()))
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        futures = {key: pool.submit(search, key[0], exp, key[1], key[2], budgets[-1], grid, None)
+        futures = {key: pool.submit(search, key[0], exp, key[1], key[2], budgets[-1], grid, None, finished)
                    for key in jobs if key[0] not in PPO_SEARCHERS}
         for key, f in futures.items():
             runs[key] = f.result()

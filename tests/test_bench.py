@@ -1,0 +1,28 @@
+"""The search-quality benchmark end to end on the seconds-long smoke tasks (slow: meta-training, two PPO searches,
+four baselines and three final trainings)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rcnas.proxy.store import EvaluationStore
+from tests.conftest import run_script
+
+
+@pytest.mark.slow
+def test_search_quality_benchmark_reports_every_searcher_and_reuses_its_store(tmp_path):
+    args = ["bench/search_quality.py", "--experiment", "configs/experiments/smoke.yaml", "--held-out",
+            "configs/tasks/smoke/smoke-target.yaml", "--seeds", "1", "--n", "2,4", "--final-n", "2",
+            "--out", str(tmp_path)]
+    first = run_script(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    report = (tmp_path / "report.md").read_text()
+    for searcher in ("rl", "ppo-scratch", "random", "evolution", "compound", "uniform"):
+        assert f"| **{searcher}** | mean over tasks |" in report
+    assert "N=2: val robust acc" in report and "| clean | pgd20 |" in report
+    store = EvaluationStore(tmp_path / "evaluations.sqlite")
+    stored, final = len(store), (tmp_path / "final-N2" / "results.json").read_text()
+    again = run_script(*args)  # everything is in the store, the meta checkpoint and the final results
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(store) == stored and (tmp_path / "final-N2" / "results.json").read_text() == final
+    assert (tmp_path / "report.md").read_text().split("\n\n", 1)[1] == report.split("\n\n", 1)[1]
