@@ -47,7 +47,7 @@ PPO_SEARCHERS = ("rl", "ppo-scratch")
 
 def meta_train(exp: Any, metas: list[str], grid: tuple[int, int], out: Path) -> dict[str, Any]:
     """The rl searcher's one-off cost: meta-training on the experiment's task set (reused when already done)."""
-    record = out / "meta.json"
+    record = out / f"meta-{exp.meta_iterations}.json"
     if record.is_file():
         return json.loads(record.read_text())
     t0 = time.perf_counter()
@@ -55,7 +55,7 @@ def meta_train(exp: Any, metas: list[str], grid: tuple[int, int], out: Path) -> 
     try:
         for _ in range(exp.meta_iterations):
             algo.train()
-        ckpt = str((out / "meta-checkpoint").resolve())
+        ckpt = str((out / f"meta-checkpoint-{exp.meta_iterations}").resolve())
         algo.save_to_path(ckpt)
     finally:
         algo.stop()
@@ -132,12 +132,16 @@ def main() -> None:
     p.add_argument("--searchers", default="rl,ppo-scratch,random,evolution,compound,uniform")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--n", default="10,25,50", help="evaluation budgets; the search runs to the largest")
+    p.add_argument("--meta-iterations", type=int, default=30,
+                   help="PPO iterations of M episodes for meta-training (reported apart from N; the experiment's own "
+                        "count is for the quick pipeline)")
     p.add_argument("--final-n", type=int, default=25, help="whose picks are trained from scratch (0: none)")
     p.add_argument("--out", default="runs/bench/search-quality")
     p.add_argument("--workers", type=int, default=None, help="evaluation workers (default: one per CPU or GPU)")
     args = p.parse_args()
     t_start = time.perf_counter()
     exp, metas, _ = load_experiment(args.experiment)
+    exp = exp.model_copy(update={"meta_iterations": args.meta_iterations})
     held_out = [task_path(t) for t in args.held_out.split(",")]
     if overlap := {load_task(t).name for t in held_out} & {load_task(t).name for t in metas}:
         p.error(f"--held-out {sorted(overlap)} are meta-training tasks of {args.experiment}; pick held-out ones")

@@ -13,7 +13,7 @@ from tests.conftest import run_script
 def test_search_quality_benchmark_reports_every_searcher_and_reuses_its_store(tmp_path):
     args = ["bench/search_quality.py", "--experiment", "configs/experiments/smoke.yaml", "--held-out",
             "configs/tasks/smoke/smoke-target.yaml", "--seeds", "1", "--n", "2,4", "--final-n", "2",
-            "--out", str(tmp_path)]
+            "--meta-iterations", "1", "--out", str(tmp_path)]
     first = run_script(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
