@@ -75,3 +75,17 @@ def ray_local():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="rcnas-tests")
     yield ray
     ray.shutdown()
+
+
+def randomise_bn_statistics(model):
+    """Random BN running statistics, so that a wrongly sliced or copied statistic would change a model's outputs."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if "running_var" in name:
+                buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
+            elif "running_mean" in name:
+                buf.copy_(torch.randn(buf.shape, generator=g) * 0.1)
+    return model

@@ -9,6 +9,7 @@ from rcnas.models.blocks import BLOCKS
 from rcnas.models.builder import build_model, inherit_weights
 from rcnas.models.teachers import TEACHERS, get_teacher
 from rcnas.space.arch import InputShape
+from tests.conftest import randomise_bn_statistics
 
 DIGITS = InputShape(1, 8, 10)
 
@@ -33,15 +34,7 @@ def test_every_teacher_spec_is_consistent(name):
 
 
 def _trained_like(model):
-    # random BN statistics and weights, so that a wrong slice would change the outputs
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, buf in model.named_buffers():
-            if "running_var" in name:
-                buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
-            elif "running_mean" in name:
-                buf.copy_(torch.randn(buf.shape, generator=g) * 0.1)
-    return model.eval()
+    return randomise_bn_statistics(model).eval()
 
 
 @pytest.mark.parametrize("block", BLOCKS.names())

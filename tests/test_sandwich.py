@@ -13,26 +13,15 @@ from rcnas.models.teachers import get_teacher
 from rcnas.space.arch import InputShape
 from rcnas.train import LOSSES, adversarial_train
 from rcnas.train.sandwich import SharedSubnet, recalibrate_bn, sandwich_objective
-from tests.conftest import tiny_task
+from tests.conftest import randomise_bn_statistics, tiny_task
 
 DIGITS = InputShape(1, 8, 10)
-
-
-def _randomise_statistics(model):
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, buf in model.named_buffers():
-            if "running_var" in name:
-                buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
-            elif "running_mean" in name:
-                buf.copy_(torch.randn(buf.shape, generator=g) * 0.1)
-    return model
 
 
 @pytest.mark.parametrize("block", BLOCKS.names())
 def test_shared_subnet_computes_what_an_inherited_copy_computes(block):
     t = get_teacher("tiny-444")
-    supernet = _randomise_statistics(build_model(t.subnet(t.arch.depths, t.widths, (block,) * 3), DIGITS)).eval()
+    supernet = randomise_bn_statistics(build_model(t.subnet(t.arch.depths, t.widths, (block,) * 3), DIGITS)).eval()
     arch = t.subnet((2, 1, 3), (2, 4, 2), (block,) * 3)
     copy = build_model(arch, DIGITS).eval()
     inherit_weights(copy, supernet)
