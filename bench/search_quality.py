@@ -36,6 +36,7 @@ from rcnas.distributed.resources import ensure_ray
 from rcnas.distributed.service import RayEvaluator, start_service
 from rcnas.evaluate_cmd import run_jobs
 from rcnas.final_eval import EvalJob
+from rcnas.provenance import content_key
 from rcnas.reward import compression_reward
 from rcnas.search.quality import best_so_far, best_within, distinct, mean_sd, text_chart
 from rcnas.search.searchers import run_searcher
@@ -47,19 +48,20 @@ PPO_SEARCHERS = ("rl", "ppo-scratch")
 
 def meta_train(exp: Any, metas: list[str], grid: tuple[int, int], out: Path) -> dict[str, Any]:
     """The rl searcher's one-off cost: meta-training on the experiment's task set (reused when already done)."""
-    record = out / f"meta-{exp.meta_iterations}.json"
+    record = out / f"meta-{agent_tag(exp)}.json"
     if record.is_file():
         return json.loads(record.read_text())
     t0 = time.perf_counter()
-    algo = build_ppo_config(exp, metas, SERVICE, grid=grid, client="rl-meta").build_algo()
+    client = f"rl-meta-{agent_tag(exp)}"
+    algo = build_ppo_config(exp, metas, SERVICE, grid=grid, client=client).build_algo()
     try:
         for _ in range(exp.meta_iterations):
             algo.train()
-        ckpt = str((out / f"meta-checkpoint-{exp.meta_iterations}").resolve())
+        ckpt = str((out / f"meta-checkpoint-{agent_tag(exp)}").resolve())
         algo.save_to_path(ckpt)
     finally:
         algo.stop()
-    requests = ray.get(ray.get_actor(SERVICE, namespace="rcnas").requests.remote("rl-meta"))
+    requests = client_requests(client)
     info = {"checkpoint": ckpt, "seconds": time.perf_counter() - t0, "iterations": exp.meta_iterations,
             "episodes": len(requests), "distinct": len({(r["task_name"], r["arch_key"]) for r in requests})}
     record.write_text(json.dumps(info, indent=2))
@@ -71,19 +73,29 @@ def client_requests(client: str) -> list[dict[str, Any]]:
 
 
 def run_ppo(exp: Any, target: str, task: TaskConfig, grid: tuple[int, int], client: str, n: int,
-            meta_checkpoint: str | None) -> None:
+            meta_checkpoint: str | None, patience: int = 5) -> None:
     """PPO fine-tuning (from the meta policy, or from scratch) until it has made ``n`` distinct evaluations, or
-    until ``4 n / M`` iterations (a converged policy repeats itself; repeats cost nothing and add nothing)."""
+    until ``patience`` iterations in a row brought no new sub-network (the policy has converged: it repeats itself,
+    and repeats cost nothing and add nothing), or ``4 n / M`` iterations."""
     config = build_ppo_config(exp, [target], SERVICE, grid=grid, client=client,
                               load_module_from=module_dir(meta_checkpoint) if meta_checkpoint else None)
     algo = config.build_algo()
     try:
+        made, idle = 0, 0
         for _ in range(math.ceil(4 * n / exp.M)):
-            if len(distinct(client_requests(client), task.name)) >= n:
-                break
             algo.train()
+            now = len(distinct(client_requests(client), task.name))
+            idle = 0 if now > made else idle + 1
+            made = now
+            if made >= n or idle >= patience:
+                break
     finally:
         algo.stop()
+
+
+def agent_tag(exp: Any) -> str:
+    """The PPO searchers' settings in a short hash: runs with other settings are other clients of the store."""
+    return content_key([exp.M, exp.meta_iterations, exp.ppo.model_dump(), exp.model.model_dump()])[:6]
 
 
 def search(name: str, exp: Any, target: str, seed: int, n: int, grid: tuple[int, int],
@@ -91,7 +103,7 @@ def search(name: str, exp: Any, target: str, seed: int, n: int, grid: tuple[int,
     """One search; its request log in the store is its result. Skipped when a previous run finished it (a PPO
     search that converged before ``n`` distinct evaluations is finished too: rerunning it would change it)."""
     task = load_task(target)
-    client = f"{name}/{task.name}/seed{seed}/n{n}"
+    client = f"{name}{'-' + agent_tag(exp) if name in PPO_SEARCHERS else ''}/{task.name}/seed{seed}/n{n}"
     if client in _finished(finished):
         return client
     if name in PPO_SEARCHERS:
@@ -135,6 +147,7 @@ def main() -> None:
     p.add_argument("--meta-iterations", type=int, default=30,
                    help="PPO iterations of M episodes for meta-training (reported apart from N; the experiment's own "
                         "count is for the quick pipeline)")
+    p.add_argument("--entropy-coeff", type=float, default=None, help="PPO entropy bonus (default: the experiment's)")
     p.add_argument("--final-n", type=int, default=25, help="whose picks are trained from scratch (0: none)")
     p.add_argument("--out", default="runs/bench/search-quality")
     p.add_argument("--workers", type=int, default=None, help="evaluation workers (default: one per CPU or GPU)")
@@ -142,6 +155,8 @@ def main() -> None:
     t_start = time.perf_counter()
     exp, metas, _ = load_experiment(args.experiment)
     exp = exp.model_copy(update={"meta_iterations": args.meta_iterations})
+    if args.entropy_coeff is not None:
+        exp = exp.model_copy(update={"ppo": exp.ppo.model_copy(update={"entropy_coeff": args.entropy_coeff})})
     held_out = [task_path(t) for t in args.held_out.split(",")]
     if overlap := {load_task(t).name for t in held_out} & {load_task(t).name for t in metas}:
         p.error(f"--held-out {sorted(overlap)} are meta-training tasks of {args.experiment}; pick held-out ones")
@@ -203,7 +218,9 @@ def main() -> None:
               f"searchers {', '.join(searchers)}; searches {t_search / 60:.1f} min"
               + (f", meta-training {meta['seconds'] / 60:.1f} min ({meta['distinct']} distinct evaluations on "
                  f"{len(metas)} meta tasks, not counted in N)" if meta else "")
-              + f"; whole run {total / 60:.1f} min")
+              + f"; whole run {total / 60:.1f} min. PPO (rl, ppo-scratch): M={exp.M} episodes per update, lr "
+              f"{exp.ppo.lr:g}, {exp.ppo.num_epochs} epochs, entropy {exp.ppo.entropy_coeff:g}, "
+              f"{exp.meta_iterations} meta iterations")
     report = header + "\n\n" + "\n".join(lines)
     (out / "report.md").write_text(report + "\n")
     print("\n" + report)

@@ -36,7 +36,8 @@ class SharedSubnet(nn.Module):
 
     def __init__(self, supernet: PreActResNet, arch: ArchSpec) -> None:
         super().__init__()
-        self.body = build_model(arch, supernet.shape)
+        # on the supernet's device: every tensor is replaced at forward, but a GPU run must not meet a CPU one
+        self.body = build_model(arch, supernet.shape).to(next(supernet.parameters()).device)
         self.plan, counts = inheritance_plan(self.body, supernet)
         if counts["fresh"]:
             raise ValueError(f"{arch.short()} switches block types; only the teacher's own blocks share weights")
