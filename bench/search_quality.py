@@ -32,6 +32,7 @@ from agents.search import shared_grid
 from agents.stages import module_dir
 from agents.summary import arch_from_dict
 from rcnas.config import TaskConfig, load_task
+from rcnas.configio import eps_label
 from rcnas.distributed.resources import ensure_ray
 from rcnas.distributed.service import RayEvaluator, start_service
 from rcnas.evaluate_cmd import run_jobs
@@ -204,7 +205,10 @@ def main() -> None:
                 picks[s, tasks[t].name, seed, n] = {**best, "made": min(n, len(rows))}
         # the best-so-far reward normalised per task by the best any searcher found there: tasks are comparable
         curves[s].append(best_so_far([r["reward"] for r in rows][: budgets[-1]]))
-    lines = [results_table(picks, searchers, [tasks[t].name for t in held_out], budgets, args.seeds)]
+    lines = [results_table(picks, searchers, [tasks[t].name for t in held_out], budgets, args.seeds), "",
+             "Scored with: " + "; ".join(
+                 f"{t.name} = {t.attack.name}-{t.attack.steps} eps {eps_label(t.attack.epsilon)} on the first "
+                 f"{t.proxy.val_examples} validation images" for t in tasks.values())]
     lines += ["", "Best-so-far reward (mean over tasks and seeds) against distinct evaluations:", "", "```",
               text_chart({s: mean_curve(curves[s], budgets[-1]) for s in searchers}), "```"]
     print("\n".join(lines), flush=True)
@@ -252,8 +256,8 @@ def results_table(picks: dict, searchers: list[str], task_names: list[str], budg
         out.append(f"| **{s}** | mean over tasks | " + " | ".join(f"**{a:.1f}** ({r:.3f})" for a, r in means) + " |")
     note = ("robust acc in %, mean ± sd over seeds, of the highest-reward sub-network among the first N distinct "
             "evaluations (task's attack on the fixed validation subset, proxy fidelity of the task config); "
-            "† = fewer than N distinct evaluations were made (a converged policy repeats itself; compound and "
-            "uniform are single-candidate rules)")
+            "† = fewer than N distinct evaluations were made (a converged policy repeats itself; the compound rule has "
+            "a handful of candidates, one per depth scale, and uniform shrinking one)")
     return "\n".join(out) + "\n\n_" + note + "_"
 
 
@@ -294,12 +298,12 @@ def final_table(final: list[dict], searchers: list[str], task_names: list[str]) 
             cols = [mean_sd([next(a["accuracy"] for a in r["attacks"] if a["label"] == k) * 100 for r, _ in mine])
                     for k in attacks]
             macs = sum(r["macs"] for r, _ in mine) / len(mine)
-            out.append(f"| {s} | {t} | {clean[0]:.1f} ± {clean[1]:.1f} | "
+            out.append(f"| {s} | {t} (eps {mine[0][0]['eps_255']}) | {clean[0]:.1f} ± {clean[1]:.1f} | "
                        + " | ".join(f"{m:.1f} ± {sd:.1f}" for m, sd in cols) + f" | {macs / 1e6:.2f}M |")
     label = ""
     if final:
         f0 = final[0]
-        label = (f"_test split, n={f0['n_examples']}, eps {f0['eps_255']}, seed {f0['seed']}; "
+        label = (f"_test split, n={f0['n_examples']}, training seed {f0['seed']}; "
                  f"trained from scratch with the task's recipe; mean ± sd over the seeds' picks_")
     return "\n".join(out) + "\n\n" + label
 
