@@ -58,7 +58,7 @@ def truth(task: TaskConfig, arch: ArchSpec, seed: int) -> float:
 
     import torch
 
-    from rcnas.data.registry import DATASETS, load_splits
+    from rcnas.data.registry import DATASETS, augmentation, load_splits
     from rcnas.evaluation import robust_accuracy
     from rcnas.models.builder import build_model
     from rcnas.provenance import content_key, derive_seed
@@ -77,7 +77,7 @@ def truth(task: TaskConfig, arch: ArchSpec, seed: int) -> float:
     torch.manual_seed(s)  # initialisation, and below the batch order and attack noise: all of them vary by seed
     model = build_model(arch, info.shape)
     adversarial_train(model, data, task.training.model_copy(update={"seed": s}), num_classes=info.shape.num_classes,
-                      crop_padding=info.crop_padding if task.dataset.augment else 0)
+                      **augmentation(task.dataset))
     report = robust_accuracy(model, data.test, {"task": task.attack}, num_classes=info.shape.num_classes)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"robust_acc": report.attacks[0].accuracy, "arch": arch.short(), "seed": seed}))

@@ -124,15 +124,13 @@ def _finished(path: Path) -> set[str]:
     return set(path.read_text().split()) if path.is_file() else set()
 
 
-def scored(client: str, task: TaskConfig) -> list[dict[str, Any]]:
+def scored(client: str, task: TaskConfig, teacher_robust_acc: float, budget: float) -> list[dict[str, Any]]:
     """The client's distinct evaluations of ``task`` with their rewards, in order."""
-    space = CompressionSpace.for_task(task)
-    teacher = RayEvaluator(SERVICE).teacher_stats(task)
     rows = distinct(client_requests(client), task.name)
     for r in rows:
         m = r["metrics"]
         r["robust_acc"], r["macs"] = m["robust_acc"], m["macs"]
-        r["reward"] = compression_reward(m["robust_acc"], teacher.robust_acc, m["macs"], space.budget, task.reward,
+        r["reward"] = compression_reward(m["robust_acc"], teacher_robust_acc, m["macs"], budget, task.reward,
                                          ok=m["status"] == "ok")
     return rows
 
@@ -195,15 +193,17 @@ def main() -> None:
 
     # the picks at every N, per task and seed
     tasks = {t: load_task(t) for t in held_out}
+    teacher_acc = {t: RayEvaluator(SERVICE).teacher_stats(task).robust_acc for t, task in tasks.items()}
+    budget = {t: CompressionSpace.for_task(task).budget for t, task in tasks.items()}
     picks: dict[tuple[str, str, int, int], dict[str, Any]] = {}
     curves: dict[str, list[list[float]]] = {s: [] for s in searchers}
     for (s, t, seed), client in runs.items():
-        rows = scored(client, tasks[t])
+        rows = scored(client, tasks[t], teacher_acc[t], budget[t])
         for n in budgets:
             best = best_within(rows, n, lambda r: r["reward"])
             if best is not None:
                 picks[s, tasks[t].name, seed, n] = {**best, "made": min(n, len(rows))}
-        # the best-so-far reward normalised per task by the best any searcher found there: tasks are comparable
+        # rewards are ratios to the task's teacher, so curves of different tasks can be averaged
         curves[s].append(best_so_far([r["reward"] for r in rows][: budgets[-1]]))
     lines = [results_table(picks, searchers, [tasks[t].name for t in held_out], budgets, args.seeds), "",
              "Scored with: " + "; ".join(
@@ -213,7 +213,6 @@ def main() -> None:
               text_chart({s: mean_curve(curves[s], budgets[-1]) for s in searchers}), "```"]
     print("\n".join(lines), flush=True)
 
-    final: list[dict[str, Any]] = []
     if args.final_n:
         final = final_evaluation(picks, args.final_n, tasks, exp, out)
         lines += ["", final_table(final, searchers, [tasks[t].name for t in held_out])]
@@ -280,9 +279,8 @@ def final_evaluation(picks: dict, n: int, tasks: dict[str, TaskConfig], exp: Any
                              exp.final_eval.epochs, None, exp.final_eval.n_examples, exp.seed)
     todo = [j for name, j in jobs.items() if name not in done]
     if todo:
-        for r in run_jobs(todo, folder):
+        for r in run_jobs(todo, folder, previous=list(done.values())):
             done[r["name"]] = r
-        (folder / "results.json").write_text(json.dumps(list(done.values()), indent=2))
     return [{**done[name], "by": who[name]} for name in jobs]
 
 

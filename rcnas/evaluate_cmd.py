@@ -79,10 +79,12 @@ def profile(args: EvaluateArgs) -> int:
     return 0
 
 
-def run_jobs(jobs: list[EvalJob], out: Path, no_ray: bool = False, ray_address: str | None = None) -> list[dict]:
+def run_jobs(jobs: list[EvalJob], out: Path, no_ray: bool = False, ray_address: str | None = None,
+             previous: list[dict] | None = None) -> list[dict]:
     """Evaluate ``jobs`` (on Ray workers when there are several), writing ``results.json`` / ``results.md`` under
-    ``out`` after every finished job, so an interrupted run keeps what it finished."""
-    results: list[dict] = []
+    ``out`` after every finished job, so an interrupted run keeps what it finished; ``previous`` results (of an
+    earlier run into ``out``) are written with them, so they are never overwritten."""
+    results: list[dict] = list(previous or [])
 
     def keep(result: dict) -> None:
         results.append(result)

@@ -18,7 +18,7 @@ import torch
 from rcnas.attacks import suite_attack
 from rcnas.config import TaskConfig
 from rcnas.configio import eps_label
-from rcnas.data.registry import DATASETS, load_splits
+from rcnas.data.registry import DATASETS, augmentation, load_splits
 from rcnas.devices import pick_device
 from rcnas.evaluation import local_lipschitz, robust_accuracy
 from rcnas.models.builder import build_model
@@ -67,8 +67,7 @@ def evaluate_job(
         log(f"[{job.name}] training {recipe.epochs:g} epochs ({recipe.loss}, eps {eps_label(recipe.attack.epsilon)}) "
             f"on {len(data.train)} examples, device {device}")
         res = adversarial_train(
-            model, data, recipe, num_classes=info.shape.num_classes, crop_padding=info.crop_padding
-            if job.task.dataset.augment else 0, flip=info.flip and job.task.dataset.augment,
+            model, data, recipe, num_classes=info.shape.num_classes, **augmentation(job.task.dataset),
             checkpoint=out / "train_state.pt",
             progress=lambda r: log(f"[{job.name}] epoch {r['epoch']}: loss {r['train_loss']:.3f} "
                                    f"val clean {r['val_clean']:.3f} val robust {r['val_robust']:.3f}"),

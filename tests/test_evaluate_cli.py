@@ -88,3 +88,19 @@ def test_several_configs_run_in_parallel_on_ray_workers(tmp_path):
     assert len({r["node"] for r in results}) == 1 and all(r["device"] == "cpu" for r in results)
     assert "done: tiny-444-half" in proc.stderr and "done: tiny-444-deep-narrow" in proc.stderr
     assert "(pid=" in proc.stderr or "pid=" in proc.stderr + proc.stdout, "work ran in Ray worker processes"
+
+
+def test_run_jobs_writes_earlier_results_with_the_new_ones(tmp_path):
+    from rcnas.config import load_task
+    from rcnas.evaluate_cmd import run_jobs
+    from rcnas.final_eval import EvalJob
+    from rcnas.models.teachers import get_teacher
+
+    arch = get_teacher("tiny-444").subnet((1, 1, 1), (1, 1, 1), ("basic_block",) * 3)
+    task = load_task(ROOT / TASK)
+    earlier = run_jobs([EvalJob("earlier", arch, task, ("clean",), str(tmp_path), epochs=0.05, n_examples=16)],
+                       tmp_path, no_ray=True)
+    job = EvalJob("new", arch, task, ("clean",), str(tmp_path), epochs=0.05, n_examples=16)
+    results = run_jobs([job], tmp_path, no_ray=True, previous=earlier)
+    assert [r["name"] for r in results] == ["earlier", "new"]
+    assert [r["name"] for r in json.loads((tmp_path / "results.json").read_text())] == ["earlier", "new"]

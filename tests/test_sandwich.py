@@ -8,11 +8,11 @@ import torch
 
 from rcnas.config import TrainConfig
 from rcnas.models.blocks import BLOCKS
-from rcnas.models.builder import build_model, inherit_weights
+from rcnas.models.builder import build_model, inherit_weights, recalibrate_bn
 from rcnas.models.teachers import get_teacher
 from rcnas.space.arch import InputShape
 from rcnas.train import LOSSES, adversarial_train
-from rcnas.train.sandwich import SharedSubnet, recalibrate_bn, sandwich_objective
+from rcnas.train.sandwich import SharedSubnet, sandwich_objective
 from tests.conftest import randomise_bn_statistics, tiny_task
 
 DIGITS = InputShape(1, 8, 10)

@@ -38,6 +38,12 @@ class DatasetInfo:
 DATASETS: Registry[DatasetInfo] = Registry("dataset")
 
 
+def augmentation(cfg: DatasetConfig) -> dict[str, int | bool]:
+    """The training augmentation a dataset config asks for, as :func:`rcnas.train.adversarial_train` keywords."""
+    info = DATASETS.get(cfg.name)
+    return {"crop_padding": info.crop_padding if cfg.augment else 0, "flip": info.flip and cfg.augment}
+
+
 def data_root(override: str | Path | None = None) -> Path:
     """The data root: ``override`` (a CLI flag), else ``$RCNAS_DATA``, else ``./data``."""
     return Path(override or os.environ.get(DATA_ENV) or "data")

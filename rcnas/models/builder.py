@@ -117,3 +117,20 @@ def inherit_weights(student: PreActResNet, teacher: PreActResNet) -> dict[str, i
             t_name, where = plan[name]
             tensor.copy_(take(src[t_name], where))
     return counts
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> None:
+    """Re-estimate every BN layer's running statistics on ``images`` (a cumulative average, in train mode, no
+    gradient); the model is left in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # None = cumulative moving average: every batch counts equally
+    model.train()
+    for i in range(0, len(images), batch_size):
+        model(images[i:i + batch_size])
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    model.eval()

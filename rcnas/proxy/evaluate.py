@@ -15,16 +15,15 @@ from typing import Optional
 import torch
 
 from rcnas.config import TaskConfig
-from rcnas.data.registry import DATASETS
+from rcnas.data.registry import DATASETS, augmentation
 from rcnas.data.tensors import DataSplits, to_float
 from rcnas.evaluation import robust_accuracy
-from rcnas.models.builder import PreActResNet, build_model, inherit_weights
+from rcnas.models.builder import PreActResNet, build_model, inherit_weights, recalibrate_bn
 from rcnas.provenance import code_version, derive_seed, fidelity_key, task_key
 from rcnas.proxy.records import ProxyMetrics
 from rcnas.space.arch import ArchSpec
 from rcnas.space.cost import arch_cost
 from rcnas.train import adversarial_train
-from rcnas.train.sandwich import recalibrate_bn
 
 
 def proxy_evaluate(task: TaskConfig, arch: ArchSpec, data: DataSplits, teacher: Optional[PreActResNet],
@@ -51,8 +50,7 @@ def proxy_evaluate(task: TaskConfig, arch: ArchSpec, data: DataSplits, teacher: 
                 recipe = task.training.model_copy(update={"epochs": p.epochs, "lr": p.lr, "schedule": p.schedule,
                                                           "select_on_val": False, "seed": s})
                 res = adversarial_train(model, data, recipe, num_classes=info.shape.num_classes,
-                                        crop_padding=info.crop_padding if task.dataset.augment else 0,
-                                        flip=info.flip and task.dataset.augment, data_fraction=p.data_fraction)
+                                        **augmentation(task.dataset), data_fraction=p.data_fraction)
                 if res.diverged:
                     return _failed(base, counts, f"fine-tuning diverged: {res.reason}", t0)
             # the same measurement as the teacher's (rcnas.proxy.teacher.measure_teacher), in one batch of <= 512

@@ -19,7 +19,7 @@ import torch
 
 from rcnas.attacks import suite_attack
 from rcnas.config import TaskConfig
-from rcnas.data.registry import DATASETS
+from rcnas.data.registry import DATASETS, augmentation
 from rcnas.data.tensors import DataSplits
 from rcnas.evaluation import local_lipschitz, robust_accuracy
 from rcnas.models.builder import PreActResNet, build_model
@@ -67,8 +67,7 @@ def load_or_train_teacher(task: TaskConfig, data: DataSplits, cache: Path, devic
             objective = (sandwich_objective(model, get_teacher(task.teacher), LOSSES.get(task.training.loss),
                                             task.proxy.sandwich_random) if sandwich else None)
             res = adversarial_train(model, data, task.training, num_classes=info.shape.num_classes,
-                                    crop_padding=info.crop_padding if task.dataset.augment else 0,
-                                    flip=info.flip and task.dataset.augment, checkpoint=folder / "train_state.pt",
+                                    **augmentation(task.dataset), checkpoint=folder / "train_state.pt",
                                     objective=objective)
             if res.diverged:
                 raise RuntimeError(f"teacher {task.teacher} diverged: {res.reason}; lower training.lr")

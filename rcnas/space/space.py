@@ -209,6 +209,13 @@ class CompressionSpace:
     def cost(self, arch: ArchSpec) -> Cost:
         return arch_cost(arch, self.shape)
 
+    def smallest(self) -> tuple[int, ...]:
+        """The cheapest sub-network's actions."""
+        actions: tuple[int, ...] = ()
+        for _ in range(self.n_stages):
+            actions += (self.cheapest(actions),)
+        return actions
+
     def sample(self, rng: np.random.Generator) -> tuple[int, ...]:
         """A uniformly random valid action per stage (a random policy)."""
         actions: tuple[int, ...] = ()

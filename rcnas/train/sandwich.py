@@ -54,13 +54,6 @@ class SharedSubnet(nn.Module):
         return functional_call(self.body, tensors, (x,))
 
 
-def smallest(space: CompressionSpace) -> tuple[int, ...]:
-    actions: tuple[int, ...] = ()
-    for _ in range(space.n_stages):
-        actions += (space.cheapest(actions),)
-    return actions
-
-
 def sandwich_objective(supernet: PreActResNet, teacher: TeacherSpec, base: LossFn, n_random: int = 2,
                        cache_size: int = 64) -> LossFn:
     """The sandwich loss of one batch: ``base`` on the full network + the smallest + ``n_random`` random
@@ -79,7 +72,7 @@ def sandwich_objective(supernet: PreActResNet, teacher: TeacherSpec, base: LossF
         views.move_to_end(arch)
         return views[arch]
 
-    tiny = space.arch(smallest(space))
+    tiny = space.arch(space.smallest())
 
     def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> LossResult:
         total, logits = base(model, x, y, cfg, g)
@@ -89,21 +82,3 @@ def sandwich_objective(supernet: PreActResNet, teacher: TeacherSpec, base: LossF
         return total, logits
 
     return loss
-
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> None:
-    """Re-estimate every BN layer's running statistics on ``images`` (a cumulative average, in train mode, no
-    gradient); the model is left in eval mode."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # None = cumulative moving average: every batch counts equally
-    model.train()
-    for i in range(0, len(images), batch_size):
-        model(images[i:i + batch_size])
-    for m, momentum in zip(norms, saved):
-        m.momentum = momentum
-    model.eval()
