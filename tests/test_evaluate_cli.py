@@ -104,3 +104,18 @@ def test_run_jobs_writes_earlier_results_with_the_new_ones(tmp_path):
     results = run_jobs([job], tmp_path, no_ray=True, previous=earlier)
     assert [r["name"] for r in results] == ["earlier", "new"]
     assert [r["name"] for r in json.loads((tmp_path / "results.json").read_text())] == ["earlier", "new"]
+
+
+def test_final_jobs_start_with_the_most_macs():
+    from rcnas.config import load_task
+    from rcnas.distributed.final import longest_first
+    from rcnas.final_eval import EvalJob
+    from rcnas.models.teachers import get_teacher
+
+    teacher = get_teacher("tiny-444")
+    task = load_task(ROOT / TASK)
+    small = teacher.subnet((1, 1, 1), (1, 1, 1), ("basic_block",) * 3)
+    mid = teacher.subnet((2, 2, 2), (2, 2, 2), ("basic_block",) * 3)
+    jobs = [EvalJob(name, arch, task, ("clean",), "unused") for name, arch in
+            [("small", small), ("teacher", teacher.arch), ("mid", mid)]]
+    assert [j.name for j in longest_first(jobs)] == ["teacher", "mid", "small"]
