@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rcnas.cli import run_main
+from rcnas.infra.cli import run_main
 
 SMOKE = ["configs/subnets/digits/tiny-444-half.yaml", "--task", "configs/tasks/digits-pgd-e20-t444-r35.yaml",
          "--epochs", "1", "--n-examples", "64", "--attacks", "clean,fgsm,pgd20,cw40,aa_compact"]
@@ -55,7 +55,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main() -> int:
-    from rcnas.evaluate_cmd import EvaluateArgs, run_evaluate
+    from rcnas.evaluation.command import EvaluateArgs, run_evaluate
 
     a = parse()
     return run_evaluate(EvaluateArgs(a.configs, a.task, a.attacks, a.epochs, a.checkpoint, a.n_examples, a.seed,

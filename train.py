@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rcnas.cli import run_main
+from rcnas.infra.cli import run_main
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

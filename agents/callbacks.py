@@ -10,8 +10,15 @@ from typing import Any
 
 from ray.rllib.callbacks.callbacks import RLlibCallback
 
+from rcnas.distributed.service import RayEvaluator
+from rcnas.task import Task, load_task
+
 
 class SearchMetrics(RLlibCallback):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tasks: list[Task] | None = None
+
     def on_algorithm_init(self, *, algorithm: Any, metrics_logger: Any = None, **kwargs: Any) -> None:
         """Fine-tuning: the learner has loaded the meta-trained module (``RLModuleSpec.load_state_path``); push
         those weights to every env runner, the local one included (RLlib leaves it at its fresh init), so that the
@@ -35,18 +42,16 @@ class SearchMetrics(RLlibCallback):
     def on_train_result(self, *, algorithm: Any, result: dict, metrics_logger: Any = None, **kwargs: Any) -> None:
         """Best-so-far figures over every evaluation the run has stored for its tasks (the store is the truth:
         it survives restarts, and it includes evaluations answered for other env runners)."""
-        from agents.summary import best_candidates
+        from agents.summary import best_candidate
 
         cfg = algorithm.config.env_config
-        best = best_candidates(cfg["tasks"], cfg["service"], top=1)
-        if best:
-            top = best[0]
-            result["rcnas"] = {"best_reward": top["reward"], "best_robust_acc": top["robust_acc"],
-                               "best_macs": top["macs"], "evaluations_stored": top["stored"]}
-        import ray
-
-        from rcnas.distributed.service import NAMESPACE
-
-        stats = ray.get(ray.get_actor(cfg["service"], namespace=NAMESPACE).stats.remote())
+        if self._tasks is None:  # resolved once per run, not re-read every iteration
+            self._tasks = [load_task(p) for p in cfg["tasks"]]
+        service = RayEvaluator(cfg["service"])
+        top, stored = best_candidate(self._tasks, service)
+        if top is not None:
+            result["rcnas"] = {"best_reward": top.reward, "best_robust_acc": top.robust_acc, "best_macs": top.macs,
+                               "evaluations_stored": stored}
+        stats = service.stats()
         result.setdefault("rcnas", {}).update({k: stats[k] for k in ("computed", "from_store", "deduplicated",
                                                                        "failed", "retried")})

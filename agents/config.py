@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from rcnas.configio import StrictModel, load_config
-from rcnas.errors import ConfigError
+from rcnas.infra.configio import StrictModel, load_config
+from rcnas.infra.errors import ConfigError
+from rcnas.vocab import SUITE
 
 
 class PPOSettings(StrictModel):
@@ -40,7 +41,17 @@ class FinalEvalSettings(StrictModel):
     epochs: Optional[float] = None
     """training length; default: the target task's recipe"""
     attacks: list[str] = ["clean", "fgsm", "pgd20", "cw40", "aa_compact"]
-    n_examples: Optional[int] = None
+    """labels of the evaluation suite (rcnas.vocab.SUITE)"""
+    n_examples: Optional[int] = Field(None, ge=1)
+
+    @field_validator("attacks")
+    @classmethod
+    def _known_attacks(cls, v: list[str]) -> list[str]:
+        for label in v:
+            SUITE.get(label)  # raises with the known labels
+        if not v:
+            raise ValueError("no attacks: give at least one label, e.g. [clean, pgd20]")
+        return v
 
 
 class ExperimentConfig(StrictModel):
@@ -85,11 +96,14 @@ def task_path(ref: str, experiment_file: Path | None = None) -> str:
 
 def load_experiment(path: str | Path) -> tuple[ExperimentConfig, list[str], str]:
     """The experiment and its resolved meta-task and target-task paths (every task validated)."""
-    from rcnas.config import load_task
+    from rcnas.task import load_task
 
     exp = load_config(path, ExperimentConfig)
     metas = [task_path(t, Path(path)) for t in exp.meta_tasks]
     target = task_path(exp.target_task, Path(path))
+    # compared as files, not as spellings: ./configs/tasks/x.yaml and x are the same held-out task
+    if any(Path(m).resolve() == Path(target).resolve() for m in metas):
+        raise ConfigError(f"{path}: target_task {exp.target_task!r} is also a meta-training task: hold it out")
     for p in [*metas, target]:
         load_task(p)
     return exp, metas, target

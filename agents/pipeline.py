@@ -7,13 +7,13 @@ import sys
 import time
 from pathlib import Path
 
+from agents.comparison import final_comparison
 from agents.config import load_experiment, task_path
-from agents.final import final_comparison
 from agents.search import SearchOptions, run_search
-from agents.stages import module_dir
-from rcnas.config import load_task
-from rcnas.errors import ConfigError
-from rcnas.report import text_table
+from agents.stages import check_layout, module_dir
+from rcnas.evaluation.tables import text_table
+from rcnas.infra.errors import ConfigError
+from rcnas.task import load_task
 
 
 def log(msg: str) -> None:
@@ -23,7 +23,9 @@ def log(msg: str) -> None:
 def run_pipeline(args: argparse.Namespace) -> int:
     import torch
 
-    torch.set_num_threads(1)  # the driver shares the machine with evaluation workers (STACK_NOTES: 10x slowdown)
+    # the driver shares the machine with the evaluation workers: torch's default thread pool in every process
+    # oversubscribes the cores (measured about 10x slower on 2 cores)
+    torch.set_num_threads(1)
     exp, metas, target = load_experiment(args.experiment)
     if args.task:
         target = task_path(args.task)
@@ -31,10 +33,12 @@ def run_pipeline(args: argparse.Namespace) -> int:
     if args.M is not None:
         exp = exp.model_copy(update={"M": args.M})
     # every user mistake is reported before Ray starts
-    load_task(target)
+    task = load_task(target)
     if args.from_checkpoint and not Path(module_dir(args.from_checkpoint)).is_dir():
         raise ConfigError(f"--from {args.from_checkpoint}: not an algorithm checkpoint (no "
                           f"{module_dir(args.from_checkpoint)}); pass a meta checkpoint folder from summary.json")
+    if args.from_checkpoint:
+        check_layout(args.from_checkpoint)
     if args.from_checkpoint and args.searcher != "rl":
         raise ConfigError(f"--from applies to the rl searcher, not --searcher {args.searcher}")
     if not metas and args.searcher == "rl" and not args.from_checkpoint:
@@ -55,7 +59,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
         from rcnas.space.schema import load_subnet
 
         chosen, _ = load_subnet(summary["yaml"])
-        results = final_comparison(exp, target, chosen, out / "final")
+        results = final_comparison(exp, task, chosen, out / "final")
         print(text_table(results))
     print(f"\nrun folder: {out} (tensorboard --logdir {out / 'tune'})")
     return 0

@@ -1,5 +1,6 @@
-"""The dual-level search, top to bottom (METHOD §4): meta-train one policy across many task settings, fine-tune it on
-a held-out task, take the best sub-network the run evaluated there, report it, and evaluate it for real.
+"""The dual-level search, top to bottom (docs/method.md, "Agent"): meta-train one policy across many task
+settings, fine-tune it on a held-out task, take the best sub-network the run evaluated there, report it, and
+evaluate it for real.
 
 Read it like a training loop: each numbered phase is one call.
 """
@@ -13,18 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import ray
-
 from agents.config import ExperimentConfig
 from agents.ppo import build_ppo_config
-from agents.report import write_report
-from agents.stages import module_dir, run_stage
+from agents.search_report import write_report
+from agents.stages import check_layout, module_dir, run_stage
 from agents.summary import scored_rows
-from rcnas.config import load_task
 from rcnas.distributed.resources import ensure_ray
 from rcnas.distributed.service import RayEvaluator, start_service
 from rcnas.search.searchers import SEARCHERS, run_searcher
-from rcnas.space.space import ActionGrid, CompressionSpace
+from rcnas.task import load_task, shared_grid
 
 
 @dataclass(frozen=True)
@@ -41,12 +39,6 @@ class SearchOptions:
     """evaluations a baseline searcher may spend"""
 
 
-def shared_grid(task_paths: list[str]) -> tuple[int, int]:
-    """The action grid holding every task's teacher, so meta-training and fine-tuning share one action space."""
-    grid = ActionGrid.covering([CompressionSpace.for_task(load_task(p)) for p in task_paths])
-    return grid.max_depth, grid.max_width
-
-
 def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: SearchOptions,
                log: Callable[[str], None] = print) -> dict[str, Any]:
     t0 = time.perf_counter()
@@ -58,11 +50,14 @@ def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: Searc
     # 1. the evaluation service: workers pinned to GPUs (or fractional CPUs), the run's store in out/;
     # the handle is held until the end: a named actor lives only as long as a handle to it does
     service = start_service(out, n_workers=exp.eval_workers, name=service_name)
-    ray.get(service.stats.remote())
+    client = RayEvaluator(service_name)
+    client.stats()
     # task paths are made absolute: Tune runs trials in their own working directories
     metas, target = [str(Path(m).resolve()) for m in metas], str(Path(target).resolve())
-    grid = shared_grid(metas + [target])
     task = load_task(target)
+    # one action space for meta-training and fine-tuning: the grid holding every task's teacher
+    action_grid = shared_grid([load_task(m) for m in metas] + [task])
+    grid = (action_grid.max_depth, action_grid.max_width)
     meta_ckpt = ft_ckpt = None
     stages: dict[str, Path] = {}
     if opts.searcher in SEARCHERS:
@@ -73,6 +68,7 @@ def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: Searc
         # 2. meta-training across the task set (skipped by the downstream run, which starts from a checkpoint,
         # and by the PPO-from-scratch baseline)
         if opts.from_checkpoint:
+            check_layout(opts.from_checkpoint)
             meta_ckpt = opts.from_checkpoint
         elif opts.searcher == "rl":
             log(f"meta-training on {len(metas)} tasks, {exp.meta_iterations} iterations of M={exp.M}")
@@ -90,16 +86,17 @@ def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: Searc
                             resume=opts.resume, log=log)
         stages["finetune"] = storage / "finetune"
     # 4. the result: the best sub-network evaluated on the target task, its report and plots
-    space = CompressionSpace.for_task(task, grid=ActionGrid(*grid))
-    rows = scored_rows(target, service_name)
+    space = task.on_grid(action_grid)
+    rows = scored_rows(task, client)
     if not rows:
         raise RuntimeError("no sub-network of the target task was evaluated: raise finetune_iterations")
-    chosen = write_report(out, task, space, rows, stages)
-    summary = {"experiment": exp.name, "searcher": opts.searcher, "target": task.name, "chosen": chosen["arch"].short(),
-               "yaml": chosen["yaml"], "reward": chosen["reward"], "val_robust_acc": chosen["robust_acc"],
-               "macs": chosen["macs"], "budget": space.budget, "meta_checkpoint": meta_ckpt,
+    chosen, yaml_path = write_report(out, task, space, rows, stages)
+    summary = {"experiment": exp.name, "searcher": opts.searcher, "target": task.name, "chosen": chosen.arch.short(),
+               "yaml": str(yaml_path), "reward": chosen.reward, "val_robust_acc": chosen.robust_acc,
+               "macs": chosen.macs, "budget": space.budget, "meta_checkpoint": meta_ckpt,
                "finetune_checkpoint": ft_ckpt, "evaluated": len(rows), "search_seconds": time.perf_counter() - t0}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    log(f"evaluation service: {ray.get(service.stats.remote())}")
+    log(f"evaluation service: {client.stats()}")
+    del service  # held until here: a named actor lives only as long as a handle to it does
     return summary
 

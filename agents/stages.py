@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -9,13 +10,40 @@ from typing import Any
 from ray import tune
 from ray.rllib.algorithms.ppo import PPO, PPOConfig
 
+from envs import observation
+from rcnas.infra.errors import ConfigError
+
 MODULE_PATH = ("learner_group", "learner", "rl_module", "default_policy")
-METRIC = "env_runners/episode_return_mean"
+LAYOUT_FILE = "rcnas_observation_layout.json"
 
 
 def module_dir(checkpoint: str | Path) -> str:
     """The policy module's folder inside an algorithm checkpoint (loadable without Ray by RLModule)."""
     return str(Path(checkpoint).joinpath(*MODULE_PATH))
+
+
+def save_layout(checkpoint: str | Path) -> None:
+    """Record the observation layout the checkpoint's policy was trained on, next to its weights."""
+    (Path(checkpoint) / LAYOUT_FILE).write_text(json.dumps(observation.layout(), indent=2))
+
+
+def check_layout(checkpoint: str | Path) -> None:
+    """Refuse a checkpoint whose policy reads a different observation (another dataset or attack vocabulary, more
+    stages): its weights would load without error and act on misplaced inputs.
+
+    Raises:
+        ConfigError: no layout saved with it, or a different one; says which part differs.
+    """
+    path = Path(checkpoint) / LAYOUT_FILE
+    if not path.is_file():
+        raise ConfigError(f"{checkpoint}: no {LAYOUT_FILE} (not a meta-training checkpoint of this version of "
+                          "rcnas); meta-train again or pass a checkpoint folder written by train.py")
+    saved, now = json.loads(path.read_text()), observation.layout()
+    diff = [k for k in now if saved.get(k) != now[k]]
+    if diff:
+        raise ConfigError(f"{checkpoint}: its policy was trained on another observation layout ({', '.join(diff)}: "
+                          f"{[saved.get(k) for k in diff]} there, {[now[k] for k in diff]} now); meta-train again "
+                          "with this version")
 
 
 def run_stage(name: str, config: PPOConfig, iterations: int, storage: Path, *, no_tune: bool = False,
@@ -44,20 +72,30 @@ def run_stage(name: str, config: PPOConfig, iterations: int, storage: Path, *, n
     result = tuner.fit().get_best_result(metric="training_iteration", mode="max")
     if result.error:
         raise RuntimeError(f"{name} failed: {result.error}")
+    save_layout(result.checkpoint.path)
     return result.checkpoint.path
+
+
+def train_iterations(algo: Any, iterations: int, name: str, log: Callable[[str], None],
+                     stop: Callable[[dict[str, Any]], bool] | None = None) -> int:
+    """``algo.train()`` up to ``iterations`` times, logging each; ``stop(result)`` ends it early. Returns the
+    iterations run."""
+    for i in range(iterations):
+        res: dict[str, Any] = algo.train()
+        log(f"[{name}] iteration {i + 1}/{iterations}: return {res['env_runners'].get('episode_return_mean')}"
+            f" {res.get('rcnas', {})}")
+        if stop is not None and stop(res):
+            return i + 1
+    return iterations
 
 
 def _plain_loop(name: str, config: PPOConfig, iterations: int, storage: Path, log: Callable[[str], None]) -> str:
     algo = config.build_algo()
     try:
-        for i in range(iterations):
-            res: dict[str, Any] = algo.train()
-            log(f"[{name}] iteration {i + 1}/{iterations}: return {res['env_runners'].get('episode_return_mean')}"
-                f" {res.get('rcnas', {})}")
+        train_iterations(algo, iterations, name, log)
         out = (storage / name / "checkpoint").resolve()
         algo.save_to_path(str(out))
+        save_layout(out)
         return str(out)
     finally:
         algo.stop()
-
-

@@ -6,7 +6,7 @@ split (used here only to judge the proxy; no search ever reads it), averaged ove
 one seed's own noise is about as large as the spread between sub-networks, so a single-seed truth caps tau. The
 seed-vs-seed tau of the truth is printed as that ceiling. Truths are cached under ``<cache>/truth`` (they cost a
 minute each), so a rerun with new settings only pays for the proxies. Proxy = the evaluator's own code
-(`rcnas.proxy.evaluate`) with the task's `proxy:` block replaced by each setting, two seeds each.
+(`rcnas.proxy.candidate`) with the task's `proxy:` block replaced by each setting, two seeds each.
 
     python bench/proxy_fidelity.py [--task configs/tasks/digits-pgd-e20-t444-r35.yaml] [--subnets 20]
         [--truth-seeds 3] [--settings "inherit, 2 epochs;sandwich, 2 epochs"] [--workers 2]
@@ -25,13 +25,13 @@ import numpy as np
 import ray
 from scipy.stats import kendalltau, spearmanr
 
-from rcnas.config import TaskConfig, load_task
-from rcnas.configio import eps_label
 from rcnas.data.registry import load_splits
 from rcnas.distributed.resources import ensure_ray
 from rcnas.distributed.service import start_service
+from rcnas.infra.configio import eps_label
 from rcnas.space.arch import ArchSpec
 from rcnas.space.space import CompressionSpace
+from rcnas.task import Task, load_task
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "inherit, 0 epochs": {"inherit": True, "epochs": 0},
@@ -52,33 +52,33 @@ SETTINGS: dict[str, dict[str, Any]] = {
 
 # half a CPU: the service's idle workers hold the other half of each core, and the truths must run side by side
 @ray.remote(num_cpus=0.5)
-def truth(task: TaskConfig, arch: ArchSpec, seed: int) -> float:
+def truth(task: Task, arch: ArchSpec, seed: int) -> float:
     """Full adversarial training from scratch, then the task's attack on the test split; cached by content."""
     import json
 
     import torch
 
-    from rcnas.data.registry import DATASETS, augmentation, load_splits
-    from rcnas.evaluation import robust_accuracy
+    from rcnas.data.registry import augmentation, load_splits
+    from rcnas.evaluation.robustness import robust_accuracy
+    from rcnas.infra.provenance import content_key, derive_seed
     from rcnas.models.builder import build_model
-    from rcnas.provenance import content_key, derive_seed
     from rcnas.proxy.teacher import cache_root
     from rcnas.train import adversarial_train
 
-    key = content_key([task.dataset.model_dump(), task.training.model_dump(), task.attack.model_dump(), arch.key(),
+    cfg, shape = task.config, task.shape
+    key = content_key([cfg.dataset.model_dump(), cfg.training.model_dump(), cfg.attack.model_dump(), arch.key(),
                        seed])
     path = cache_root() / "truth" / f"{key}.json"
     if path.is_file():
         return float(json.loads(path.read_text())["robust_acc"])
     torch.set_num_threads(1)
-    info = DATASETS.get(task.dataset.name)
-    data = load_splits(task.dataset)
+    data = load_splits(cfg.dataset)
     s = derive_seed("truth", arch.key(), seed)
     torch.manual_seed(s)  # initialisation, and below the batch order and attack noise: all of them vary by seed
-    model = build_model(arch, info.shape)
-    adversarial_train(model, data, task.training.model_copy(update={"seed": s}), num_classes=info.shape.num_classes,
-                      **augmentation(task.dataset))
-    report = robust_accuracy(model, data.test, {"task": task.attack}, num_classes=info.shape.num_classes)
+    model = build_model(arch, shape)
+    adversarial_train(model, data, cfg.training.model_copy(update={"seed": s}), num_classes=shape.num_classes,
+                      **augmentation(cfg.dataset))
+    report = robust_accuracy(model, data.test, {"task": cfg.attack}, num_classes=shape.num_classes)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"robust_acc": report.attacks[0].accuracy, "arch": arch.short(), "seed": seed}))
     return report.attacks[0].accuracy
@@ -112,7 +112,7 @@ def main() -> None:
     if unknown:
         p.error(f"unknown setting(s) {unknown}; known: {'; '.join(SETTINGS)}")
     task = load_task(args.task)
-    archs = pick_subnets(CompressionSpace.for_task(task), args.subnets)
+    archs = pick_subnets(task.space, args.subnets)
     ensure_ray(num_cpus=args.workers)
     svc = start_service(Path(tempfile.mkdtemp(prefix="rcnas-fidelity-")), n_workers=args.workers,
                         name="bench-fidelity", cpus_per_worker=0.5)
@@ -125,7 +125,7 @@ def main() -> None:
     rows = []
     for name in names:
         update = SETTINGS[name]
-        variant = task.model_copy(update={"proxy": task.proxy.model_copy(update=update)})
+        variant = task.replace(proxy=task.config.proxy.model_copy(update=update))
         ray.get(svc.teacher_stats.remote(variant))  # the (super)net once, before anything is timed
         t0 = time.perf_counter()
         out = ray.get([svc.evaluate.remote(variant, a, seed) for seed in (0, 1) for a in archs])
@@ -136,9 +136,10 @@ def main() -> None:
             rows.append((label, kendalltau(score, true)[0], spearmanr(score, true)[0],
                          kendalltau(score, runs[0])[0], 100 * score.std(), 100 * float(np.abs(s0 - s1).mean()), cost))
         print(f"done: {name}", flush=True)
+    cfg = task.config
     print(f"\n{task.name}: {len(archs)} sub-networks, truth = mean of {args.truth_seeds} seeds of "
-          f"{task.training.epochs:g}-epoch {task.training.loss} from scratch + {task.attack.name}-{task.attack.steps} "
-          f"eps {eps_label(task.attack.epsilon)} on the {len(load_splits(task.dataset).test)} test images "
+          f"{cfg.training.epochs:g}-epoch {cfg.training.loss} from scratch + {cfg.attack.name}-{cfg.attack.steps} "
+          f"eps {eps_label(cfg.attack.epsilon)} on the {len(load_splits(cfg.dataset).test)} test images "
           f"(spread sd {100 * true.std():.1f} pts; one seed's mean abs deviation from the mean {truth_noise:.1f} pts; "
           f"seed-vs-seed Kendall tau {truth_ceiling(runs):.2f}; {t_truth:.0f} s wall for the truths not cached)")
     print("| proxy setting | Kendall tau | Spearman rho | tau vs truth seed 0 alone | spread (sd, pts) "

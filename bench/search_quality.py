@@ -21,6 +21,7 @@ import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +29,19 @@ import ray
 
 from agents.config import load_experiment, task_path
 from agents.ppo import build_ppo_config
-from agents.search import shared_grid
-from agents.stages import module_dir
-from agents.summary import arch_from_dict
-from rcnas.config import TaskConfig, load_task
-from rcnas.configio import eps_label
+from agents.stages import module_dir, run_stage, train_iterations
 from rcnas.distributed.resources import ensure_ray
 from rcnas.distributed.service import RayEvaluator, start_service
-from rcnas.evaluate_cmd import run_jobs
-from rcnas.final_eval import EvalJob
-from rcnas.provenance import content_key
-from rcnas.reward import compression_reward
+from rcnas.evaluation.command import run_jobs
+from rcnas.evaluation.final import EvalJob, FinalResult
+from rcnas.infra.configio import eps_label
+from rcnas.infra.provenance import content_key
+from rcnas.proxy.records import ProxyMetrics, TeacherStats
+from rcnas.reward import task_reward
 from rcnas.search.quality import best_so_far, best_within, distinct, mean_sd, text_chart
 from rcnas.search.searchers import run_searcher
-from rcnas.space.space import CompressionSpace
+from rcnas.space.arch import arch_from_dict
+from rcnas.task import Task, load_task, shared_grid
 
 SERVICE = "bench-search-quality"
 PPO_SEARCHERS = ("rl", "ppo-scratch")
@@ -54,14 +54,8 @@ def meta_train(exp: Any, metas: list[str], grid: tuple[int, int], out: Path) -> 
         return json.loads(record.read_text())
     t0 = time.perf_counter()
     client = f"rl-meta-{agent_tag(exp)}"
-    algo = build_ppo_config(exp, metas, SERVICE, grid=grid, client=client).build_algo()
-    try:
-        for _ in range(exp.meta_iterations):
-            algo.train()
-        ckpt = str((out / f"meta-checkpoint-{agent_tag(exp)}").resolve())
-        algo.save_to_path(ckpt)
-    finally:
-        algo.stop()
+    ckpt = run_stage(f"meta-{agent_tag(exp)}", build_ppo_config(exp, metas, SERVICE, grid=grid, client=client),
+                     exp.meta_iterations, out, no_tune=True, log=lambda m: None)
     requests = client_requests(client)
     info = {"checkpoint": ckpt, "seconds": time.perf_counter() - t0, "iterations": exp.meta_iterations,
             "episodes": len(requests), "distinct": len({(r["task_name"], r["arch_key"]) for r in requests})}
@@ -70,26 +64,27 @@ def meta_train(exp: Any, metas: list[str], grid: tuple[int, int], out: Path) -> 
 
 
 def client_requests(client: str) -> list[dict[str, Any]]:
-    return ray.get(ray.get_actor(SERVICE, namespace="rcnas").requests.remote(client))
+    return RayEvaluator(SERVICE).requests(client)
 
 
-def run_ppo(exp: Any, target: str, task: TaskConfig, grid: tuple[int, int], client: str, n: int,
+def run_ppo(exp: Any, target: str, task: Task, grid: tuple[int, int], client: str, n: int,
             meta_checkpoint: str | None, patience: int = 5) -> None:
     """PPO fine-tuning (from the meta policy, or from scratch) until it has made ``n`` distinct evaluations, or
     until ``patience`` iterations in a row brought no new sub-network (the policy has converged: it repeats itself,
     and repeats cost nothing and add nothing), or ``4 n / M`` iterations."""
     config = build_ppo_config(exp, [target], SERVICE, grid=grid, client=client,
                               load_module_from=module_dir(meta_checkpoint) if meta_checkpoint else None)
+    progress = {"made": 0, "idle": 0}
+
+    def enough(_: dict[str, Any]) -> bool:
+        now = len(distinct(client_requests(client), task.name))
+        progress["idle"] = 0 if now > progress["made"] else progress["idle"] + 1
+        progress["made"] = now
+        return now >= n or progress["idle"] >= patience
+
     algo = config.build_algo()
     try:
-        made, idle = 0, 0
-        for _ in range(math.ceil(4 * n / exp.M)):
-            algo.train()
-            now = len(distinct(client_requests(client), task.name))
-            idle = 0 if now > made else idle + 1
-            made = now
-            if made >= n or idle >= patience:
-                break
+        train_iterations(algo, math.ceil(4 * n / exp.M), client, lambda m: None, stop=enough)
     finally:
         algo.stop()
 
@@ -124,18 +119,16 @@ def _finished(path: Path) -> set[str]:
     return set(path.read_text().split()) if path.is_file() else set()
 
 
-def scored(client: str, task: TaskConfig, teacher_robust_acc: float, budget: float) -> list[dict[str, Any]]:
+def scored(client: str, task: Task, teacher: TeacherStats) -> list[dict[str, Any]]:
     """The client's distinct evaluations of ``task`` with their rewards, in order."""
     rows = distinct(client_requests(client), task.name)
     for r in rows:
-        m = r["metrics"]
-        r["robust_acc"], r["macs"] = m["robust_acc"], m["macs"]
-        r["reward"] = compression_reward(m["robust_acc"], teacher_robust_acc, m["macs"], budget, task.reward,
-                                         ok=m["status"] == "ok")
+        m = ProxyMetrics(**r["metrics"])
+        r["robust_acc"], r["macs"], r["reward"] = m.robust_acc, m.macs, task_reward(task, m, teacher)
     return rows
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiment", default="configs/experiments/digits.yaml")
     p.add_argument("--held-out", default="digits-cw-e20-t444-r30,digits-pgd-e10-t444-r25",
@@ -150,69 +143,83 @@ def main() -> None:
     p.add_argument("--final-n", type=int, default=25, help="whose picks are trained from scratch (0: none)")
     p.add_argument("--out", default="runs/bench/search-quality")
     p.add_argument("--workers", type=int, default=None, help="evaluation workers (default: one per CPU or GPU)")
-    args = p.parse_args()
-    t_start = time.perf_counter()
-    exp, metas, _ = load_experiment(args.experiment)
-    exp = exp.model_copy(update={"meta_iterations": args.meta_iterations})
-    if args.entropy_coeff is not None:
-        exp = exp.model_copy(update={"ppo": exp.ppo.model_copy(update={"entropy_coeff": args.entropy_coeff})})
-    held_out = [task_path(t) for t in args.held_out.split(",")]
-    if overlap := {load_task(t).name for t in held_out} & {load_task(t).name for t in metas}:
-        p.error(f"--held-out {sorted(overlap)} are meta-training tasks of {args.experiment}; pick held-out ones")
-    budgets = sorted(int(x) for x in args.n.split(","))
-    searchers = args.searchers.split(",")
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    ensure_ray()
-    service = start_service(out, n_workers=args.workers, name=SERVICE)  # held: the actor lives with it
-    grid = shared_grid(metas + held_out)
+    return p.parse_args()
 
-    meta = meta_train(exp, metas, grid, out) if "rl" in searchers else None
-    if meta:
-        print(f"meta-training: {meta['seconds']:.0f} s, {meta['iterations']} iterations, {meta['episodes']} "
-              f"episodes, {meta['distinct']} distinct evaluations", flush=True)
 
+def run_searches(exp: Any, searchers: list[str], held_out: list[str], seeds: int, n: int, grid: tuple[int, int],
+                 meta: dict[str, Any] | None, out: Path) -> dict[tuple[str, str, int], str]:
+    """Every (searcher, held-out task, seed) search, skipping finished ones; returns each one's store client."""
     # PPO runs one at a time (each keeps every evaluation worker busy through its env runners); the sequential
     # baselines run side by side, one per evaluation worker, so that they use the workers too
     runs: dict[tuple[str, str, int], str] = {}
     finished = out / "finished-searches.txt"
-    jobs = [(s, t, seed) for t in held_out for seed in range(args.seeds) for s in searchers
+    jobs = [(s, t, seed) for t in held_out for seed in range(seeds) for s in searchers
             if not (s in ("compound", "uniform") and seed > 0)]  # deterministic rules: one run each
-    t0 = time.perf_counter()
     for key in [j for j in jobs if j[0] in PPO_SEARCHERS]:
-        runs[key] = search(key[0], exp, key[1], key[2], budgets[-1], grid, meta and meta["checkpoint"], finished)
+        runs[key] = search(key[0], exp, key[1], key[2], n, grid, meta and meta["checkpoint"], finished)
         print(f"done: {runs[key]}", flush=True)
-    n_workers = len(ray.get(ray.get_actor(SERVICE, namespace="rcnas").worker_handles.remote()))
+    n_workers = RayEvaluator(SERVICE).stats()["workers"]
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        futures = {key: pool.submit(search, key[0], exp, key[1], key[2], budgets[-1], grid, None, finished)
+        futures = {key: pool.submit(search, key[0], exp, key[1], key[2], n, grid, None, finished)
                    for key in jobs if key[0] not in PPO_SEARCHERS}
         for key, f in futures.items():
             runs[key] = f.result()
             print(f"done: {runs[key]}", flush=True)
-    t_search = time.perf_counter() - t0
+    return runs
 
-    # the picks at every N, per task and seed
-    tasks = {t: load_task(t) for t in held_out}
-    teacher_acc = {t: RayEvaluator(SERVICE).teacher_stats(task).robust_acc for t, task in tasks.items()}
-    budget = {t: CompressionSpace.for_task(task).budget for t, task in tasks.items()}
+
+def collect_picks(runs: dict[tuple[str, str, int], str], tasks: dict[str, Task], budgets: list[int],
+                  searchers: list[str]) -> tuple[dict, dict[str, list[list[float]]]]:
+    """The pick of every search at every N, and its best-so-far reward curve."""
+    teacher = {t: RayEvaluator(SERVICE).teacher_stats(task) for t, task in tasks.items()}
     picks: dict[tuple[str, str, int, int], dict[str, Any]] = {}
     curves: dict[str, list[list[float]]] = {s: [] for s in searchers}
     for (s, t, seed), client in runs.items():
-        rows = scored(client, tasks[t], teacher_acc[t], budget[t])
+        rows = scored(client, tasks[t], teacher[t])
         for n in budgets:
             best = best_within(rows, n, lambda r: r["reward"])
             if best is not None:
                 picks[s, tasks[t].name, seed, n] = {**best, "made": min(n, len(rows))}
         # rewards are ratios to the task's teacher, so curves of different tasks can be averaged
         curves[s].append(best_so_far([r["reward"] for r in rows][: budgets[-1]]))
+    return picks, curves
+
+
+def main() -> None:
+    args = parse_args()
+    t_start = time.perf_counter()
+    exp, metas, _ = load_experiment(args.experiment)
+    exp = exp.model_copy(update={"meta_iterations": args.meta_iterations})
+    if args.entropy_coeff is not None:
+        exp = exp.model_copy(update={"ppo": exp.ppo.model_copy(update={"entropy_coeff": args.entropy_coeff})})
+    held_out = [task_path(t) for t in args.held_out.split(",")]
+    tasks = {t: load_task(t) for t in held_out}
+    meta_tasks = [load_task(m) for m in metas]
+    if overlap := {t.name for t in tasks.values()} & {t.name for t in meta_tasks}:
+        raise SystemExit(f"--held-out {sorted(overlap)} are meta-training tasks of {args.experiment}; pick others")
+    budgets = sorted(int(x) for x in args.n.split(","))
+    searchers = args.searchers.split(",")
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    ensure_ray()
+    service = start_service(out, n_workers=args.workers, name=SERVICE)  # held: the actor lives with it
+    action_grid = shared_grid(meta_tasks + list(tasks.values()))
+    grid = (action_grid.max_depth, action_grid.max_width)
+    meta = meta_train(exp, metas, grid, out) if "rl" in searchers else None
+    if meta:
+        print(f"meta-training: {meta['seconds']:.0f} s, {meta['iterations']} iterations, {meta['episodes']} "
+              f"episodes, {meta['distinct']} distinct evaluations", flush=True)
+    t0 = time.perf_counter()
+    runs = run_searches(exp, searchers, held_out, args.seeds, budgets[-1], grid, meta, out)
+    t_search = time.perf_counter() - t0
+    picks, curves = collect_picks(runs, tasks, budgets, searchers)
     lines = [results_table(picks, searchers, [tasks[t].name for t in held_out], budgets, args.seeds), "",
              "Scored with: " + "; ".join(
-                 f"{t.name} = {t.attack.name}-{t.attack.steps} eps {eps_label(t.attack.epsilon)} on the first "
-                 f"{t.proxy.val_examples} validation images" for t in tasks.values())]
+                 f"{t.name} = {t.config.attack.name}-{t.config.attack.steps} eps {eps_label(t.config.attack.epsilon)} "
+                 f"on the first {t.config.proxy.val_examples} validation images" for t in tasks.values())]
     lines += ["", "Best-so-far reward (mean over tasks and seeds) against distinct evaluations:", "", "```",
               text_chart({s: mean_curve(curves[s], budgets[-1]) for s in searchers}), "```"]
     print("\n".join(lines), flush=True)
-
     if args.final_n:
         # the search is over: free the evaluation workers' CPUs/GPUs for the final trainings (held, they left the
         # final jobs a single core here, so that 22 jobs ran one after another: 33 min instead of about 17)
@@ -263,13 +270,11 @@ def results_table(picks: dict, searchers: list[str], task_names: list[str], budg
     return "\n".join(out) + "\n\n_" + note + "_"
 
 
-def final_evaluation(picks: dict, n: int, tasks: dict[str, TaskConfig], exp: Any, out: Path) -> list[dict]:
+def final_evaluation(picks: dict, n: int, tasks: dict[str, Task], exp: Any, out: Path) -> list[FinalResult]:
     """The N=n picks trained from scratch (task recipe) and attacked on the test split; one job per distinct
-    (task, sub-network), finished ones reused."""
+    (task, sub-network), finished ones reused from the folder's results.json."""
     by_name = {t.name: t for t in tasks.values()}
     folder = out / f"final-N{n}"
-    done = {r["name"]: r for r in json.loads((folder / "results.json").read_text())} if (
-        folder / "results.json").is_file() else {}
     jobs: dict[str, EvalJob] = {}
     who: dict[str, list[tuple[str, int]]] = {}
     for (s, t, seed, m), pick in picks.items():
@@ -280,31 +285,27 @@ def final_evaluation(picks: dict, n: int, tasks: dict[str, TaskConfig], exp: Any
         who.setdefault(name, []).append((s, seed))
         jobs[name] = EvalJob(name, arch, by_name[t], tuple(exp.final_eval.attacks), str(folder),
                              exp.final_eval.epochs, None, exp.final_eval.n_examples, exp.seed)
-    todo = [j for name, j in jobs.items() if name not in done]
-    if todo:
-        for r in run_jobs(todo, folder, previous=list(done.values())):
-            done[r["name"]] = r
-    return [{**done[name], "by": who[name]} for name in jobs]
+    results = run_jobs(list(jobs.values()), folder)
+    return [replace(r, extras={**r.extras, "by": who[r.name]}) for r in results]
 
 
-def final_table(final: list[dict], searchers: list[str], task_names: list[str]) -> str:
-    attacks = [a["label"] for a in final[0]["attacks"]] if final else []
+def final_table(final: list[FinalResult], searchers: list[str], task_names: list[str]) -> str:
+    attacks = [a.label for a in final[0].attacks] if final else []
     out = ["| searcher | task | clean | " + " | ".join(attacks) + " | MACs |", "|" + "---|" * (4 + len(attacks))]
     for s in searchers:
         for t in task_names:
-            mine = [(r, seed) for r in final for who, seed in r["by"] if who == s and r["name"].startswith(t + "/")]
+            mine = [(r, seed) for r in final for who, seed in r.extras["by"] if who == s and r.name.startswith(t + "/")]
             if not mine:
                 continue
-            clean = mean_sd([r["clean"] * 100 for r, _ in mine])
-            cols = [mean_sd([next(a["accuracy"] for a in r["attacks"] if a["label"] == k) * 100 for r, _ in mine])
-                    for k in attacks]
-            macs = sum(r["macs"] for r, _ in mine) / len(mine)
-            out.append(f"| {s} | {t} (eps {mine[0][0]['eps_255']}) | {clean[0]:.1f} ± {clean[1]:.1f} | "
+            clean = mean_sd([r.clean * 100 for r, _ in mine])
+            cols = [mean_sd([(r.accuracy(k) or 0.0) * 100 for r, _ in mine]) for k in attacks]
+            macs = sum(r.macs for r, _ in mine) / len(mine)
+            out.append(f"| {s} | {t} (eps {mine[0][0].eps_255}) | {clean[0]:.1f} ± {clean[1]:.1f} | "
                        + " | ".join(f"{m:.1f} ± {sd:.1f}" for m, sd in cols) + f" | {macs / 1e6:.2f}M |")
     label = ""
     if final:
         f0 = final[0]
-        label = (f"_test split, n={f0['n_examples']}, training seed {f0['seed']}; "
+        label = (f"_test split, n={f0.n_examples}, training seed {f0.seed}; "
                  f"trained from scratch with the task's recipe; mean ± sd over the seeds' picks_")
     return "\n".join(out) + "\n\n" + label
 

@@ -18,12 +18,11 @@ import numpy as np
 import ray
 import torch
 
-from rcnas.config import load_task
 from rcnas.distributed.resources import ensure_ray
 from rcnas.distributed.service import start_service
 from rcnas.proxy.local import ProxyRunner, eval_key
 from rcnas.proxy.store import EvaluationStore
-from rcnas.space.space import CompressionSpace
+from rcnas.task import load_task
 
 
 def main() -> None:
@@ -33,7 +32,7 @@ def main() -> None:
     p.add_argument("--cache", default="runs/cache")
     args = p.parse_args()
     task = load_task(args.task)
-    space = CompressionSpace.for_task(task)
+    space = task.space
     rng = np.random.default_rng(0)
     archs = list({space.arch(space.sample(rng)) for _ in range(args.candidates * 3)})[: args.candidates]
     torch.set_num_threads(1)
@@ -70,7 +69,8 @@ def main() -> None:
     store_lookups = 200 * len(keys) / (time.perf_counter() - t0)
 
     n = len(archs)
-    print(f"{n} candidates of {task.name}, proxy {task.proxy.epochs:g} epochs, n_val {task.proxy.val_examples}")
+    print(f"{n} candidates of {task.name}, proxy {task.config.proxy.epochs:g} epochs, n_val "
+          f"{task.config.proxy.val_examples}")
     print(f"{'mode':36s} {'wall s':>8s} {'evals/min':>10s} {'vs 1 worker':>12s}")
     one = dict(rows)["service, 1 worker"]
     for name, t in rows:

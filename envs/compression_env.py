@@ -2,7 +2,7 @@
 
 One step per stage; the action picks the stage's (depth, width factor, block type) on a grid shared by all tasks
 of an experiment; ``action_mask`` is the budget wall, so every episode ends within the MACs budget. The reward is 0
-until the last step, then :func:`rcnas.reward.compression_reward` of the evaluator's metrics. With several tasks
+until the last step, then :func:`rcnas.reward.task_reward` of the evaluator's metrics. With several tasks
 (meta-training), every episode draws its task from them.
 
 No Ray here: the evaluator is injected (default: the in-process proxy evaluator).
@@ -19,20 +19,20 @@ import numpy as np
 
 from envs import observation
 from envs.evaluator import Evaluator
-from rcnas.config import TaskConfig, load_task
 from rcnas.proxy.records import TeacherStats
-from rcnas.reward import compression_reward
+from rcnas.reward import task_reward
 from rcnas.space.schema import from_arch
 from rcnas.space.space import ActionGrid, CompressionSpace
+from rcnas.task import Task, load_task, shared_grid
 
 
-def _as_task(task: TaskConfig | str | Path) -> TaskConfig:
-    return task if isinstance(task, TaskConfig) else load_task(task)
+def _as_task(task: Task | str | Path) -> Task:
+    return task if isinstance(task, Task) else load_task(task)
 
 
 class CompressionEnv(gym.Env):
     """Args (keywords, or the same keys in RLlib's ``env_config`` mapping):
-        task: a task config or YAML path; or
+        task: a :class:`rcnas.task.Task` or a task YAML path; or
         tasks: several (meta-training: one drawn per episode);
         evaluator: scores sub-networks (default: ``LocalEvaluator`` in this process);
         grid: ``(max_depth, max_width)`` of the action grid (default: the smallest holding every task's teacher).
@@ -40,24 +40,23 @@ class CompressionEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, config: Optional[Mapping[str, Any]] = None, *, task: TaskConfig | str | Path | None = None,
-                 tasks: Sequence[TaskConfig | str | Path] | None = None, evaluator: Optional[Evaluator] = None,
+    def __init__(self, config: Optional[Mapping[str, Any]] = None, *, task: Task | str | Path | None = None,
+                 tasks: Sequence[Task | str | Path] | None = None, evaluator: Optional[Evaluator] = None,
                  grid: Optional[Sequence[int]] = None) -> None:
         cfg = dict(config or {})
         task, tasks = task or cfg.get("task"), tasks or cfg.get("tasks")
         evaluator, grid = evaluator or cfg.get("evaluator"), grid or cfg.get("grid")
         specs = [task] if task is not None else list(tasks or [])
         if not specs:
-            raise ValueError("CompressionEnv needs task=<yaml or TaskConfig> or tasks=[...]")
+            raise ValueError("CompressionEnv needs task=<yaml or Task> or tasks=[...]")
         self.tasks = [_as_task(t) for t in specs]
         if evaluator is None:
             from rcnas.proxy.local import LocalEvaluator
 
             evaluator = LocalEvaluator()
         self.evaluator = evaluator
-        spaces = [CompressionSpace.for_task(t) for t in self.tasks]
-        self.grid = ActionGrid(*grid) if grid else ActionGrid.covering(spaces)
-        self.spaces = [CompressionSpace.for_task(t, grid=self.grid) for t in self.tasks]
+        self.grid = ActionGrid(*grid) if grid else shared_grid(self.tasks)
+        self.spaces = [t.on_grid(self.grid) for t in self.tasks]
         if max(s.n_stages for s in self.spaces) > observation.MAX_STAGES:
             raise ValueError(f"teachers with more than {observation.MAX_STAGES} stages need a larger observation")
         self.action_space = gym.spaces.Discrete(self.grid.n)
@@ -69,7 +68,7 @@ class CompressionEnv(gym.Env):
         self._index, self._actions = 0, ()
 
     @property
-    def task(self) -> TaskConfig:
+    def task(self) -> Task:
         return self.tasks[self._index]
 
     @property
@@ -112,10 +111,9 @@ class CompressionEnv(gym.Env):
         arch = self.space.arch(self._actions)
         result = self.evaluator.evaluate(self.task, arch)
         m, teacher = result.metrics, self.teacher_stats(self._index)
-        reward = compression_reward(m.robust_acc, teacher.robust_acc, m.macs, self.space.budget, self.task.reward,
-                                    ok=m.ok)
+        reward = task_reward(self.task, m, teacher)
         info.update(
-            subnet=from_arch(arch, self.space.shape.num_classes, teacher=self.task.teacher,
+            subnet=from_arch(arch, self.space.shape.num_classes, teacher=self.task.teacher.name,
                              task=self.task.name).model_dump(mode="json", exclude_none=True),
             arch=arch.short(), arch_key=arch.key(), actions=list(self._actions), metrics=m.to_dict(),
             cached=result.cached, budget=self.space.budget, teacher_robust_acc=teacher.robust_acc,

@@ -1,24 +1,27 @@
 """Typed task-setting configs: dataset x attack x teacher x MACs budget, plus the training recipe, the proxy
 fidelity and the reward weights. One YAML file per task under ``configs/tasks/`` (override files carry a delta
-through ``base:``)."""
+through ``base:``).
+
+A leaf of schemas: it knows the closed vocabularies (``rcnas.vocab``) but no dataset, teacher or search space. Checks
+that need those (a known teacher and dataset, a budget the teacher can meet) are made by ``rcnas.task.load_task``,
+which resolves a config into a :class:`rcnas.task.Task`."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from rcnas.configio import Count, Epsilon, StrictModel, load_config
-
-ATTACK_NAMES = ("fgsm", "pgd", "cw", "aa", "aa_compact")
+from rcnas.infra.configio import Count, Epsilon, StrictModel
+from rcnas.vocab import ATTACK_KINDS, BLOCK_KINDS, SUITE
 
 
 class AttackConfig(StrictModel):
     """An L-inf attack and its budget."""
 
-    name: Literal["fgsm", "pgd", "cw", "aa", "aa_compact"] = "pgd"
-    """fgsm | pgd (cross-entropy) | cw (PGD on the CW margin loss) | aa (AutoAttack standard) | aa_compact"""
+    name: str = "pgd"
+    """an attack kind of ``rcnas.vocab.ATTACK_KINDS``: fgsm | pgd (cross-entropy) | cw (PGD on the CW margin loss) |
+    aa (AutoAttack standard) | aa_compact"""
     epsilon: Epsilon
     """perturbation bound with its unit, e.g. "8/255" """
     steps: int = Field(20, ge=1)
@@ -28,13 +31,31 @@ class AttackConfig(StrictModel):
     random_start: bool = True
     """start from a uniform point in the epsilon ball (pgd, cw)"""
 
+    @field_validator("name")
+    @classmethod
+    def _known_attack(cls, v: str) -> str:
+        ATTACK_KINDS.get(v)  # raises with the known names
+        return v
+
     @property
     def alpha(self) -> float:
         return self.step_size if self.step_size is not None else self.epsilon / 4
 
+    @classmethod
+    def suite(cls, label: str, epsilon: float) -> AttackConfig:
+        """The evaluation protocol's attack ``label`` (``rcnas.vocab.SUITE``) at ``epsilon``; not for "clean"."""
+        entry = SUITE.get(label)
+        if entry.kind is None:
+            raise ValueError(f"{label!r} is not an attack")
+        step = None if entry.step_fraction is None else epsilon * entry.step_fraction
+        return cls.model_validate({"epsilon": "1/1"}).model_copy(update={
+            "name": entry.kind, "epsilon": epsilon, "steps": entry.steps, "step_size": step,
+            "random_start": entry.random_start})
+
 
 class TrainConfig(StrictModel):
-    """An adversarial training recipe (METHOD §6 defaults: TRADES, 100 epochs, SGD 0.1, x0.1 at 75 and 90)."""
+    """An adversarial training recipe (the defaults are the final-evaluation protocol of docs/method.md:
+    TRADES, 100 epochs, SGD 0.1, x0.1 at 75 and 90)."""
 
     loss: Literal["pgd_at", "trades"] = "trades"
     """pgd_at (Madry) or trades"""
@@ -95,7 +116,8 @@ class BudgetConfig(StrictModel):
 
 
 class ProxyConfig(StrictModel):
-    """Fidelity of the cheap evaluation that turns a sub-network into a reward (METHOD §5)."""
+    """Fidelity of the cheap evaluation that turns a sub-network into a reward (docs/method.md, "Scoring a
+    candidate")."""
 
     inherit: bool = True
     """start from the adversarially trained teacher's weights (else from scratch)"""
@@ -126,7 +148,7 @@ class ProxyConfig(StrictModel):
 
 
 class RewardConfig(StrictModel):
-    """R = acc_rob(subnet) / acc_rob(teacher) * (1 + mu * (1 - MACs / budget)) (METHOD §3)."""
+    """R = acc_rob(subnet) / acc_rob(teacher) * (1 + mu * (1 - MACs / budget)) (docs/method.md, "Reward")."""
 
     mu: float = Field(0.1, ge=0)
     failure: float = 0.0
@@ -139,7 +161,7 @@ class TaskConfig(StrictModel):
     name: str
     dataset: DatasetConfig
     teacher: str
-    """a registered teacher (rcnas.models.teachers)"""
+    """a registered teacher (``rcnas.models.teachers``); checked when the task is resolved"""
     attack: AttackConfig
     """the attack under which sub-networks are scored"""
     budget: BudgetConfig
@@ -148,52 +170,11 @@ class TaskConfig(StrictModel):
     proxy: ProxyConfig = ProxyConfig()
     reward: RewardConfig = RewardConfig()
     blocks: tuple[str, ...] = ()
-    """block types a stage may take; empty: the teacher's own (METHOD §3: switching blocks is an experiment)"""
-
-    @field_validator("teacher")
-    @classmethod
-    def _known_teacher(cls, v: str) -> str:
-        from rcnas.models.teachers import TEACHERS
-
-        TEACHERS.get(v)  # raises with the known names
-        return v
+    """block types a stage may take; empty: the teacher's own (switching blocks is an option, not a given)"""
 
     @field_validator("blocks")
     @classmethod
     def _known_blocks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        known = ("basic_block", "robust_res_block")
-        bad = [b for b in v if b not in known]
-        if bad:
-            raise ValueError(f"unknown block type {bad}; known: {', '.join(known)}")
+        for b in v:
+            BLOCK_KINDS.get(b)  # raises with the known names
         return v
-
-    @field_validator("dataset")
-    @classmethod
-    def _known_dataset(cls, v: DatasetConfig) -> DatasetConfig:
-        from rcnas.data.registry import DATASETS
-
-        DATASETS.get(v.name)
-        return v
-
-    @model_validator(mode="after")
-    def _switched_blocks_are_trained(self) -> TaskConfig:
-        from rcnas.models.teachers import get_teacher
-
-        foreign = sorted(set(self.blocks) - set(get_teacher(self.teacher).arch.blocks))
-        if foreign and self.proxy.epochs == 0:
-            raise ValueError(f"blocks {foreign} are not {self.teacher}'s own: a stage switched to them starts "
-                             "untrained, so proxy.epochs must be > 0 (e.g. 2)")
-        return self
-
-
-def load_task(path: str | Path) -> TaskConfig:
-    """Load a task YAML and check it against its teacher: the smallest sub-network must fit the budget.
-
-    Raises:
-        rcnas.errors.ConfigError: any problem, as one line naming the file.
-    """
-    from rcnas.space.space import CompressionSpace
-
-    task = load_config(path, TaskConfig)
-    CompressionSpace.for_task(task, where=str(path))  # validates the budget
-    return task

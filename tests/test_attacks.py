@@ -6,10 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rcnas.attacks import ATTACKS, AttackContext, run_attack, suite_attack
-from rcnas.checks import ModelCheckError, check_model
+from rcnas.attacks import AttackContext, run_attack
 from rcnas.config import AttackConfig
-from rcnas.evaluation import local_lipschitz, robust_accuracy
+from rcnas.evaluation.checks import ModelCheckError, check_model
+from rcnas.evaluation.robustness import local_lipschitz, robust_accuracy
+from rcnas.vocab import ATTACK_KINDS
+
+suite_attack = AttackConfig.suite
 
 EPS = 0.1
 
@@ -19,7 +22,7 @@ def config(name: str, eps: float = EPS) -> AttackConfig:
         update={"epsilon": eps})
 
 
-@pytest.mark.parametrize("name", ATTACKS.names())
+@pytest.mark.parametrize("name", ATTACK_KINDS.names())
 def test_every_attack_respects_the_budget_and_range(name, standard_digits_model, digits):
     x, y = digits.test.x[:24], digits.test.y[:24]
     x_adv = run_attack(standard_digits_model, x, y, config(name), AttackContext(num_classes=10, seed=0,

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from rcnas.config import TaskConfig, load_task
-from rcnas.configio import eps_label, parse_epsilon
-from rcnas.errors import ConfigError
+from rcnas.config import TaskConfig
+from rcnas.infra.configio import eps_label, parse_epsilon
+from rcnas.infra.errors import ConfigError
 from rcnas.space.schema import dump_subnet, from_arch, load_subnet
+from rcnas.task import load_task
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = sorted(p for p in (ROOT / "configs/tasks").rglob("*.yaml") if not p.name.startswith("_"))
@@ -22,7 +23,7 @@ SUBNETS = sorted((ROOT / "configs/subnets").rglob("*.yaml"))
 def test_every_task_config_loads(path):
     task = load_task(path)
     assert task.name == path.stem
-    assert task.attack.epsilon == task.training.attack.epsilon, "train and score at the same epsilon"
+    assert task.config.attack.epsilon == task.config.training.attack.epsilon, "train and score at the same epsilon"
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
@@ -87,7 +88,7 @@ def test_a_proxy_that_would_score_untrained_weights_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"robust_res_block.*not tiny-444's own.*proxy.epochs must be > 0"):
         load_task(p)
     p = write(tmp_path, GOOD + "proxy: {epochs: 1}\nblocks: [basic_block, robust_res_block]\n")
-    assert load_task(p).proxy.epochs == 1
+    assert load_task(p).config.proxy.epochs == 1
 
 
 def test_unitless_epsilon_is_refused(tmp_path):
@@ -105,7 +106,7 @@ def test_unknown_teacher_lists_the_known_ones(tmp_path):
 def test_unknown_dataset_and_attack(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown dataset 'mnist'; known: cifar10, cifar100, digits"):
         load_task(write(tmp_path, GOOD.replace("digits", "mnist")))
-    with pytest.raises(ConfigError, match=r"attack.name: .*'fgsm'"):
+    with pytest.raises(ConfigError, match=r"attack.name: unknown attack 'deepfool'; known: .*fgsm"):
         load_task(write(tmp_path, GOOD.replace("name: pgd", "name: deepfool")))
 
 
@@ -118,7 +119,7 @@ def test_base_inheritance_and_loops(tmp_path):
     write(tmp_path, GOOD, "base.yaml")
     child = write(tmp_path, "base: base.yaml\nname: child\nbudget: {ratio: 0.3}\n", "child.yaml")
     task = load_task(child)
-    assert task.name == "child" and task.budget.ratio == 0.3 and task.teacher == "tiny-444"
+    assert task.name == "child" and task.config.budget.ratio == 0.3 and task.teacher.name == "tiny-444"
     write(tmp_path, "base: b.yaml\n", "a.yaml")
     write(tmp_path, "base: a.yaml\n", "b.yaml")
     with pytest.raises(ConfigError, match="loop"):

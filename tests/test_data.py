@@ -11,7 +11,7 @@ import torch
 from rcnas.config import DatasetConfig
 from rcnas.data.registry import DATASETS, load_splits
 from rcnas.data.tensors import augment, batches
-from rcnas.errors import DataNotFoundError
+from rcnas.infra.errors import DataNotFoundError
 
 
 def test_digits_splits_are_disjoint_deterministic_and_stratified():

@@ -18,6 +18,7 @@ from envs.compression_env import CompressionEnv
 from rcnas.config import TaskConfig
 from rcnas.data.registry import DATASETS
 from rcnas.reward import compression_reward
+from rcnas.task import resolve_task
 from tests.conftest import ROOT, tiny_task
 from tests.fakes import FakeEvaluator
 
@@ -26,11 +27,11 @@ TASK = str(ROOT / "configs/tasks/digits-pgd-e20-t444-r35.yaml")
 
 
 def make_task(teacher: str, ratio: float, dataset: str = "digits", attack: str = "pgd", robust: bool = False):
-    return TaskConfig.model_validate({
+    return resolve_task(TaskConfig.model_validate({
         "name": f"{teacher}-{ratio:.3f}", "dataset": {"name": dataset}, "teacher": teacher,
         "attack": {"name": attack, "epsilon": "8/255"}, "budget": {"ratio": ratio},
         "blocks": ["basic_block", "robust_res_block"] if robust else [],
-    })
+    }))
 
 
 def test_gymnasium_checker_passes():
@@ -85,7 +86,7 @@ def test_final_info_and_reward_formula():
         obs, reward, done, _, info = env.step(int(np.flatnonzero(obs["action_mask"])[-1]))
     m = info["metrics"]
     assert reward == pytest.approx(compression_reward(m["robust_acc"], 0.7, m["macs"], info["budget"],
-                                                      env.task.reward))
+                                                      env.task.config.reward))
     assert info["subnet"]["model"]["depth_configs"] and info["provenance"]["task_key"]
     assert info["arch"] and len(info["actions"]) == 3 and fake.calls == 1
     assert not obs["action_mask"].any()

@@ -90,27 +90,32 @@ def test_several_configs_run_in_parallel_on_ray_workers(tmp_path):
     assert "(pid=" in proc.stderr or "pid=" in proc.stderr + proc.stdout, "work ran in Ray worker processes"
 
 
-def test_run_jobs_writes_earlier_results_with_the_new_ones(tmp_path):
-    from rcnas.config import load_task
-    from rcnas.evaluate_cmd import run_jobs
-    from rcnas.final_eval import EvalJob
+def test_run_jobs_keeps_earlier_results_and_reuses_finished_jobs(tmp_path):
+    from rcnas.evaluation.command import run_jobs
+    from rcnas.evaluation.final import EvalJob
     from rcnas.models.teachers import get_teacher
+    from rcnas.task import load_task
 
     arch = get_teacher("tiny-444").subnet((1, 1, 1), (1, 1, 1), ("basic_block",) * 3)
     task = load_task(ROOT / TASK)
-    earlier = run_jobs([EvalJob("earlier", arch, task, ("clean",), str(tmp_path), epochs=0.05, n_examples=16)],
-                       tmp_path, no_ray=True)
+    run_jobs([EvalJob("earlier", arch, task, ("clean",), str(tmp_path), epochs=0.05, n_examples=16)],
+             tmp_path, no_ray=True)
     job = EvalJob("new", arch, task, ("clean",), str(tmp_path), epochs=0.05, n_examples=16)
-    results = run_jobs([job], tmp_path, no_ray=True, previous=earlier)
-    assert [r["name"] for r in results] == ["earlier", "new"]
+    results = run_jobs([job], tmp_path, no_ray=True)
+    assert [r.name for r in results] == ["new"]
     assert [r["name"] for r in json.loads((tmp_path / "results.json").read_text())] == ["earlier", "new"]
+    said: list[str] = []
+    again = run_jobs([job], tmp_path, no_ray=True, log=said.append)  # a rerun answers from results.json
+    assert again == results and any("reusing 1 finished result" in m for m in said)
+    changed = EvalJob("new", arch, task, ("clean",), str(tmp_path), epochs=0.05, n_examples=8)
+    assert run_jobs([changed], tmp_path, no_ray=True)[0].n_examples == 8  # other settings: computed again
 
 
 def test_final_jobs_start_with_the_most_macs():
-    from rcnas.config import load_task
-    from rcnas.distributed.final import longest_first
-    from rcnas.final_eval import EvalJob
+    from rcnas.distributed.final_jobs import longest_first
+    from rcnas.evaluation.final import EvalJob
     from rcnas.models.teachers import get_teacher
+    from rcnas.task import load_task
 
     teacher = get_teacher("tiny-444")
     task = load_task(ROOT / TASK)

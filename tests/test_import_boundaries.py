@@ -16,7 +16,7 @@ def imports(module: str) -> set[str]:
     return set(out.stdout.split())
 
 
-@pytest.mark.parametrize("module", ["rcnas", "rcnas.final_eval", "rcnas.evaluate_cmd", "rcnas.train",
+@pytest.mark.parametrize("module", ["rcnas", "rcnas.evaluation.final", "rcnas.evaluation.command", "rcnas.train",
                                     "rcnas.attacks", "rcnas.space.space", "rcnas.proxy.local",
                                     "rcnas.search.searchers", "envs"])
 def test_no_ray_outside_distributed(module):

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rcnas.models.blocks import BLOCKS
 from rcnas.models.builder import build_model, inherit_weights
 from rcnas.models.teachers import TEACHERS, get_teacher
 from rcnas.space.arch import InputShape
+from rcnas.vocab import BLOCK_KINDS
 from tests.conftest import randomise_bn_statistics
 
 DIGITS = InputShape(1, 8, 10)
 
 
-@pytest.mark.parametrize("block", BLOCKS.names())
+@pytest.mark.parametrize("block", BLOCK_KINDS.names())
 def test_every_block_builds_a_working_network(block):
     t = get_teacher("tiny-444")
     arch = t.subnet((2, 1, 1), (4, 2, 1), (block,) * 3)
@@ -37,7 +37,7 @@ def _trained_like(model):
     return randomise_bn_statistics(model).eval()
 
 
-@pytest.mark.parametrize("block", BLOCKS.names())
+@pytest.mark.parametrize("block", BLOCK_KINDS.names())
 def test_subnet_equal_to_teacher_reproduces_its_logits(block):
     t = get_teacher("tiny-332")
     arch = t.subnet(t.arch.depths, t.widths, (block,) * 3)

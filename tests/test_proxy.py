@@ -30,20 +30,18 @@ def test_same_candidate_same_score_in_a_fresh_evaluator(evaluator, tmp_path):
 
 def test_zero_epochs_scores_the_inherited_weights(evaluator):
     task = tiny_task()
-    zero = task.model_copy(update={"proxy": task.proxy.model_copy(update={"epochs": 0})})
+    zero = task.replace(proxy=task.config.proxy.model_copy(update={"epochs": 0}))
     m = evaluator.evaluate(zero, ARCH).metrics
     assert m.ok and m.inherited_blocks == 4 and m.fine_tune_epochs == 0
 
 
 def test_a_diverging_candidate_is_a_recorded_failure(evaluator):
     task = tiny_task()
-    bad = task.model_copy(update={
-        "proxy": task.proxy.model_copy(update={"lr": 1e30}),
-        "training": task.training.model_copy(update={"grad_clip": None}),
-    })
+    bad = task.replace(proxy=task.config.proxy.model_copy(update={"lr": 1e30}),
+                       training=task.config.training.model_copy(update={"grad_clip": None}))
     result = evaluator.evaluate(bad, ARCH)
     assert result.metrics.status == "failed" and "diverged" in result.metrics.reason
-    assert compression_reward(0.5, 0.5, 1, 2, bad.reward, ok=result.metrics.ok) == bad.reward.failure
+    assert compression_reward(0.5, 0.5, 1, 2, bad.config.reward, ok=result.metrics.ok) == bad.config.reward.failure
     stored = evaluator.store.get(eval_key(bad, ARCH))
     assert stored is not None and stored.reason == result.metrics.reason, "failures are stored with their reason"
 

@@ -7,18 +7,18 @@ import pytest
 import torch
 
 from rcnas.config import TrainConfig
-from rcnas.models.blocks import BLOCKS
 from rcnas.models.builder import build_model, inherit_weights, recalibrate_bn
 from rcnas.models.teachers import get_teacher
 from rcnas.space.arch import InputShape
 from rcnas.train import LOSSES, adversarial_train
 from rcnas.train.sandwich import SharedSubnet, sandwich_objective
+from rcnas.vocab import BLOCK_KINDS
 from tests.conftest import randomise_bn_statistics, tiny_task
 
 DIGITS = InputShape(1, 8, 10)
 
 
-@pytest.mark.parametrize("block", BLOCKS.names())
+@pytest.mark.parametrize("block", BLOCK_KINDS.names())
 def test_shared_subnet_computes_what_an_inherited_copy_computes(block):
     t = get_teacher("tiny-444")
     supernet = randomise_bn_statistics(build_model(t.subnet(t.arch.depths, t.widths, (block,) * 3), DIGITS)).eval()
@@ -87,10 +87,12 @@ def test_recalibrated_statistics_are_the_slices_own():
 
 def test_a_sandwich_teacher_is_cached_apart_and_plain_teachers_keep_their_key():
 
-    from rcnas.provenance import content_key, teacher_key
+    from rcnas.infra.provenance import content_key
+    from rcnas.proxy.keys import teacher_key
 
     task = tiny_task()
-    plain = {"dataset": task.dataset.model_dump(), "teacher": task.teacher, "training": task.training.model_dump()}
-    assert teacher_key(task) == content_key(plain)
-    sandwich = task.model_copy(update={"proxy": task.proxy.model_copy(update={"supernet": "sandwich"})})
-    assert teacher_key(sandwich) != teacher_key(task)
+    cfg = task.config
+    plain = {"dataset": cfg.dataset.model_dump(), "teacher": cfg.teacher, "training": cfg.training.model_dump()}
+    assert teacher_key(cfg) == content_key(plain)
+    sandwich = task.replace(proxy=cfg.proxy.model_copy(update={"supernet": "sandwich"}))
+    assert teacher_key(sandwich.config) != teacher_key(cfg)

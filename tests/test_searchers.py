@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rcnas.config import load_task
 from rcnas.search.searchers import SEARCHERS, mutate, run_searcher
-from rcnas.space.space import CompressionSpace
+from rcnas.task import load_task
 from tests.conftest import ROOT
 from tests.fakes import FakeEvaluator
 
@@ -16,7 +15,7 @@ TASK = load_task(ROOT / "configs/tasks/digits-pgd-e20-t444-r35.yaml")
 
 @pytest.mark.parametrize("name", SEARCHERS.names())
 def test_every_searcher_stays_within_budget_and_evaluation_count(name):
-    space = CompressionSpace.for_task(TASK)
+    space = TASK.space
     fake = FakeEvaluator()
     steps = run_searcher(name, TASK, fake, n=12, seed=0)
     assert 1 <= len(steps) <= 12 and fake.calls == len(steps)
@@ -32,7 +31,7 @@ def test_random_and_evolution_spend_the_whole_budget():
 
 
 def test_mutation_changes_one_stage_and_stays_valid():
-    space = CompressionSpace.for_task(TASK)
+    space = TASK.space
     rng = np.random.default_rng(0)
     for _ in range(200):
         parent = space.sample(rng)

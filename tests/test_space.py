@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rcnas.errors import ConfigError
+from rcnas.infra.errors import ConfigError
 from rcnas.models.teachers import get_teacher
 from rcnas.space.arch import InputShape
 from rcnas.space.cost import arch_cost
@@ -70,13 +70,14 @@ def test_arch_key_is_stable_and_distinguishes():
 
 def test_budget_below_smallest_subnet_is_a_config_error():
     from rcnas.config import TaskConfig
+    from rcnas.task import resolve_task
 
     task = TaskConfig.model_validate({
         "name": "t", "dataset": {"name": "digits"}, "teacher": "tiny-444",
         "attack": {"epsilon": "1/5"}, "budget": {"macs": 1000},
     })
     with pytest.raises(ConfigError, match="below the smallest sub-network"):
-        CompressionSpace.for_task(task)
+        resolve_task(task)
 
 
 def test_contains_reports_the_offending_stage():

@@ -1,5 +1,6 @@
-"""Attacks behind one interface: FGSM, PGD, CW-inf (ours) and AutoAttack (pyautoattack)."""
+"""Attacks behind one interface: FGSM, PGD, CW-inf (ours) and AutoAttack (pyautoattack); the kinds are listed in
+``rcnas.vocab.ATTACK_KINDS``."""
 
-from rcnas.attacks.registry import ATTACKS, SUITE, SUITE_CHOICES, AttackContext, run_attack, suite_attack
+from rcnas.attacks.run import AttackContext, attack_fn, run_attack
 
-__all__ = ["ATTACKS", "SUITE", "SUITE_CHOICES", "AttackContext", "run_attack", "suite_attack"]
+__all__ = ["AttackContext", "attack_fn", "run_attack"]

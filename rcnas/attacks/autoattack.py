@@ -7,7 +7,6 @@ Imported lazily: the package costs seconds at import. Its API differs from upstr
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -25,13 +24,13 @@ def autoattack(
     seed: int,
     num_classes: int,
     batch_size: int = 250,
-    state_path: str | Path | None = None,
 ) -> torch.Tensor:
     """Run AutoAttack ``standard`` (APGD-CE, APGD-T, FAB-T, Square 5000) or ``compact`` (APGD-CE + APGD-T with the
     standard version's settings). Robust points come back as the clean input.
 
-    Args:
-        state_path: AutoAttack's resumable evaluation state; a preempted run continues from it.
+    pyautoattack's own resumable state file is not used: it does not round-trip (its attack set is saved as a string
+    that never matches on reload), so a rerun into the same folder failed. Finished results are reused per job from
+    ``results.json`` instead (``rcnas.evaluation.command.run_jobs``).
     """
     from pyautoattack import AutoAttack
 
@@ -46,7 +45,5 @@ def autoattack(
     aa.apgd_targeted.n_target_classes = targets
     aa.fab.n_target_classes = targets
     logging.getLogger("auto-attack").setLevel(logging.WARNING)
-    x_adv, _ = aa.run_standard_evaluation(
-        x, y, batch_size=batch_size, state_path=None if state_path is None else Path(state_path)
-    )
+    x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size)
     return x_adv.detach()

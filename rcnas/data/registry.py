@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rcnas.registry import Registry
+from rcnas.infra.registry import Registry
 from rcnas.space.arch import InputShape
 
 if TYPE_CHECKING:
@@ -58,12 +58,13 @@ def _lazy(fn_name: str) -> Callable[[Path, bool], tuple[TensorData, TensorData]]
     return load
 
 
-DATASETS.add("digits", DatasetInfo("digits", InputShape(1, 8, 10), crop_padding=1, flip=False,
-                                   load=_lazy("load_digits")))
+# Registration order is the observation's dataset one-hot order (envs.observation): append new datasets at the end.
 DATASETS.add("cifar10", DatasetInfo("cifar10", InputShape(3, 32, 10), crop_padding=4, flip=True,
                                     load=_lazy("load_cifar10")))
 DATASETS.add("cifar100", DatasetInfo("cifar100", InputShape(3, 32, 100), crop_padding=4, flip=True,
                                      load=_lazy("load_cifar100")))
+DATASETS.add("digits", DatasetInfo("digits", InputShape(1, 8, 10), crop_padding=1, flip=False,
+                                   load=_lazy("load_digits")))
 DATASETS.add("tiny-imagenet", DatasetInfo("tiny-imagenet", InputShape(3, 64, 200), crop_padding=8, flip=True,
                                           load=_lazy("load_tiny_imagenet")))
 
@@ -72,7 +73,7 @@ def load_splits(cfg: DatasetConfig, root: str | Path | None = None) -> DataSplit
     """Load a dataset and carve its validation split (deterministic in ``cfg.split_seed``).
 
     Raises:
-        rcnas.errors.DataNotFoundError: the files are missing (one line: which dataset, where, how to get it).
+        rcnas.infra.errors.DataNotFoundError: the files are missing (one line: which dataset, where, how to get it).
     """
     from rcnas.data.tensors import DataSplits, split_train_val
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from rcnas.data.tensors import TensorData
-from rcnas.errors import DataNotFoundError
+from rcnas.infra.errors import DataNotFoundError
 
 HOW_TO_ROOT = "set the data root with --data-root or RCNAS_DATA"
 DIGITS_TEST_SEED = 20240806  # fixed forever: the test split never depends on a run's seed

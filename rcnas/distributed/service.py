@@ -19,13 +19,13 @@ from typing import Any, Optional
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from rcnas.config import TaskConfig
 from rcnas.distributed.resources import cluster_gpus
-from rcnas.provenance import teacher_key
+from rcnas.proxy.keys import teacher_key
 from rcnas.proxy.local import ProxyRunner, eval_key
 from rcnas.proxy.records import Evaluation, ProxyMetrics, TeacherStats
 from rcnas.proxy.store import EvaluationStore
 from rcnas.space.arch import ArchSpec
+from rcnas.task import Task
 
 SERVICE_NAME = "rcnas-evaluation-service"
 NAMESPACE = "rcnas"
@@ -38,7 +38,7 @@ class EvalWorker:
     def __init__(self, cache_dir: str, data_root: Optional[str]) -> None:
         import torch
 
-        from rcnas.devices import pick_device
+        from rcnas.infra.devices import pick_device
 
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         torch.set_num_threads(max(1, int(cpus)))
@@ -51,10 +51,10 @@ class EvalWorker:
             print(f"warning: {message}", flush=True)
         self.runner = ProxyRunner(cache_dir, data_root, device=device, log=lambda m: print(m, flush=True))
 
-    def teacher_stats(self, task: TaskConfig) -> TeacherStats:
+    def teacher_stats(self, task: Task) -> TeacherStats:
         return self.runner.teacher_stats(task)
 
-    def compute(self, task: TaskConfig, arch: ArchSpec, seed: int) -> ProxyMetrics:
+    def compute(self, task: Task, arch: ArchSpec, seed: int) -> ProxyMetrics:
         return self.runner.compute(task, arch, seed)
 
     def where(self) -> dict[str, Any]:
@@ -103,8 +103,9 @@ class EvaluationService:
             return result
         raise RuntimeError(f"evaluation failed on {self.max_retries + 1} workers in a row (all died)")
 
-    async def teacher_stats(self, task: TaskConfig) -> TeacherStats:
-        key = teacher_key(task) + task.attack.model_dump_json() + str(task.proxy.val_examples)
+    async def teacher_stats(self, task: Task) -> TeacherStats:
+        cfg = task.config
+        key = teacher_key(cfg) + cfg.attack.model_dump_json() + str(cfg.proxy.val_examples)
         if key not in self.teachers:
             self.teachers[key] = asyncio.ensure_future(self._on_worker("teacher_stats", task))
         try:
@@ -113,14 +114,14 @@ class EvaluationService:
             self.teachers.pop(key, None)  # let a later call try again
             raise
 
-    async def evaluate(self, task: TaskConfig, arch: ArchSpec, seed: int = 0, client: str = "") -> Evaluation:
+    async def evaluate(self, task: Task, arch: ArchSpec, seed: int = 0, client: str = "") -> Evaluation:
         """The proxy evaluation of ``arch``; ``client`` (a run or searcher tag) has its request order logged."""
         result = await self._evaluate(task, arch, seed)
         if client:
             self.store.log_request(client, result.key, task.name, result.cached)
         return result
 
-    async def _evaluate(self, task: TaskConfig, arch: ArchSpec, seed: int) -> Evaluation:
+    async def _evaluate(self, task: Task, arch: ArchSpec, seed: int) -> Evaluation:
         key = eval_key(task, arch, seed)
         hit = self.store.get(key)
         if hit is not None:
@@ -132,7 +133,7 @@ class EvaluationService:
         future = asyncio.get_running_loop().create_future()
         self.inflight[key] = future
         try:
-            if task.proxy.inherit:
+            if task.config.proxy.inherit:
                 await self.teacher_stats(task)  # train the teacher once, before workers race for it
             metrics = await self._on_worker("compute", task, arch, seed)
             self.store.put(key, arch, metrics, task.name)
@@ -184,7 +185,8 @@ def start_service(run_dir: str | Path, n_workers: Optional[int] = None, cache_di
 
 
 class RayEvaluator:
-    """The env's evaluator on Ray: a client of the named service, found by name in any process of the cluster."""
+    """The one client of the named service: the env's evaluator on Ray, and the reader of its store and counters.
+    Found by name in any process of the cluster, so it pickles into env runners and callbacks."""
 
     def __init__(self, name: str = SERVICE_NAME, client: str = "") -> None:
         self.name, self.client = name, client
@@ -195,11 +197,27 @@ class RayEvaluator:
             self._handle = ray.get_actor(self.name, namespace=NAMESPACE)
         return self._handle
 
-    def teacher_stats(self, task: TaskConfig) -> TeacherStats:
+    def teacher_stats(self, task: Task) -> TeacherStats:
         return ray.get(self._service().teacher_stats.remote(task))
 
-    def evaluate(self, task: TaskConfig, arch: ArchSpec) -> Evaluation:
+    def evaluate(self, task: Task, arch: ArchSpec) -> Evaluation:
         return ray.get(self._service().evaluate.remote(task, arch, 0, self.client))
+
+    def rows(self, task_name: str) -> list[dict[str, Any]]:
+        """Every stored evaluation of ``task_name``, oldest first."""
+        return ray.get(self._service().rows.remote(task_name))
+
+    def requests(self, client: str | None = None) -> list[dict[str, Any]]:
+        """``client``'s (default: this client's) requests in order, with their metrics."""
+        return ray.get(self._service().requests.remote(client if client is not None else self.client))
+
+    def stats(self) -> dict[str, Any]:
+        """The service's counters: computed, from_store, deduplicated, failed, retried, stored, workers."""
+        return ray.get(self._service().stats.remote())
+
+    def placement(self) -> list[dict[str, Any]]:
+        """Where each evaluation worker runs (node, device, GPU ids)."""
+        return ray.get(self._service().placement.remote())
 
     def __getstate__(self) -> dict[str, Any]:
         # handles are looked up again in the receiving process

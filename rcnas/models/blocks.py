@@ -2,7 +2,7 @@
 
 Each block knows how to take its weights from a (larger) teacher block of the same type: the first channels and,
 for the multi-scale robust block, the first channels of every scale branch and every group (weight inheritance,
-METHOD §2). A plain prefix slice would mix branches there.
+docs/method.md). A plain prefix slice would mix branches there.
 """
 
 from __future__ import annotations
@@ -11,11 +11,14 @@ import torch
 from torch import nn
 
 from rcnas.models.layers import ACTIVATIONS, NORMALIZATIONS
-from rcnas.registry import Registry
 from rcnas.space.arch import RobustBlockParams, StageSpec
-from rcnas.space.cost import ROBUST_EXPANSION, robust_width
+from rcnas.space.cost import ROBUST_EXPANSION, robust_block_too_narrow, robust_width
+from rcnas.vocab import BLOCK_KINDS, load_ref
 
-BLOCKS: Registry[type[nn.Module]] = Registry("block type")
+
+def block_class(name: str) -> type[nn.Module]:
+    """The module of block type ``name`` (``rcnas.vocab.BLOCK_KINDS`` names the class of each)."""
+    return load_ref(BLOCK_KINDS.get(name).module)
 
 
 def _conv(c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
@@ -66,7 +69,6 @@ def module_plan(dst: nn.Module, src: nn.Module, index: dict[str, dict[int, torch
     return plan
 
 
-@BLOCKS.register("basic_block")
 class PreActBasicBlock(nn.Module):
     """WRN block: ``o = act(bn1(x)); sc = shortcut(o) or x; o = conv(o); o = conv(act(bn2(o))); o + sc``."""
 
@@ -104,7 +106,6 @@ class SqueezeExcitation(nn.Module):
         return x * w[:, :, None, None]
 
 
-@BLOCKS.register("robust_res_block")
 class RobustResBlock(nn.Module):
     """RobustResNet's block (Huang et al., CVPR 2023): a Res2Net multi-scale bottleneck (expansion 4) with a
     squeeze-excitation branch added to the residual sum.
@@ -121,11 +122,9 @@ class RobustResBlock(nn.Module):
         self.width, self.scales, self.stride = robust_width(planes, p), p.scales, stride
         self.cardinality = p.cardinality
         out = planes * ROBUST_EXPANSION
-        if self.width < p.cardinality or out // p.se_reduction < 1:
-            raise ValueError(
-                f"robust_res_block with {planes} planes is too narrow for base_width={p.base_width}, "
-                f"cardinality={p.cardinality}, se_reduction={p.se_reduction}"
-            )
+        why = robust_block_too_narrow(planes, p)
+        if why:
+            raise ValueError(why)
         self.bn1 = norm(c_in)
         self.act = act()
         self.conv1 = _conv(c_in, self.width * self.scales, 1)

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from rcnas.models.blocks import BLOCKS, Slice, module_plan, take
+from rcnas.models.blocks import Slice, block_class, module_plan, take
 from rcnas.models.layers import ACTIVATIONS, NORMALIZATIONS
 from rcnas.space.arch import ArchSpec, InputShape
 from rcnas.space.cost import stage_out_channels
@@ -27,7 +27,7 @@ class PreActResNet(nn.Module):
         c_in = arch.stem_channels
         stages = []
         for stage in arch.stages:
-            block = BLOCKS.get(stage.block)
+            block = block_class(stage.block)
             layers = []
             for i in range(stage.depth):
                 layers.append(block(c_in, stage, stage.stride if i == 0 else 1, arch.block_params))
@@ -76,7 +76,7 @@ Plan = dict[str, tuple[str, Slice]]
 
 
 def inheritance_plan(student: PreActResNet, teacher: PreActResNet) -> tuple[Plan, dict[str, int]]:
-    """Where each of the student's tensors sits in the teacher (first blocks, first channels; METHOD §2).
+    """Where each of the student's tensors sits in the teacher (first blocks, first channels; docs/method.md).
 
     A stage whose block type differs from the teacher's is left out (fresh initialisation), as is any tensor that
     does not fit inside the teacher's (the input side of the stage after a switched one).

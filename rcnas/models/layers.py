@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from rcnas.registry import Registry
+from rcnas.infra.registry import Registry
 
 ACTIVATIONS: Registry[Callable[[], nn.Module]] = Registry("activation")
 NORMALIZATIONS: Registry[Callable[[int], nn.Module]] = Registry("normalization")

@@ -8,21 +8,22 @@ from typing import Optional
 
 import torch
 
-from rcnas.config import TaskConfig
 from rcnas.data.registry import load_splits
 from rcnas.data.tensors import DataSplits
-from rcnas.devices import pick_device
+from rcnas.infra.devices import pick_device
+from rcnas.infra.provenance import content_key
 from rcnas.models.builder import PreActResNet
-from rcnas.provenance import content_key, fidelity_key, task_key, teacher_key
-from rcnas.proxy.evaluate import proxy_evaluate
+from rcnas.proxy.candidate import proxy_evaluate
+from rcnas.proxy.keys import fidelity_key, task_key, teacher_key
 from rcnas.proxy.records import EvalKey, Evaluation, ProxyMetrics, TeacherStats
 from rcnas.proxy.store import EvaluationStore
 from rcnas.proxy.teacher import cache_root, load_or_train_teacher, measure_teacher
 from rcnas.space.arch import ArchSpec
+from rcnas.task import Task
 
 
-def eval_key(task: TaskConfig, arch: ArchSpec, seed: int = 0) -> EvalKey:
-    return EvalKey(task_key(task), arch.key(), fidelity_key(task), seed)
+def eval_key(task: Task, arch: ArchSpec, seed: int = 0) -> EvalKey:
+    return EvalKey(task_key(task.config), arch.key(), fidelity_key(task.config), seed)
 
 
 class ProxyRunner:
@@ -37,24 +38,24 @@ class ProxyRunner:
         self._data: dict[str, DataSplits] = {}
         self._teachers: dict[str, tuple[PreActResNet, float]] = {}
 
-    def data(self, task: TaskConfig) -> DataSplits:
-        k = content_key(task.dataset.model_dump())
+    def data(self, task: Task) -> DataSplits:
+        k = content_key(task.config.dataset.model_dump())
         if k not in self._data:
-            self._data[k] = load_splits(task.dataset, self.data_root)
+            self._data[k] = load_splits(task.config.dataset, self.data_root)
         return self._data[k]
 
-    def teacher(self, task: TaskConfig) -> tuple[PreActResNet, float]:
-        k = teacher_key(task)
+    def teacher(self, task: Task) -> tuple[PreActResNet, float]:
+        k = teacher_key(task.config)
         if k not in self._teachers:
             self._teachers[k] = load_or_train_teacher(task, self.data(task), self.cache, self.device, self.log)
         return self._teachers[k]
 
-    def teacher_stats(self, task: TaskConfig) -> TeacherStats:
+    def teacher_stats(self, task: Task) -> TeacherStats:
         model, seconds = self.teacher(task)
         return measure_teacher(task, model, self.data(task), self.cache, seconds)
 
-    def compute(self, task: TaskConfig, arch: ArchSpec, seed: int = 0) -> ProxyMetrics:
-        teacher = self.teacher(task)[0] if task.proxy.inherit else None
+    def compute(self, task: Task, arch: ArchSpec, seed: int = 0) -> ProxyMetrics:
+        teacher = self.teacher(task)[0] if task.config.proxy.inherit else None
         return proxy_evaluate(task, arch, self.data(task), teacher, self.device, seed)
 
 
@@ -65,10 +66,10 @@ class LocalEvaluator:
         self.runner = ProxyRunner(**runner_kwargs)  # type: ignore[arg-type]
         self.store = EvaluationStore(store) if isinstance(store, (str, Path)) else store
 
-    def teacher_stats(self, task: TaskConfig) -> TeacherStats:
+    def teacher_stats(self, task: Task) -> TeacherStats:
         return self.runner.teacher_stats(task)
 
-    def evaluate(self, task: TaskConfig, arch: ArchSpec, seed: int = 0) -> Evaluation:
+    def evaluate(self, task: Task, arch: ArchSpec, seed: int = 0) -> Evaluation:
         key = eval_key(task, arch, seed)
         if self.store is not None:
             hit = self.store.get(key)

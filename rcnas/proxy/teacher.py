@@ -17,15 +17,15 @@ from pathlib import Path
 
 import torch
 
-from rcnas.attacks import suite_attack
-from rcnas.config import TaskConfig
-from rcnas.data.registry import DATASETS, augmentation
+from rcnas.config import AttackConfig
+from rcnas.data.registry import augmentation
 from rcnas.data.tensors import DataSplits
-from rcnas.evaluation import local_lipschitz, robust_accuracy
+from rcnas.evaluation.robustness import local_lipschitz, robust_accuracy
+from rcnas.infra.provenance import content_key, derive_seed
 from rcnas.models.builder import PreActResNet, build_model
-from rcnas.models.teachers import get_teacher
-from rcnas.provenance import content_key, derive_seed, teacher_key
+from rcnas.proxy.keys import teacher_key
 from rcnas.proxy.records import TeacherStats
+from rcnas.task import Task
 from rcnas.train import LOSSES, adversarial_train
 from rcnas.train.sandwich import sandwich_objective
 
@@ -47,30 +47,30 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def load_or_train_teacher(task: TaskConfig, data: DataSplits, cache: Path, device: torch.device,
+def load_or_train_teacher(task: Task, data: DataSplits, cache: Path, device: torch.device,
                           log: Callable[[str], None] = print) -> tuple[PreActResNet, float]:
     """The task's teacher with trained weights; trains and caches it on first use.
 
     Returns:
         (model in eval mode on ``device``, training seconds spent when it was trained).
     """
-    key = teacher_key(task)
+    cfg = task.config
+    key = teacher_key(cfg)
     folder = cache / "teachers" / key
-    info = DATASETS.get(task.dataset.name)
     with file_lock(folder / ".lock"):
-        torch.manual_seed(task.training.seed)
-        model = build_model(get_teacher(task.teacher).arch, info.shape).to(device)
+        torch.manual_seed(cfg.training.seed)
+        model = build_model(task.teacher.arch, task.shape).to(device)
         if not (folder / "model.pt").is_file():
-            sandwich = task.proxy.supernet == "sandwich"
-            log(f"training teacher {task.teacher} on {task.dataset.name} ({task.training.epochs:g} epochs, "
-                f"{task.training.loss}{', sandwich rule' if sandwich else ''}); cached as {folder}")
-            objective = (sandwich_objective(model, get_teacher(task.teacher), LOSSES.get(task.training.loss),
-                                            task.proxy.sandwich_random) if sandwich else None)
-            res = adversarial_train(model, data, task.training, num_classes=info.shape.num_classes,
-                                    **augmentation(task.dataset), checkpoint=folder / "train_state.pt",
+            sandwich = cfg.proxy.supernet == "sandwich"
+            log(f"training teacher {task.teacher.name} on {cfg.dataset.name} ({cfg.training.epochs:g} epochs, "
+                f"{cfg.training.loss}{', sandwich rule' if sandwich else ''}); cached as {folder}")
+            objective = (sandwich_objective(model, task.teacher, LOSSES.get(cfg.training.loss),
+                                            cfg.proxy.sandwich_random) if sandwich else None)
+            res = adversarial_train(model, data, cfg.training, num_classes=task.shape.num_classes,
+                                    **augmentation(cfg.dataset), checkpoint=folder / "train_state.pt",
                                     objective=objective)
             if res.diverged:
-                raise RuntimeError(f"teacher {task.teacher} diverged: {res.reason}; lower training.lr")
+                raise RuntimeError(f"teacher {task.teacher.name} diverged: {res.reason}; lower training.lr")
             torch.save(model.state_dict(), folder / "model.tmp")
             os.replace(folder / "model.tmp", folder / "model.pt")
             (folder / "train.json").write_text(json.dumps({"seconds": res.seconds, "best_epoch": res.best_epoch,
@@ -81,19 +81,19 @@ def load_or_train_teacher(task: TaskConfig, data: DataSplits, cache: Path, devic
     return model.eval(), seconds
 
 
-def measure_teacher(task: TaskConfig, model: PreActResNet, data: DataSplits, cache: Path,
+def measure_teacher(task: Task, model: PreActResNet, data: DataSplits, cache: Path,
                     train_seconds: float) -> TeacherStats:
     """Teacher accuracy under the task's attack on the proxy's validation subset, and its LIPS; cached per attack."""
-    key = teacher_key(task)
-    path = cache / "teachers" / key / f"stats-{content_key([task.attack.model_dump(), task.proxy.val_examples])}.json"
+    cfg = task.config
+    key = teacher_key(cfg)
+    path = cache / "teachers" / key / f"stats-{content_key([cfg.attack.model_dump(), cfg.proxy.val_examples])}.json"
     if path.is_file():
         return TeacherStats(**json.loads(path.read_text()))
-    info = DATASETS.get(task.dataset.name)
-    val = data.val.head(task.proxy.val_examples)
+    val = data.val.head(cfg.proxy.val_examples)
     seed = derive_seed(key, "teacher")
-    report = robust_accuracy(model, val, {"task": task.attack}, num_classes=info.shape.num_classes, seed=seed)
-    lips = local_lipschitz(model, val, suite_attack("pgd20", task.attack.epsilon),
-                           num_classes=info.shape.num_classes, seed=seed)
+    report = robust_accuracy(model, val, {"task": cfg.attack}, num_classes=task.shape.num_classes, seed=seed)
+    lips = local_lipschitz(model, val, AttackConfig.suite("pgd20", cfg.attack.epsilon),
+                           num_classes=task.shape.num_classes, seed=seed)
     stats = TeacherStats(key, report.clean, report.attacks[0].accuracy, lips, len(val), train_seconds)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(stats)))

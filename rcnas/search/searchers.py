@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rcnas.config import TaskConfig
+from rcnas.infra.registry import Registry
 from rcnas.proxy.protocol import Evaluator
-from rcnas.registry import Registry
-from rcnas.reward import compression_reward
+from rcnas.reward import task_reward
 from rcnas.space.arch import ArchSpec
 from rcnas.space.baselines import uniform_shrink
 from rcnas.space.space import CompressionSpace
+from rcnas.task import Task
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Step:
 class Budgeted:
     """Evaluates sub-networks for a searcher, counting distinct ones against the budget ``n``."""
 
-    def __init__(self, task: TaskConfig, space: CompressionSpace, evaluator: Evaluator, n: int) -> None:
+    def __init__(self, task: Task, space: CompressionSpace, evaluator: Evaluator, n: int) -> None:
         self.task, self.space, self.evaluator, self.n = task, space, evaluator, n
         self.teacher = evaluator.teacher_stats(task)
         self.trajectory: list[Step] = []
@@ -48,8 +48,7 @@ class Budgeted:
         if arch in self._seen:  # a repeat costs nothing and is not counted again
             return self._seen[arch].reward
         m = self.evaluator.evaluate(self.task, arch)
-        reward = compression_reward(m.metrics.robust_acc, self.teacher.robust_acc, m.metrics.macs,
-                                    self.space.budget, self.task.reward, ok=m.metrics.ok)
+        reward = task_reward(self.task, m.metrics, self.teacher)
         step = Step(arch, reward, m.metrics.robust_acc, m.metrics.macs, m.cached)
         self._seen[arch] = step
         self.trajectory.append(step)
@@ -133,9 +132,8 @@ def uniform(ev: Budgeted, rng: np.random.Generator) -> None:
     ev(uniform_shrink(ev.space))
 
 
-def run_searcher(name: str, task: TaskConfig, evaluator: Evaluator, n: int, seed: int = 0) -> list[Step]:
+def run_searcher(name: str, task: Task, evaluator: Evaluator, n: int, seed: int = 0) -> list[Step]:
     """Run searcher ``name`` for at most ``n`` distinct evaluations; returns its trajectory."""
-    space = CompressionSpace.for_task(task)
-    ev = Budgeted(task, space, evaluator, n)
+    ev = Budgeted(task, task.space, evaluator, n)
     SEARCHERS.get(name)(ev, np.random.default_rng(seed))
     return ev.trajectory

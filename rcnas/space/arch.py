@@ -10,6 +10,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
 
+from rcnas.vocab import BLOCK_KINDS
+
 
 @dataclass(frozen=True, slots=True)
 class RobustBlockParams:
@@ -64,10 +66,16 @@ class ArchSpec:
 
     def short(self) -> str:
         """A human-readable one-liner, e.g. ``D4-4-2 C32-64-64 bbr``."""
-        tag = "".join("r" if b == "robust_res_block" else "b" for b in self.blocks)
+        tag = "".join(BLOCK_KINDS.get(b).letter for b in self.blocks)
         return (
             f"D{'-'.join(map(str, self.depths))} C{'-'.join(map(str, self.channels))} {tag}"
         )
+
+
+def arch_from_dict(d: dict) -> ArchSpec:
+    """The inverse of ``dataclasses.asdict`` on an :class:`ArchSpec` (how the store keeps them)."""
+    return ArchSpec(d["stem_channels"], tuple(StageSpec(**s) for s in d["stages"]),
+                    RobustBlockParams(**d["block_params"]), d["stem_stride"])
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rcnas.space.arch import ArchSpec, InputShape, RobustBlockParams, StageSpec
+from rcnas.vocab import BLOCK_KINDS, ROBUST_BLOCK
 
-ROBUST_EXPANSION = 4
+ROBUST_EXPANSION = BLOCK_KINDS.get(ROBUST_BLOCK).expansion
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,9 +26,6 @@ class Cost:
 
     def __add__(self, other: Cost) -> Cost:
         return Cost(self.macs + other.macs, self.params + other.params)
-
-
-ZERO = Cost(0, 0)
 
 
 def conv_out(size: int, kernel: int, stride: int) -> int:
@@ -46,12 +44,21 @@ def _bn(c: int, size: int) -> Cost:
 
 def stage_out_channels(stage: StageSpec) -> int:
     """Channels a stage emits: its planes, times the bottleneck expansion for robust blocks."""
-    return stage.channels * (ROBUST_EXPANSION if stage.block == "robust_res_block" else 1)
+    return stage.channels * BLOCK_KINDS.get(stage.block).expansion
 
 
 def robust_width(planes: int, p: RobustBlockParams) -> int:
     """Width of one scale branch of a robust block (RobustResNet's formula)."""
     return (planes * p.base_width // 160) * p.cardinality
+
+
+def robust_block_too_narrow(planes: int, p: RobustBlockParams) -> str | None:
+    """Why a robust block of ``planes`` cannot be built with ``p`` (one channel per group and per SE unit are the
+    least it needs), or None when it can."""
+    if robust_width(planes, p) < p.cardinality or planes * ROBUST_EXPANSION // p.se_reduction < 1:
+        return (f"{ROBUST_BLOCK} with {planes} planes is too narrow for base_width={p.base_width}, "
+                f"cardinality={p.cardinality}, se_reduction={p.se_reduction}")
+    return None
 
 
 def basic_block_cost(c_in: int, planes: int, stride: int, k: int, size_in: int) -> Cost:
@@ -82,7 +89,8 @@ def robust_block_cost(c_in: int, planes: int, stride: int, k: int, size_in: int,
 
 
 def block_cost(stage: StageSpec, c_in: int, stride: int, size_in: int, p: RobustBlockParams) -> Cost:
-    if stage.block == "robust_res_block":
+    # one closed-form count per block type of rcnas.vocab.BLOCK_KINDS (a test checks every kind has one)
+    if BLOCK_KINDS.get(stage.block).robust:
         return robust_block_cost(c_in, stage.channels, stride, stage.kernel_size, size_in, p)
     return basic_block_cost(c_in, stage.channels, stride, stage.kernel_size, size_in)
 

@@ -8,17 +8,17 @@ hyper-parameters their YAML lacks and the provenance of a searched result.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, create_model, model_validator
 
-from rcnas.configio import StrictModel, read_yaml, validate
-from rcnas.errors import ConfigError
+from rcnas.infra.configio import StrictModel, read_yaml, validate
+from rcnas.infra.errors import ConfigError
 from rcnas.space.arch import ArchSpec, RobustBlockParams, StageSpec
-
-BLOCK_NAMES = ("basic_block", "robust_res_block")
+from rcnas.vocab import BLOCK_KINDS
 
 
 class ModelSection(StrictModel):
@@ -48,19 +48,18 @@ class ModelSection(StrictModel):
         if bad:
             raise ValueError(f"per-stage lists disagree with depth_configs' {n} stages: {bad} "
                              "(channel_configs has the stem first, so one entry more)")
-        unknown = sorted(set(self.block_types) - set(BLOCK_NAMES))
-        if unknown:
-            raise ValueError(f"unknown block type {unknown}; known: {', '.join(BLOCK_NAMES)}")
+        for block in self.block_types:
+            BLOCK_KINDS.get(block)  # raises with the known names
         if min(self.depth_configs + self.channel_configs + self.kernel_size_configs + self.stride_config) < 1:
             raise ValueError("depths, channels, kernel sizes and strides must be >= 1")
         return self
 
 
-class RobustBlockParamsModel(StrictModel):
-    scales: int = Field(8, ge=1)
-    base_width: int = Field(10, ge=1)
-    cardinality: int = Field(4, ge=1)
-    se_reduction: int = Field(64, ge=1)
+# The YAML view of RobustBlockParams, derived from the dataclass so that the fields are defined once.
+RobustBlockParamsModel = create_model(
+    "RobustBlockParamsModel", __base__=StrictModel,
+    **{name: (int, Field(default, ge=1)) for name, default in asdict(RobustBlockParams()).items()},
+)
 
 
 class RcnasSection(StrictModel):
@@ -110,13 +109,8 @@ def from_arch(arch: ArchSpec, num_classes: int | None = None, **rcnas: Any) -> S
         drop_rate_config=[0.0] * len(arch.stages),
         stem_stride=arch.stem_stride,
     )
-    section = RcnasSection(block_params=RobustBlockParamsModel(**_asdict(arch.block_params)), **rcnas)
+    section = RcnasSection(block_params=RobustBlockParamsModel(**asdict(arch.block_params)), **rcnas)
     return SubnetFile(model=model, rcnas=section, num_classes=num_classes)
-
-
-def _asdict(p: RobustBlockParams) -> dict[str, int]:
-    return {"scales": p.scales, "base_width": p.base_width, "cardinality": p.cardinality,
-            "se_reduction": p.se_reduction}
 
 
 def load_subnet(path: str | Path) -> tuple[ArchSpec, SubnetFile]:

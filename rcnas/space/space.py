@@ -12,27 +12,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
-from rcnas.errors import ConfigError
+from rcnas.infra.errors import ConfigError
 from rcnas.space.arch import ArchSpec, InputShape, StageSpec, TeacherSpec
 from rcnas.space.cost import (
     Cost,
     arch_cost,
     conv_out,
     head_cost,
-    robust_width,
+    robust_block_too_narrow,
     stage_cost,
     stage_out_channels,
     stem_cost,
 )
+from rcnas.vocab import BLOCK_KINDS
 
-if TYPE_CHECKING:
-    from rcnas.config import TaskConfig
-
-GRID_BLOCKS = ("basic_block", "robust_res_block")
+GRID_BLOCKS = tuple(BLOCK_KINDS.ordered())
+"""the grid's block axis, in the vocabulary's registration order (so the action numbering is stable)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +54,6 @@ class ActionGrid:
 
     def encode(self, c: StageChoice) -> int:
         return (GRID_BLOCKS.index(c.block) * self.max_depth + c.depth - 1) * self.max_width + c.width - 1
-
-    def decode(self, a: int) -> StageChoice:
-        b, rest = divmod(int(a), self.max_depth * self.max_width)
-        d, w = divmod(rest, self.max_width)
-        return StageChoice(d + 1, w + 1, GRID_BLOCKS[b])
 
     @classmethod
     def for_teacher(cls, teacher: TeacherSpec) -> ActionGrid:
@@ -84,6 +78,7 @@ class CompressionSpace:
 
     def __init__(self, teacher: TeacherSpec, shape: InputShape, budget_macs: float, blocks: tuple[str, ...] = (),
                  grid: ActionGrid | None = None):
+        self._args = (teacher, shape, budget_macs, blocks, grid)
         self.teacher, self.shape, self.budget = teacher, shape, float(budget_macs)
         self.blocks = blocks or tuple(dict.fromkeys(teacher.arch.blocks))
         self.grid = grid or ActionGrid.for_teacher(teacher)
@@ -96,7 +91,7 @@ class CompressionSpace:
                 for b in self.blocks
                 for d in range(1, stage.depth + 1)
                 for w in range(1, width + 1)
-                if b != "robust_res_block" or self._robust_ok(base * w)
+                if not BLOCK_KINDS.get(b).robust or self._robust_ok(base * w)
                 for c in (StageChoice(d, w, b),)
             }
             for stage, width, base in zip(teacher.arch.stages, teacher.widths, teacher.base_channels)
@@ -112,28 +107,11 @@ class CompressionSpace:
         self.min_macs = self._stem.macs + self._min_rest(0, teacher.arch.stem_channels)
 
     def _robust_ok(self, planes: int) -> bool:
-        p = self.teacher.arch.block_params
-        return robust_width(planes, p) >= p.cardinality and planes * 4 // p.se_reduction >= 1
+        return robust_block_too_narrow(planes, self.teacher.arch.block_params) is None
 
-    @classmethod
-    def for_task(cls, task: TaskConfig, where: str | None = None, grid: ActionGrid | None = None,
-                 ) -> CompressionSpace:
-        """The space of a task; raises ConfigError when even the smallest sub-network exceeds the budget."""
-        from rcnas.data.registry import DATASETS
-        from rcnas.models.teachers import get_teacher
-
-        teacher = get_teacher(task.teacher)
-        shape = DATASETS.get(task.dataset.name).shape
-        teacher_macs = arch_cost(teacher.arch, shape).macs
-        budget = task.budget.macs if task.budget.macs is not None else task.budget.ratio * teacher_macs
-        space = cls(teacher, shape, budget, task.blocks, grid)
-        if space.min_macs > space.budget:
-            raise ConfigError(
-                f"{where or task.name}: budget.{'macs' if task.budget.macs is not None else 'ratio'}: "
-                f"{budget:,.0f} MACs is below the smallest sub-network of {teacher.name} "
-                f"({space.min_macs:,} MACs, {space.min_macs / teacher_macs:.3f} of the teacher); raise the budget"
-            )
-        return space
+    def __reduce__(self) -> tuple[Any, ...]:
+        # the memoised cost tables are per process: rebuild them after unpickling
+        return (CompressionSpace, self._args)
 
     @property
     def n_stages(self) -> int:
@@ -197,13 +175,6 @@ class CompressionSpace:
         chosen = [self.choices[i][a] for i, a in enumerate(actions)]
         return self.teacher.subnet(
             tuple(c.depth for c in chosen), tuple(c.width for c in chosen), tuple(c.block for c in chosen)
-        )
-
-    def actions_of(self, arch: ArchSpec) -> tuple[int, ...]:
-        """The actions that build ``arch`` (inverse of :meth:`arch`)."""
-        return tuple(
-            self.grid.encode(StageChoice(s.depth, s.channels // b, s.block))
-            for s, b in zip(arch.stages, self.teacher.base_channels)
         )
 
     def cost(self, arch: ArchSpec) -> Cost:

@@ -14,7 +14,7 @@ from torch import nn
 
 from rcnas.attacks.pgd import pgd_linf
 from rcnas.config import TrainConfig
-from rcnas.registry import Registry
+from rcnas.infra.registry import Registry
 
 LossResult = tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, TrainConfig, torch.Generator], LossResult]

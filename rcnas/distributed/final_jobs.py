@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import ray
 import torch
 
-from rcnas.data.registry import DATASETS
-from rcnas.devices import pick_device
 from rcnas.distributed.resources import ensure_ray, worker_resources
-from rcnas.final_eval import EvalJob, evaluate_job
+from rcnas.evaluation.final import EvalJob, FinalResult, evaluate_job
+from rcnas.infra.devices import pick_device
 from rcnas.space.cost import arch_cost
 
 
-def _evaluate_remote(job: EvalJob) -> dict[str, Any]:
+def _evaluate_remote(job: EvalJob) -> FinalResult:
     # Ray sets OMP_NUM_THREADS=1 for num_cpus=1 workers; make torch agree so workers do not oversubscribe cores
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     device = pick_device(want_gpu=bool(ray.get_gpu_ids()))
@@ -27,13 +25,13 @@ def longest_first(jobs: list[EvalJob]) -> list[EvalJob]:
     queued tasks in submission order: starting the longest first keeps a long job from being the lone one left
     running at the end while the other workers idle (in train.py the teacher's attacks took 147 s against 90 s
     for either sub-network)."""
-    return sorted(jobs, key=lambda j: -arch_cost(j.arch, DATASETS.get(j.task.dataset.name).shape).macs)
+    return sorted(jobs, key=lambda j: -arch_cost(j.arch, j.task.shape).macs)
 
 
 def evaluate_jobs(
     jobs: list[EvalJob],
     log: Callable[[str], None],
-    on_result: Callable[[dict[str, Any]], None],
+    on_result: Callable[[FinalResult], None],
     address: str | None = None,
 ) -> None:
     """Evaluate ``jobs`` in parallel on Ray, handing each result to ``on_result`` as soon as it is done.

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 import numpy as np
@@ -15,18 +14,20 @@ import numpy as np
 matplotlib.use("Agg")  # files only: no display on cluster nodes or CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from rcnas.config import TaskConfig  # noqa: E402
-from rcnas.configio import eps_label  # noqa: E402
-from rcnas.report import human  # noqa: E402
+from rcnas.evaluation.tables import human  # noqa: E402
+from rcnas.infra.configio import eps_label  # noqa: E402
+from rcnas.search.candidates import Candidate, best  # noqa: E402
 from rcnas.space.schema import dump_subnet, from_arch  # noqa: E402
 from rcnas.space.space import CompressionSpace  # noqa: E402
+from rcnas.task import Task  # noqa: E402
 
 DATASET_DIRS = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "tiny-imagenet": "TinyImageNet", "digits": "DIGITS"}
 
 
-def subnet_path(out: Path, task: TaskConfig, space: CompressionSpace) -> Path:
+def subnet_path(out: Path, task: Task) -> Path:
     """Named like the original results: ``<DATASET>/RL_<budget>.yaml`` (budget as 5G, 712K...)."""
-    return out / DATASET_DIRS[task.dataset.name] / f"RL_{human(space.budget)}.yaml"
+    name = task.config.dataset.name
+    return out / DATASET_DIRS.get(name, name.upper()) / f"RL_{human(task.budget)}.yaml"
 
 
 def progress_rows(trial_root: Path) -> list[dict[str, str]]:
@@ -37,7 +38,7 @@ def progress_rows(trial_root: Path) -> list[dict[str, str]]:
     return rows
 
 
-def plot_rewards(stages: dict[str, Path], rows: list[dict[str, Any]], path: Path) -> None:
+def plot_rewards(stages: dict[str, Path], rows: list[Candidate], path: Path) -> None:
     """PPO runs: mean and best-so-far reward per iteration of each Tune stage. Baseline searchers (no stages):
     each evaluation's reward and the best so far, in evaluation order."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -51,7 +52,7 @@ def plot_rewards(stages: dict[str, Path], rows: list[dict[str, Any]], path: Path
         ax.plot(xs, best, linestyle="--", label=f"{name}: best so far")
         offset += len(ys)
     if not stages:
-        rewards = [r["reward"] for r in rows]
+        rewards = [r.reward for r in rows]
         xs = list(range(1, len(rewards) + 1))
         ax.plot(xs, rewards, marker="o", linestyle="", label="evaluation reward")
         ax.plot(xs, np.maximum.accumulate(rewards), label="best so far")
@@ -63,21 +64,22 @@ def plot_rewards(stages: dict[str, Path], rows: list[dict[str, Any]], path: Path
     plt.close(fig)
 
 
-def plot_candidates(rows: list[dict[str, Any]], chosen: dict[str, Any], path: Path, task: TaskConfig) -> None:
+def plot_candidates(rows: list[Candidate], chosen: Candidate, path: Path, task: Task) -> None:
+    attack = task.config.attack
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.scatter([r["macs"] for r in rows], [r["robust_acc"] for r in rows], s=14, alpha=0.6, label="evaluated")
-    ax.scatter([chosen["macs"]], [chosen["robust_acc"]], s=80, marker="*", color="red", label="chosen")
-    ax.axvline(rows[0]["budget"], color="gray", linestyle="--", label="budget")
+    ax.scatter([r.macs for r in rows], [r.robust_acc for r in rows], s=14, alpha=0.6, label="evaluated")
+    ax.scatter([chosen.macs], [chosen.robust_acc], s=80, marker="*", color="red", label="chosen")
+    ax.axvline(task.budget, color="gray", linestyle="--", label="budget")
     ax.set_xlabel("MACs")
-    ax.set_ylabel(f"val robust acc ({task.attack.name}, eps {eps_label(task.attack.epsilon)})")
+    ax.set_ylabel(f"val robust acc ({attack.name}, eps {eps_label(attack.epsilon)})")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def plot_topology(chosen: dict[str, Any], space: CompressionSpace, path: Path) -> None:
-    t, arch = space.teacher, chosen["arch"]
+def plot_topology(chosen: Candidate, space: CompressionSpace, path: Path) -> None:
+    t, arch = space.teacher, chosen.arch
     fig, axes = plt.subplots(1, 2, figsize=(7, 3))
     stages = [f"stage {i + 1}" for i in range(len(t.arch.stages))]
     for ax, title, teacher_vals, vals in (
@@ -95,34 +97,37 @@ def plot_topology(chosen: dict[str, Any], space: CompressionSpace, path: Path) -
     plt.close(fig)
 
 
-def write_report(out: Path, task: TaskConfig, space: CompressionSpace, rows: list[dict[str, Any]],
-                 stages: dict[str, Path]) -> dict[str, Any]:
-    """Write the chosen sub-network, its metrics, the plots and ``report.md``; returns the chosen row."""
-    chosen = max(rows, key=lambda r: r["reward"])
-    yaml_path = subnet_path(out, task, space)
-    metrics = {k: chosen[k] for k in ("reward", "robust_acc", "macs", "budget", "teacher_robust_acc")}
-    dump_subnet(from_arch(chosen["arch"], space.shape.num_classes, teacher=task.teacher, task=task.name,
-                          metrics={**metrics, "split": "validation", "attack": task.attack.name,
-                                   "epsilon": eps_label(task.attack.epsilon)}), yaml_path)
-    (out / "chosen_metrics.json").write_text(json.dumps({**chosen["metrics"], **metrics,
-                                                         "arch": chosen["arch"].short()}, indent=2))
+def write_report(out: Path, task: Task, space: CompressionSpace, rows: list[Candidate],
+                 stages: dict[str, Path]) -> tuple[Candidate, Path]:
+    """Write the chosen sub-network, its metrics, the plots and ``report.md``; returns the chosen candidate and the
+    path of its YAML."""
+    chosen = best(rows)[0]
+    attack = task.config.attack
+    yaml_path = subnet_path(out, task)
+    metrics = {"reward": chosen.reward, "robust_acc": chosen.robust_acc, "macs": chosen.macs, "budget": chosen.budget,
+               "teacher_robust_acc": chosen.teacher_robust_acc}
+    dump_subnet(from_arch(chosen.arch, space.shape.num_classes, teacher=task.teacher.name, task=task.name,
+                          metrics={**metrics, "split": "validation", "attack": attack.name,
+                                   "epsilon": eps_label(attack.epsilon)}), yaml_path)
+    (out / "chosen_metrics.json").write_text(json.dumps({**chosen.metrics.to_dict(), **metrics,
+                                                         "arch": chosen.arch.short()}, indent=2))
     plot_rewards(stages, rows, out / "reward.png")
     plot_candidates(rows, chosen, out / "candidates.png", task)
     plot_topology(chosen, space, out / "topology.png")
-    top = sorted(rows, key=lambda r: -r["reward"])[:10]
+    top = best(rows, 10)
     lines = [
         f"# Search report: {task.name}", "",
-        f"Teacher {task.teacher} ({human(space.teacher_macs)} MACs), budget {human(space.budget)} MACs; attack "
-        f"{task.attack.name} eps {eps_label(task.attack.epsilon)}, {task.attack.steps} steps, on "
-        f"{chosen['metrics']['n_val']} validation examples (the test split is never used by the search).", "",
-        f"Chosen: `{chosen['arch'].short()}`: reward {chosen['reward']:.4f}, val robust acc "
-        f"{100 * chosen['robust_acc']:.2f}% (teacher {100 * chosen['teacher_robust_acc']:.2f}%), "
-        f"{human(chosen['macs'])} MACs; written to `{yaml_path.relative_to(out)}`.", "",
+        f"Teacher {task.teacher.name} ({human(space.teacher_macs)} MACs), budget {human(space.budget)} MACs; attack "
+        f"{attack.name} eps {eps_label(attack.epsilon)}, {attack.steps} steps, on "
+        f"{chosen.metrics.n_val} validation examples (the test split is never used by the search).", "",
+        f"Chosen: `{chosen.arch.short()}`: reward {chosen.reward:.4f}, val robust acc "
+        f"{100 * chosen.robust_acc:.2f}% (teacher {100 * chosen.teacher_robust_acc:.2f}%), "
+        f"{human(chosen.macs)} MACs; written to `{yaml_path.relative_to(out)}`.", "",
         f"{len(rows)} sub-networks evaluated for this task.", "",
         "![reward](reward.png)", "", "![candidates](candidates.png)", "", "![topology](topology.png)", "",
         "| rank | sub-network | reward | val robust acc | MACs |", "|---|---|---|---|---|",
     ]
-    lines += [f"| {i + 1} | `{r['arch'].short()}` | {r['reward']:.4f} | {100 * r['robust_acc']:.2f} | "
-              f"{human(r['macs'])} |" for i, r in enumerate(top)]
+    lines += [f"| {i + 1} | `{r.arch.short()}` | {r.reward:.4f} | {100 * r.robust_acc:.2f} | "
+              f"{human(r.macs)} |" for i, r in enumerate(top)]
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    return {**chosen, "yaml": str(yaml_path)}
+    return chosen, yaml_path

@@ -5,17 +5,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import nn
 
 from rcnas.attacks import AttackContext, run_attack
-from rcnas.checks import check_model
 from rcnas.config import AttackConfig
-from rcnas.configio import eps_label
 from rcnas.data.tensors import TensorData, batches, to_float
+from rcnas.evaluation.checks import check_model
+from rcnas.infra.configio import eps_label
+from rcnas.vocab import ATTACK_KINDS
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,6 @@ def robust_accuracy(
     num_classes: int,
     seed: int = 0,
     batch_size: int = 256,
-    state_dir: Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> RobustnessReport:
     """Clean accuracy, accuracy under each attack, and the pointwise worst case, on all of ``data``.
@@ -77,9 +76,10 @@ def robust_accuracy(
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(seed)
         ok = []
-        for i, (x, y) in enumerate(batches(data, 10_000 if cfg.name.startswith("aa") else batch_size, device)):
-            state = None if state_dir is None else state_dir / f"aa_state_{label}_{i}.json"
-            ctx = AttackContext(num_classes=num_classes, seed=seed, generator=g, state_path=state)
+        # AutoAttack batches and tracks robust points itself: hand it the whole set at once
+        size = 10_000 if ATTACK_KINDS.get(cfg.name).whole_set else batch_size
+        for x, y in batches(data, size, device):
+            ctx = AttackContext(num_classes=num_classes, seed=seed, generator=g)
             ok.append(_correct(model, run_attack(model, x, y, cfg, ctx), y).cpu())
         correct = torch.cat(ok) & clean  # a misclassified clean point is not robust
         survive &= correct
@@ -101,8 +101,8 @@ def local_lipschitz(
     model: nn.Module, data: TensorData, attack: AttackConfig, *, num_classes: int, seed: int = 0,
     batch_size: int = 256,
 ) -> float:
-    """LIPS (METHOD §3): mean over examples of ||f(x) - f(x_adv)||_1 / ||x - x_adv||_inf on logits, x_adv from
-    ``attack`` (PGD). Examples the attack leaves unchanged are skipped."""
+    """LIPS (docs/method.md, "Observation"): mean over examples of ||f(x) - f(x_adv)||_1 / ||x - x_adv||_inf on
+    logits, x_adv from ``attack`` (PGD). Examples the attack leaves unchanged are skipped."""
     device = next(model.parameters()).device
     model.eval()
     g = torch.Generator().manual_seed(seed)

@@ -1,4 +1,4 @@
-"""Stable content keys for tasks, fidelities and teachers, deterministic seeds, and the code version stamp."""
+"""Stable content keys, deterministic seeds, and the code version stamp."""
 
 from __future__ import annotations
 
@@ -9,33 +9,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from rcnas.config import TaskConfig
-
 
 def content_key(obj: Any) -> str:
     """16 hex chars of sha256 over canonical JSON: equal content, equal key, in every process."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def teacher_key(task: TaskConfig) -> str:
-    """What a trained teacher depends on: data, split, architecture, recipe and weight-sharing rule (not the task's
-    attack or budget)."""
-    what = {"dataset": task.dataset.model_dump(), "teacher": task.teacher, "training": task.training.model_dump()}
-    if task.proxy.supernet != "plain":  # only then: plain teachers keep the keys (and caches) they always had
-        what["supernet"] = [task.proxy.supernet, task.proxy.sandwich_random]
-    return content_key(what)
-
-
-def task_key(task: TaskConfig) -> str:
-    """What a proxy evaluation depends on besides the sub-network and fidelity: the teacher and the task's attack.
-
-    The budget, reward weights and name do not change a measurement, so tasks differing only there share results.
-    """
-    return content_key({"teacher": teacher_key(task), "attack": task.attack.model_dump()})
-
-
-def fidelity_key(task: TaskConfig) -> str:
-    return content_key(task.proxy.model_dump())
 
 
 def derive_seed(*parts: Any) -> int:

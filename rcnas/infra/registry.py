@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from rcnas.errors import ConfigError
+from rcnas.infra.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -56,7 +56,15 @@ class Registry(Generic[T]):
             raise ConfigError(f"unknown {self._kind} {name!r}; known: {known}") from None
 
     def names(self) -> list[str]:
+        """The names, sorted (for messages)."""
         return sorted(self._items)
+
+    def ordered(self) -> list[str]:
+        """The names in registration order (stable: encodings such as the observation's one-hots use it)."""
+        return list(self._items)
+
+    def items(self) -> list[tuple[str, T]]:
+        return list(self._items.items())
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

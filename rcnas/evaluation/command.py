@@ -6,23 +6,21 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import yaml
 
-from rcnas.attacks import SUITE_CHOICES
-from rcnas.config import TaskConfig, load_task
-from rcnas.data.registry import DATASETS
-from rcnas.errors import ConfigError
-from rcnas.final_eval import EvalJob, evaluate_job
-from rcnas.models.teachers import get_teacher
-from rcnas.report import markdown_table, text_table
+from rcnas.evaluation.final import EvalJob, FinalResult, evaluate_job
+from rcnas.evaluation.tables import markdown_table, text_table
+from rcnas.infra.errors import ConfigError
 from rcnas.space.arch import ArchSpec, InputShape
 from rcnas.space.cost import arch_cost
 from rcnas.space.schema import SubnetFile, load_subnet
-from rcnas.space.space import CompressionSpace
+from rcnas.task import Task, load_task
+from rcnas.vocab import SUITE
 
 
 @dataclass(frozen=True)
@@ -47,25 +45,23 @@ def log(msg: str) -> None:
 
 def parse_attacks(text: str) -> tuple[str, ...]:
     labels = tuple(a.strip() for a in text.split(",") if a.strip())
-    bad = [a for a in labels if a not in SUITE_CHOICES]
+    bad = [a for a in labels if a not in SUITE]
     if bad or not labels:
-        raise ConfigError(f"--attacks: unknown {bad}; choose from {', '.join(SUITE_CHOICES)} (comma-separated)")
+        raise ConfigError(f"--attacks: unknown {bad}; choose from {', '.join(SUITE.ordered())} (comma-separated)")
     return labels
 
 
-def check_fits(path: str, arch: ArchSpec, sub: SubnetFile, task: TaskConfig) -> None:
-    teacher = get_teacher(task.teacher)
-    why = teacher.contains(arch)
+def check_fits(path: str, arch: ArchSpec, sub: SubnetFile, task: Task) -> None:
+    why = task.teacher.contains(arch)
     if why:
         raise ConfigError(f"{path}: {why}; evaluate it with a task whose teacher contains it")
-    shape = DATASETS.get(task.dataset.name).shape
-    if sub.model.num_classes is not None and sub.model.num_classes != shape.num_classes:
-        raise ConfigError(f"{path}: model.num_classes is {sub.model.num_classes} but {task.dataset.name} has "
-                          f"{shape.num_classes} classes")
+    if sub.model.num_classes is not None and sub.model.num_classes != task.shape.num_classes:
+        raise ConfigError(f"{path}: model.num_classes is {sub.model.num_classes} but {task.config.dataset.name} has "
+                          f"{task.shape.num_classes} classes")
 
 
 def profile(args: EvaluateArgs) -> int:
-    shape = DATASETS.get(load_task(args.task).dataset.name).shape if args.task else InputShape()
+    shape = load_task(args.task).shape if args.task else InputShape()
     out = []
     for path in args.configs:
         arch, sub = load_subnet(path)
@@ -79,27 +75,57 @@ def profile(args: EvaluateArgs) -> int:
     return 0
 
 
-def run_jobs(jobs: list[EvalJob], out: Path, no_ray: bool = False, ray_address: str | None = None,
-             previous: list[dict] | None = None) -> list[dict]:
-    """Evaluate ``jobs`` (on Ray workers when there are several), writing ``results.json`` / ``results.md`` under
-    ``out`` after every finished job, so an interrupted run keeps what it finished; ``previous`` results (of an
-    earlier run into ``out``) are written with them, so they are never overwritten."""
-    results: list[dict] = list(previous or [])
+def read_results(out: Path) -> list[FinalResult]:
+    """The results already in ``out/results.json`` (none when there is no such file)."""
+    path = out / "results.json"
+    if not path.is_file():
+        return []
+    try:
+        return [FinalResult.from_json(r) for r in json.loads(path.read_text())]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: not a results file of this version ({exc}); move it away or pick another "
+                          "--out") from None
 
-    def keep(result: dict) -> None:
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)  # a kill mid-write leaves the previous file, never a truncated one
+
+
+def run_jobs(jobs: list[EvalJob], out: Path, no_ray: bool = False, ray_address: str | None = None,
+             log: Callable[[str], None] = log) -> list[FinalResult]:
+    """Evaluate ``jobs`` (on Ray workers when there are several), writing ``results.json`` / ``results.md`` under
+    ``out`` after every finished job, so an interrupted run keeps what it finished.
+
+    A job whose result is already in ``out/results.json`` with the same :meth:`EvalJob.key` is not run again (a
+    rerun into the same folder answers from it); other earlier results there are kept, except those replaced by a
+    job of the same name. Returns the results of ``jobs``, in their order.
+    """
+    earlier = read_results(out)
+    done = {r.job_key: r for r in earlier if r.job_key}
+    todo = [j for j in jobs if j.key() not in done]
+    names = {j.name for j in jobs}
+    results: list[FinalResult] = [r for r in earlier if r.name not in names]
+    results += [done[j.key()] for j in jobs if j.key() in done]
+    if len(todo) < len(jobs):
+        log(f"reusing {len(jobs) - len(todo)} finished result(s) from {out / 'results.json'}")
+
+    def keep(result: FinalResult) -> None:
         results.append(result)
-        (out / "results.json").write_text(json.dumps(results, indent=2))
-        (out / "results.md").write_text(markdown_table(results))
+        write_atomic(out / "results.json", json.dumps([r.to_json() for r in results], indent=2))
+        write_atomic(out / "results.md", markdown_table(results))
 
     out.mkdir(parents=True, exist_ok=True)
-    if len(jobs) > 1 and not no_ray:
-        from rcnas.distributed.final import evaluate_jobs
+    if len(todo) > 1 and not no_ray:
+        from rcnas.distributed.final_jobs import evaluate_jobs
 
-        evaluate_jobs(jobs, log, keep, ray_address)
+        evaluate_jobs(todo, log, keep, ray_address)
     else:
-        for job in jobs:
+        for job in todo:
             keep(evaluate_job(job, log=log))
-    return results
+    by_key = {r.job_key: r for r in results}
+    return [by_key[j.key()] for j in jobs]
 
 
 def run_evaluate(args: EvaluateArgs) -> int:
@@ -112,12 +138,12 @@ def run_evaluate(args: EvaluateArgs) -> int:
     if args.checkpoint and len(args.configs) > 1:
         raise ConfigError("--checkpoint holds the weights of one sub-network: give exactly one config with it")
     out = Path(args.out or f"runs/eval/{time.strftime('%Y%m%d-%H%M%S')}")
-    budget = CompressionSpace.for_task(task).budget
+    budget = task.budget
     jobs = []
     for path in args.configs:
         arch, sub = load_subnet(path)
         check_fits(path, arch, sub, task)
-        macs = arch_cost(arch, DATASETS.get(task.dataset.name).shape).macs
+        macs = arch_cost(arch, task.shape).macs
         if macs > budget:
             log(f"note: {path} has {macs:,} MACs, over the task's budget of {budget:,.0f} (evaluated anyway)")
         jobs.append(EvalJob(Path(path).stem, arch, task, attacks, str(out), args.epochs, args.checkpoint,
@@ -126,7 +152,7 @@ def run_evaluate(args: EvaluateArgs) -> int:
     if len(set(names)) != len(names):
         raise ConfigError(f"two configs share a file name ({names}); results are stored by name, rename one")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "task.yaml").write_text(yaml.safe_dump(task.model_dump(mode="json"), sort_keys=False))
+    (out / "task.yaml").write_text(yaml.safe_dump(task.config.model_dump(mode="json"), sort_keys=False))
     results = run_jobs(jobs, out, no_ray=args.no_ray, ray_address=args.ray_address)
     print(text_table(results))
     print(f"\nwritten: {out / 'results.json'}, {out / 'results.md'}")

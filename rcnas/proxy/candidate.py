@@ -1,5 +1,6 @@
-"""The proxy evaluation of one candidate (METHOD §5): inherit the adversarially trained teacher's weights, fine-tune
-adversarially for a few epochs on the training split, attack the fixed validation subset with the task's attack.
+"""The proxy evaluation of one candidate (docs/method.md, "Scoring a candidate"): inherit the adversarially
+trained teacher's weights, fine-tune adversarially for a few epochs on the training split, attack the fixed
+validation subset with the task's attack.
 
 Never raises for a bad candidate: a non-finite loss or an exception in the model becomes a ``failed`` record with
 its reason, so a search keeps going.
@@ -14,48 +15,49 @@ from typing import Optional
 
 import torch
 
-from rcnas.config import TaskConfig
-from rcnas.data.registry import DATASETS, augmentation
+from rcnas.data.registry import augmentation
 from rcnas.data.tensors import DataSplits, to_float
-from rcnas.evaluation import robust_accuracy
+from rcnas.evaluation.robustness import robust_accuracy
+from rcnas.infra.provenance import code_version, derive_seed
 from rcnas.models.builder import PreActResNet, build_model, inherit_weights, recalibrate_bn
-from rcnas.provenance import code_version, derive_seed, fidelity_key, task_key
+from rcnas.proxy.keys import fidelity_key, task_key
 from rcnas.proxy.records import ProxyMetrics
 from rcnas.space.arch import ArchSpec
 from rcnas.space.cost import arch_cost
+from rcnas.task import Task
 from rcnas.train import adversarial_train
 
 
-def proxy_evaluate(task: TaskConfig, arch: ArchSpec, data: DataSplits, teacher: Optional[PreActResNet],
+def proxy_evaluate(task: Task, arch: ArchSpec, data: DataSplits, teacher: Optional[PreActResNet],
                    device: torch.device, seed: int = 0) -> ProxyMetrics:
-    """Score ``arch`` on ``task``; ``teacher`` supplies inherited weights when ``task.proxy.inherit``."""
+    """Score ``arch`` on ``task``; ``teacher`` supplies inherited weights when ``proxy.inherit`` is set."""
     t0 = time.perf_counter()
-    info = DATASETS.get(task.dataset.name)
-    cost = arch_cost(arch, info.shape)
-    p = task.proxy
-    base = dict(macs=cost.macs, params=cost.params, attack=task.attack.name, epsilon=task.attack.epsilon,
-                steps=task.attack.steps, n_val=min(p.val_examples, len(data.val)), seed=seed, repeats=p.repeats,
+    cfg, shape = task.config, task.shape
+    cost = arch_cost(arch, shape)
+    p = cfg.proxy
+    base = dict(macs=cost.macs, params=cost.params, attack=cfg.attack.name, epsilon=cfg.attack.epsilon,
+                steps=cfg.attack.steps, n_val=min(p.val_examples, len(data.val)), seed=seed, repeats=p.repeats,
                 fine_tune_epochs=p.epochs, device=str(device), node=platform.node(), code_version=code_version())
     robust, clean, counts = [], [], {"inherited": 0, "fresh": 0}
     try:
         for r in range(p.repeats):
-            s = derive_seed(task_key(task), arch.key(), fidelity_key(task), seed, r)
+            s = derive_seed(task_key(cfg), arch.key(), fidelity_key(cfg), seed, r)
             torch.manual_seed(s)
-            model = build_model(arch, info.shape).to(device)
+            model = build_model(arch, shape).to(device)
             if p.inherit and teacher is not None:
                 counts = inherit_weights(model, teacher)
             if p.recalibrate_bn:
                 recalibrate_bn(model, to_float(data.train.head(p.recalibrate_bn).x).to(device))
             if p.epochs > 0:
-                recipe = task.training.model_copy(update={"epochs": p.epochs, "lr": p.lr, "schedule": p.schedule,
+                recipe = cfg.training.model_copy(update={"epochs": p.epochs, "lr": p.lr, "schedule": p.schedule,
                                                           "select_on_val": False, "seed": s})
-                res = adversarial_train(model, data, recipe, num_classes=info.shape.num_classes,
-                                        **augmentation(task.dataset), data_fraction=p.data_fraction)
+                res = adversarial_train(model, data, recipe, num_classes=shape.num_classes,
+                                        **augmentation(cfg.dataset), data_fraction=p.data_fraction)
                 if res.diverged:
                     return _failed(base, counts, f"fine-tuning diverged: {res.reason}", t0)
             # the same measurement as the teacher's (rcnas.proxy.teacher.measure_teacher), in one batch of <= 512
-            report = robust_accuracy(model, data.val.head(p.val_examples), {"task": task.attack},
-                                     num_classes=info.shape.num_classes, seed=s, batch_size=512)
+            report = robust_accuracy(model, data.val.head(p.val_examples), {"task": cfg.attack},
+                                     num_classes=shape.num_classes, seed=s, batch_size=512)
             clean.append(report.clean)
             robust.append(report.attacks[0].accuracy)
     except Exception as exc:  # noqa: BLE001 - any failure of one candidate must not stop the search

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from rcnas.errors import RcnasError
+from rcnas.infra.errors import RcnasError
 
 
 def run_main(main: Callable[[], int | None]) -> None:

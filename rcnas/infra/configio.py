@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypeVar
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
-from rcnas.errors import ConfigError
+from rcnas.infra.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -1,0 +1,38 @@
+"""Running an attack by its kind: every attack has one signature, ``(model, x, y, cfg, ctx) -> x_adv``, and is
+found through ``rcnas.vocab.ATTACK_KINDS`` (whose entries name their function in ``rcnas.attacks.library``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from rcnas.config import AttackConfig
+from rcnas.vocab import ATTACK_KINDS, load_ref
+
+
+@dataclass(frozen=True)
+class AttackContext:
+    """What an attack needs besides its config."""
+
+    num_classes: int
+    seed: int = 0
+    generator: Optional[torch.Generator] = None
+
+
+AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, AttackConfig, AttackContext], torch.Tensor]
+
+
+def attack_fn(name: str) -> AttackFn:
+    """The function of attack kind ``name`` (raises ConfigError listing the known kinds)."""
+    return load_ref(ATTACK_KINDS.get(name).impl)
+
+
+def run_attack(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig, ctx: AttackContext
+) -> torch.Tensor:
+    """Attack ``(x, y)`` with ``cfg``; the result stays in the eps ball and in [0, 1]."""
+    return attack_fn(cfg.name)(model, x, y, cfg, ctx)

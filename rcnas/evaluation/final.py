@@ -1,0 +1,148 @@
+"""Final evaluation of one sub-network (docs/method.md, "Final evaluation"): adversarial training from scratch with
+the task's recipe (or a saved checkpoint), then clean / FGSM / PGD-20 / CW-40 / AutoAttack on the test split,
+params, MACs and LIPS, as one typed :class:`FinalResult`.
+
+A pure function of its inputs, so that a Ray worker runs it unchanged (``rcnas.distributed.final_jobs``).
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from rcnas.config import AttackConfig
+from rcnas.data.registry import augmentation, load_splits
+from rcnas.data.tensors import DataSplits
+from rcnas.evaluation.robustness import AttackAccuracy, local_lipschitz, robust_accuracy
+from rcnas.infra.configio import eps_label
+from rcnas.infra.devices import pick_device
+from rcnas.infra.provenance import content_key
+from rcnas.models.builder import build_model
+from rcnas.space.arch import ArchSpec
+from rcnas.space.cost import arch_cost
+from rcnas.task import Task
+from rcnas.train import adversarial_train
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """One sub-network to evaluate, with everything needed to do it in another process."""
+
+    name: str
+    arch: ArchSpec
+    task: Task
+    attacks: tuple[str, ...]
+    out_dir: str
+    epochs: Optional[float] = None
+    checkpoint: Optional[str] = None
+    n_examples: Optional[int] = None
+    seed: int = 0
+    data_root: Optional[str] = None
+
+    def key(self) -> str:
+        """What the result depends on: a finished result with the same key is reused instead of recomputed."""
+        return content_key({"arch": self.arch.key(), "task": self.task.config.model_dump(mode="json"),
+                            "attacks": self.attacks, "epochs": self.epochs, "checkpoint": self.checkpoint,
+                            "n_examples": self.n_examples, "seed": self.seed})
+
+
+@dataclass(frozen=True)
+class FinalResult:
+    """One sub-network's labelled robustness figures on the test split (written to ``results.json``)."""
+
+    name: str
+    arch: str
+    params: int
+    macs: int
+    dataset: str
+    task: str
+    epsilon: float
+    eps_255: str
+    seed: int
+    n_examples: int
+    split: str
+    clean: float
+    attacks: tuple[AttackAccuracy, ...]
+    worst_case: Optional[float]
+    """pointwise worst case over the attacks run"""
+    lipschitz: float
+    train: dict[str, Any]
+    wall_seconds: float
+    device: str
+    node: str
+    job_key: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
+    """caller's annotations (e.g. which searcher picked it), kept through results.json"""
+
+    def accuracy(self, label: str) -> Optional[float]:
+        return next((a.accuracy for a in self.attacks if a.label == label), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> FinalResult:
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        kw["attacks"] = tuple(AttackAccuracy(**a) for a in d["attacks"])
+        return cls(**kw)
+
+
+def _train_or_load(job: EvalJob, model: nn.Module, data: DataSplits, out: Path, device: torch.device,
+                   log: Callable[[str], None]) -> dict[str, Any]:
+    """Give ``model`` its weights: the job's checkpoint, or adversarial training from scratch (resumable)."""
+    if job.checkpoint:
+        model.load_state_dict(torch.load(job.checkpoint, map_location=device, weights_only=True))
+        return {"checkpoint": job.checkpoint}
+    cfg = job.task.config
+    recipe = cfg.training.model_copy(
+        update={"seed": job.seed, **({"epochs": job.epochs} if job.epochs is not None else {})}
+    )
+    log(f"[{job.name}] training {recipe.epochs:g} epochs ({recipe.loss}, eps {eps_label(recipe.attack.epsilon)}) "
+        f"on {len(data.train)} examples, device {device}")
+    res = adversarial_train(
+        model, data, recipe, num_classes=job.task.shape.num_classes, **augmentation(cfg.dataset),
+        checkpoint=out / "train_state.pt",
+        progress=lambda r: log(f"[{job.name}] epoch {r['epoch']}: loss {r['train_loss']:.3f} "
+                               f"val clean {r['val_clean']:.3f} val robust {r['val_robust']:.3f}"),
+    )
+    if res.diverged:
+        log(f"[{job.name}] training diverged: {res.reason}; evaluating the best checkpoint kept")
+    torch.save(model.state_dict(), out / "model.pt")
+    return {"epochs": res.epochs_run, "best_epoch": res.best_epoch, "best_val_robust": res.best_val_robust,
+            "seconds": round(res.seconds, 1), "diverged": res.diverged, "loss": recipe.loss}
+
+
+def evaluate_job(job: EvalJob, log: Callable[[str], None] = print, device: torch.device | None = None) -> FinalResult:
+    """Train (or load) and attack ``job``'s sub-network; saves the weights in ``out_dir/name``."""
+    t0 = time.perf_counter()
+    device = device or pick_device()
+    shape, eps = job.task.shape, job.task.config.attack.epsilon
+    data = load_splits(job.task.config.dataset, job.data_root)
+    torch.manual_seed(job.seed)
+    model = build_model(job.arch, shape).to(device)
+    out = Path(job.out_dir) / job.name
+    out.mkdir(parents=True, exist_ok=True)
+    train_info = _train_or_load(job, model, data, out, device, log)
+    test = data.test if job.n_examples is None else data.test.head(job.n_examples)
+    attacks = {label: AttackConfig.suite(label, eps) for label in job.attacks if label != "clean"}
+    report = robust_accuracy(model, test, attacks, num_classes=shape.num_classes, seed=job.seed,
+                             progress=lambda m: log(f"[{job.name}] {m}"))
+    lips = local_lipschitz(model, test.head(256), AttackConfig.suite("pgd20", eps), num_classes=shape.num_classes,
+                           seed=job.seed)
+    cost = arch_cost(job.arch, shape)
+    return FinalResult(
+        name=job.name, arch=job.arch.short(), params=cost.params, macs=cost.macs, dataset=job.task.config.dataset.name,
+        task=job.task.name, epsilon=eps, eps_255=eps_label(eps), seed=job.seed, n_examples=report.n_examples,
+        split="test", clean=report.clean, attacks=report.attacks, worst_case=report.worst_case, lipschitz=lips,
+        train=train_info, wall_seconds=round(time.perf_counter() - t0, 1), device=str(device),
+        node=platform.node(), job_key=job.key(),
+    )
+
