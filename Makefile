@@ -19,6 +19,7 @@ run: $(STAMP)
 	RAY_AUTH_MODE=disabled $(PY) train.py --out runs/digits
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check rcnas envs agents tests bench train.py evaluate.py
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q
 
 test-slow: $(STAMP)

@@ -29,6 +29,7 @@ import argparse
 import sys
 
 from rcnas.infra.cli import run_main
+from rcnas.search.searchers import searcher_names
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -37,8 +38,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--task", help="target task YAML (overrides the experiment's target_task)")
     p.add_argument("--M", type=int, help="sub-networks sampled per policy update")
     p.add_argument("--from", dest="from_checkpoint", help="meta-trained checkpoint: skip meta-training")
-    p.add_argument("--searcher", default="rl", choices=["rl", "ppo-scratch", "random", "evolution", "compound",
-                                                        "uniform"],
+    p.add_argument("--searcher", default="rl", choices=searcher_names(),
                    help="rl (meta-train + fine-tune, default), ppo-scratch, or a baseline on the same service")
     p.add_argument("--n", type=int, default=25, help="evaluations a baseline searcher may spend")
     p.add_argument("--out", help="run folder (default runs/<experiment name>)")

@@ -34,7 +34,8 @@ class SearchOptions:
     """skip meta-training: fine-tune from this meta checkpoint (the downstream run)"""
     ray_address: Optional[str] = None
     searcher: str = "rl"
-    """rl (meta-train + fine-tune), ppo-scratch (PPO on the target only), or a baseline in rcnas.search SEARCHERS"""
+    """one of ``rcnas.search.searchers.searcher_names()``: rl (meta-train + fine-tune), ppo-scratch (PPO on the
+    target only), or a baseline of ``SEARCHERS``"""
     n: int = 25
     """evaluations a baseline searcher may spend"""
 

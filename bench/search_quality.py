@@ -39,12 +39,11 @@ from rcnas.infra.provenance import content_key
 from rcnas.proxy.records import ProxyMetrics, TeacherStats
 from rcnas.reward import task_reward
 from rcnas.search.quality import best_so_far, best_within, distinct, mean_sd, text_chart
-from rcnas.search.searchers import run_searcher
+from rcnas.search.searchers import PPO_SEARCHERS, run_searcher, searcher_names
 from rcnas.space.arch import arch_from_dict
 from rcnas.task import Task, load_task, shared_grid
 
 SERVICE = "bench-search-quality"
-PPO_SEARCHERS = ("rl", "ppo-scratch")
 
 
 def meta_train(exp: Any, metas: list[str], grid: tuple[int, int], out: Path) -> dict[str, Any]:
@@ -133,7 +132,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--experiment", default="configs/experiments/digits.yaml")
     p.add_argument("--held-out", default="digits-cw-e20-t444-r30,digits-pgd-e10-t444-r25",
                    help="comma-separated task names or YAML paths, none of them in the experiment's meta set")
-    p.add_argument("--searchers", default="rl,ppo-scratch,random,evolution,compound,uniform")
+    p.add_argument("--searchers", default=",".join(searcher_names()))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--n", default="10,25,50", help="evaluation budgets; the search runs to the largest")
     p.add_argument("--meta-iterations", type=int, default=30,

@@ -105,3 +105,13 @@ for _entry in (
 
 DEFAULT_SUITE = ("clean", "fgsm", "pgd20", "cw40", "aa")
 """evaluate.py's default attacks"""
+
+
+# -- layers named in sub-network files ---------------------------------------------------------------------------
+# As RobustResNet's YAML files spell them (so their configs load unchanged), each a lazy ``"module:class"``.
+ACTIVATION_KINDS: Registry[str] = Registry("activation")
+for _name, _ref in (("ReLU", "torch.nn:ReLU"), ("SiLU", "torch.nn:SiLU"), ("GELU", "torch.nn:GELU"),
+                    ("Softplus", "torch.nn:Softplus")):
+    ACTIVATION_KINDS.add(_name, _ref)
+NORMALIZATION_KINDS: Registry[str] = Registry("normalization")
+NORMALIZATION_KINDS.add("BatchNorm", "torch.nn:BatchNorm2d")

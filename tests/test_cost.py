@@ -1,4 +1,4 @@
-"""The closed-form MACs/params count against torchprofile, and the teachers' sizes against METHOD §2's table."""
+"""The closed-form MACs/params count against torchprofile, and the teachers' sizes against docs/method.md."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from rcnas.space.space import CompressionSpace
 CIFAR = InputShape(3, 32, 10)
 DIGITS = InputShape(1, 8, 10)
 
-# METHOD §2: params (M) and MACs (G) at 32x32, 10 classes, from torchprofile.
+# docs/method.md's teacher table: params (M) and MACs (G) at 32x32, 10 classes, from torchprofile.
 TABLE = {
     "WRN-A1": (18.71, 5.08), "WRN-A2": (38.32, 10.84), "WRN-A3": (75.30, 20.23), "WRN-A4": (147.29, 40.40),
     "RobustResNet-A1": (19.22, 5.11), "RobustResNet-A2": (39.03, 10.78), "RobustResNet-A3": (75.86, 19.88),

@@ -54,10 +54,13 @@ def test_concurrent_identical_requests_compute_once(ray_local, service):
 
 def test_a_killed_worker_is_replaced_and_the_request_retried(ray_local, service):
     svc, base = service
-    task = tiny_task(proxy_epochs=3)
+    task = tiny_task(proxy_epochs=20)  # long enough to be killed mid-way on a fast machine
     arch = TEACHER.subnet((2, 2, 2), (4, 4, 4), ("basic_block",) * 3)
     ref = svc.evaluate.remote(task, arch)
-    time.sleep(2.0)  # the evaluation is running on a worker now
+    deadline = time.time() + 60
+    while ray_local.get(svc.stats.remote())["inflight"] == 0 and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # the evaluation is running on a worker now (the teacher is already trained and measured)
     for worker in ray_local.get(svc.worker_handles.remote()):
         ray_local.kill(worker, no_restart=True)
     result = ray_local.get(ref, timeout=300)

@@ -148,7 +148,8 @@ class EvaluationService:
             self.inflight.pop(key, None)
 
     def stats(self) -> dict[str, Any]:
-        return {**self.counts, "stored": len(self.store), "workers": len(self.workers), "time": time.time()}
+        return {**self.counts, "stored": len(self.store), "workers": len(self.workers), "inflight": len(self.inflight),
+                "time": time.time()}
 
     def rows(self, task_name: str) -> list[dict[str, Any]]:
         """Every stored evaluation of ``task_name`` (arch and metrics as plain dicts)."""

@@ -23,7 +23,7 @@ from rcnas.data.tensors import DataSplits
 from rcnas.evaluation.robustness import AttackAccuracy, local_lipschitz, robust_accuracy
 from rcnas.infra.configio import eps_label
 from rcnas.infra.devices import pick_device
-from rcnas.infra.provenance import content_key
+from rcnas.infra.provenance import code_version, content_key
 from rcnas.models.builder import build_model
 from rcnas.space.arch import ArchSpec
 from rcnas.space.cost import arch_cost
@@ -47,10 +47,12 @@ class EvalJob:
     data_root: Optional[str] = None
 
     def key(self) -> str:
-        """What the result depends on: a finished result with the same key is reused instead of recomputed."""
-        return content_key({"arch": self.arch.key(), "task": self.task.config.model_dump(mode="json"),
+        """What the result depends on: a finished result with the same key is reused instead of recomputed. The code
+        version (commit) is part of it, so results computed by another commit are computed again."""
+        task = self.task.config.model_dump(mode="json")
+        return content_key({"name": self.name, "arch": self.arch.key(), "task": task,
                             "attacks": self.attacks, "epochs": self.epochs, "checkpoint": self.checkpoint,
-                            "n_examples": self.n_examples, "seed": self.seed})
+                            "n_examples": self.n_examples, "seed": self.seed, "code": code_version()})
 
 
 @dataclass(frozen=True)

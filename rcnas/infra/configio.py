@@ -141,6 +141,6 @@ def load_config(path: str | Path, cls: type[M]) -> M:
     """Load and validate a YAML config file strictly.
 
     Example:
-        >>> task = load_config("configs/tasks/digits-pgd-eps20-tiny444-b35.yaml", TaskConfig)
+        >>> task = load_config("configs/tasks/digits-pgd-e20-t444-r35.yaml", TaskConfig)  # rcnas.config.TaskConfig
     """
     return validate(cls, read_yaml(path), str(path))

@@ -1,19 +1,30 @@
-"""String -> layer factories for the schema's ``activations`` and ``normalizations`` fields."""
+"""Layer factories for the schema's ``activations`` and ``normalizations`` fields, from the names listed in
+``rcnas.vocab`` (``ACTIVATIONS.get("ReLU")()`` is an ``nn.ReLU``; ``NORMALIZATIONS.get("BatchNorm")(c)`` a
+``BatchNorm2d(c)``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from torch import nn
+from typing import Any
 
 from rcnas.infra.registry import Registry
+from rcnas.vocab import ACTIVATION_KINDS, NORMALIZATION_KINDS, load_ref
 
-ACTIVATIONS: Registry[Callable[[], nn.Module]] = Registry("activation")
-NORMALIZATIONS: Registry[Callable[[int], nn.Module]] = Registry("normalization")
 
-# Names as RobustResNet's YAML files spell them, so their configs load unchanged.
-ACTIVATIONS.add("ReLU", lambda: nn.ReLU(inplace=False))
-ACTIVATIONS.add("SiLU", lambda: nn.SiLU())
-ACTIVATIONS.add("GELU", lambda: nn.GELU())
-ACTIVATIONS.add("Softplus", lambda: nn.Softplus())
-NORMALIZATIONS.add("BatchNorm", nn.BatchNorm2d)
+class LayerFactories:
+    """A vocabulary of ``"module:class"`` references, looked up as classes."""
+
+    def __init__(self, kinds: Registry[str]) -> None:
+        self._kinds = kinds
+
+    def get(self, name: str) -> Any:
+        return load_ref(self._kinds.get(name))
+
+    def names(self) -> list[str]:
+        return self._kinds.names()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._kinds
+
+
+ACTIVATIONS = LayerFactories(ACTIVATION_KINDS)
+NORMALIZATIONS = LayerFactories(NORMALIZATION_KINDS)

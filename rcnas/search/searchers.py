@@ -57,6 +57,13 @@ class Budgeted:
 
 Searcher = Callable[[Budgeted, np.random.Generator], None]
 SEARCHERS: Registry[Searcher] = Registry("searcher")
+PPO_SEARCHERS = ("rl", "ppo-scratch")
+"""the searchers the agent runs (RLlib, in ``agents/``): meta-trained then fine-tuned, or PPO from scratch"""
+
+
+def searcher_names() -> list[str]:
+    """Every searcher train.py and the benchmarks accept: the agent's, then the baselines below."""
+    return [*PPO_SEARCHERS, *SEARCHERS.ordered()]
 
 
 @SEARCHERS.register("random")

@@ -18,7 +18,7 @@ from pydantic import Field, create_model, model_validator
 from rcnas.infra.configio import StrictModel, read_yaml, validate
 from rcnas.infra.errors import ConfigError
 from rcnas.space.arch import ArchSpec, RobustBlockParams, StageSpec
-from rcnas.vocab import BLOCK_KINDS
+from rcnas.vocab import ACTIVATION_KINDS, BLOCK_KINDS, NORMALIZATION_KINDS
 
 
 class ModelSection(StrictModel):
@@ -115,11 +115,9 @@ def from_arch(arch: ArchSpec, num_classes: int | None = None, **rcnas: Any) -> S
 
 def load_subnet(path: str | Path) -> tuple[ArchSpec, SubnetFile]:
     """Read a sub-network YAML (ours or RobustResNet's); raises ConfigError with the file and key on problems."""
-    from rcnas.models.layers import ACTIVATIONS, NORMALIZATIONS
-
     f = validate(SubnetFile, read_yaml(path), str(path))
-    for kind, names, reg in (("activations", f.model.activations, ACTIVATIONS),
-                             ("normalizations", f.model.normalizations, NORMALIZATIONS)):
+    for kind, names, reg in (("activations", f.model.activations, ACTIVATION_KINDS),
+                             ("normalizations", f.model.normalizations, NORMALIZATION_KINDS)):
         for n in names:
             if n not in reg:
                 raise ConfigError(f"{path}: model.{kind}: unknown {n!r}; known: {', '.join(reg.names())}")

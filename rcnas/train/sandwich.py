@@ -2,8 +2,9 @@
 
 Plain adversarial training optimises only the full teacher; a narrow or shallow slice of it inherits weights that
 were never trained to work on their own, and the proxy's short fine-tune then ranks sub-networks partly by how badly
-they were cut (METHOD §8). The sandwich rule (Yu et al., BigNAS / OFA) trains, at every step, the full network, the
-smallest sub-network and a few random ones on the same batch with their weights shared, gradients summed.
+they were cut (docs/method.md, "Scoring a candidate"). The sandwich rule (Yu et al., BigNAS / OFA) trains, at every
+step, the full network, the smallest sub-network and a few random ones on the same batch with their weights shared,
+gradients summed.
 
 Each sub-network is a :class:`SharedSubnet`: a skeleton of its architecture whose tensors are, at every forward,
 slices of the supernet's (the same plan :func:`rcnas.models.builder.inherit_weights` copies by), so gradients reach

@@ -73,6 +73,47 @@ def _save_atomic(state: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)  # a run killed mid-write never leaves a truncated checkpoint
 
 
+def _resume(checkpoint: Optional[Path], model: nn.Module, opt: torch.optim.Optimizer, g: torch.Generator,
+            device: torch.device) -> dict[str, Any]:
+    """The loop's state: fresh, or continued from ``checkpoint`` (model, optimizer and generator restored)."""
+    if checkpoint is None or not checkpoint.is_file():
+        return {"epoch": 0, "step": 0, "best_acc": -1.0, "best_epoch": 0, "best": None, "history": []}
+    # tensors and plain containers only: a state file planted in a run folder or cache cannot run code
+    state = torch.load(checkpoint, map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    g.set_state(state["generator"])
+    return state
+
+
+def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, train: TensorData, loss_fn: LossFn, cfg: TrainConfig,
+                 g: torch.Generator, state: dict[str, Any], total: int, crop_padding: int, flip: bool,
+                 ) -> tuple[float, int, int] | str:
+    """One pass over ``train`` (stopping at ``total`` steps); returns (loss sum, correct, seen), or why it
+    diverged. Advances ``state["step"]``."""
+    device = next(model.parameters()).device
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for x, y in batches(train, cfg.batch_size, device, shuffle=True, generator=g, padding=crop_padding, flip=flip):
+        if state["step"] >= total:
+            break
+        for group in opt.param_groups:
+            group["lr"] = lr_at(state["step"], total, cfg)
+        loss, logits = loss_fn(model, x, y, cfg, g)
+        if not torch.isfinite(loss):
+            return f"non-finite loss at step {state['step']}"
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        state["step"] += 1
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+    return loss_sum, correct, seen
+
+
 def adversarial_train(
     model: nn.Module,
     data: DataSplits,
@@ -108,34 +149,13 @@ def adversarial_train(
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
     loss_fn = objective or LOSSES.get(cfg.loss)
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "best_acc": -1.0, "best_epoch": 0, "best": None, "history": []}
-    if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        g.set_state(state["generator"])
+    state = _resume(checkpoint, model, opt, g, device)
     for epoch in range(state["epoch"], n_epochs):
-        model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        for x, y in batches(train, cfg.batch_size, device, shuffle=True, generator=g, padding=crop_padding, flip=flip):
-            if state["step"] >= total:
-                break
-            for group in opt.param_groups:
-                group["lr"] = lr_at(state["step"], total, cfg)
-            loss, logits = loss_fn(model, x, y, cfg, g)
-            if not torch.isfinite(loss):
-                return TrainResult(epoch, state["best_epoch"], max(state["best_acc"], 0.0),
-                                   time.perf_counter() - t0, True, f"non-finite loss at step {state['step']}",
-                                   tuple(state["history"]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            state["step"] += 1
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
+        sums = _train_epoch(model, opt, train, loss_fn, cfg, g, state, total, crop_padding, flip)
+        if isinstance(sums, str):
+            return TrainResult(epoch, state["best_epoch"], max(state["best_acc"], 0.0), time.perf_counter() - t0,
+                               True, sums, tuple(state["history"]))
+        loss_sum, correct, seen = sums
         val_rob = val_robust_accuracy(model, val, cfg, device, num_classes) if cfg.select_on_val else -1.0
         row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                "val_clean": _accuracy(model, val, device), "val_robust": val_rob,
