@@ -16,14 +16,14 @@ $(STAMP): pyproject.toml
 # The main job on the embedded default (offline digits, CPU): meta-train the PPO agent on digits tasks, fine-tune
 # on a held-out one, then train + attack the chosen sub-network next to the teacher and a uniform shrink.
 run: $(STAMP)
-	RAY_AUTH_MODE=disabled $(PY) train.py --out runs/digits
+	$(PY) train.py --out runs/digits
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check rcnas envs agents tests bench train.py evaluate.py
-	RAY_AUTH_MODE=disabled $(PY) -m pytest -q
+	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
-	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py

@@ -8,12 +8,14 @@ import time
 from pathlib import Path
 
 from agents.comparison import final_comparison
-from agents.config import load_experiment, task_path
+from agents.config import ExperimentConfig, load_experiment, task_path
 from agents.search import SearchOptions, run_search
 from agents.stages import check_layout, module_dir
 from rcnas.evaluation.tables import text_table
+from rcnas.infra.cli import RESUME_HINT
 from rcnas.infra.errors import ConfigError
-from rcnas.task import load_task
+from rcnas.infra.locks import run_folder_lock
+from rcnas.task import Task, load_task
 
 
 def log(msg: str) -> None:
@@ -49,8 +51,25 @@ def run_pipeline(args: argparse.Namespace) -> int:
     if args.M is not None and args.M < 1:
         raise ConfigError(f"--M {args.M}: the number of sub-networks per policy update must be >= 1")
     out = Path(args.out or f"runs/{exp.name}")
+    check_run_folder(out, args.resume)
     opts = SearchOptions(out=out, no_tune=args.no_tune, resume=args.resume, from_checkpoint=args.from_checkpoint,
                          ray_address=args.ray_address, searcher=args.searcher, n=args.n)
+    RESUME_HINT.append(" ".join(["python train.py", *sys.argv[1:], *([] if args.resume else ["--resume"])]))
+    with run_folder_lock(out):
+        return _search_and_evaluate(args, exp, metas, target, task, out, opts)
+
+
+def check_run_folder(out: Path, resume: bool) -> None:
+    """``--out`` must be a folder; ``--resume`` needs something there to resume."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: a file, not a folder; pick a folder for the run")
+    if resume and not ((out / "tune").is_dir() or (out / "evaluations.sqlite").is_file()):
+        raise ConfigError(f"--resume: {out} holds no run to resume (no tune/ or evaluations.sqlite there); check "
+                          "the folder, or drop --resume to start a new run")
+
+
+def _search_and_evaluate(args: argparse.Namespace, exp: ExperimentConfig, metas: list[str], target: str, task: Task,
+                         out: Path, opts: SearchOptions) -> int:
     summary = run_search(exp, metas, target, opts, log=log)
     log(f"chosen: {summary['chosen']} (reward {summary['reward']:.4f}, val robust acc "
         f"{summary['val_robust_acc']:.4f}, {summary['macs']:,} MACs <= budget {summary['budget']:,.0f}); "

@@ -21,6 +21,7 @@ from agents.stages import check_layout, module_dir, run_stage
 from agents.summary import scored_rows
 from rcnas.distributed.resources import ensure_ray
 from rcnas.distributed.service import RayEvaluator, start_service
+from rcnas.infra.provenance import content_key
 from rcnas.search.searchers import SEARCHERS, run_searcher
 from rcnas.task import load_task, shared_grid
 
@@ -47,7 +48,8 @@ def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: Searc
     out.mkdir(parents=True, exist_ok=True)
     storage = out / "tune"
     ensure_ray(opts.ray_address)
-    service_name = f"rcnas-eval-{out.name}"
+    # one service per run folder: two runs whose folders share a base name never share a service or a store
+    service_name = f"rcnas-eval-{out.name}-{content_key(str(out))[:8]}"
     # 1. the evaluation service: workers pinned to GPUs (or fractional CPUs), the run's store in out/;
     # the handle is held until the end: a named actor lives only as long as a handle to it does
     service = start_service(out, n_workers=exp.eval_workers, name=service_name)

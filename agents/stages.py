@@ -11,7 +11,7 @@ from ray import tune
 from ray.rllib.algorithms.ppo import PPO, PPOConfig
 
 from envs import observation
-from rcnas.infra.errors import ConfigError
+from rcnas.infra.errors import ConfigError, EvaluationFailed
 
 MODULE_PATH = ("learner_group", "learner", "rl_module", "default_policy")
 LAYOUT_FILE = "rcnas_observation_layout.json"
@@ -71,7 +71,10 @@ def run_stage(name: str, config: PPOConfig, iterations: int, storage: Path, *, n
         )
     result = tuner.fit().get_best_result(metric="training_iteration", mode="max")
     if result.error:
-        raise RuntimeError(f"{name} failed: {result.error}")
+        # an evaluation that failed on a worker is one line somewhere in the trial's nested report: surface it
+        raise EvaluationFailed.find(str(result.error)) or RuntimeError(f"{name} failed: {result.error}")
+    if result.checkpoint is None or (result.metrics or {}).get("training_iteration", 0) < iterations:
+        raise KeyboardInterrupt  # Tune returns early on Ctrl-C: end as an interruption, with the resume hint
     save_layout(result.checkpoint.path)
     return result.checkpoint.path
 

@@ -9,7 +9,7 @@ from rcnas.task import Task
 
 def scored_rows(task: Task, service: RayEvaluator) -> list[Candidate]:
     """Every stored evaluation of ``task`` with its reward, in evaluation order."""
-    return score_rows(task, service.rows(task.name), service.teacher_stats(task))
+    return score_rows(task, service.rows(task), service.teacher_stats(task))
 
 
 def best_candidate(tasks: list[Task], service: RayEvaluator) -> tuple[Candidate | None, int]:

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Ray's token authentication stays on in tests too; its token goes to a throwaway home, not the user's ~/.ray
+os.environ["HOME"] = os.environ.get("RCNAS_TEST_HOME") or __import__("tempfile").mkdtemp(prefix="rcnas-test-home-")
+os.environ["RCNAS_TEST_HOME"] = os.environ["HOME"]
 torch.set_num_threads(2)
 
 
@@ -47,7 +49,7 @@ def run_script(*args: str, timeout: int = 600, env: dict | None = None):
 
     return subprocess.run(
         [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})},
+        env={**os.environ, **(env or {})},
     )
 
 

@@ -21,6 +21,11 @@ def test_cluster_yaml_validates_against_rays_schema():
     validate_config(prepare_config(config))  # and as `ray up` sees it, defaults filled in
     assert config["available_node_types"]["gpu_worker"]["node_config"]["InstanceType"].startswith("g")
     assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
+    # token authentication on every node: the token is shipped, and both kinds of node start Ray with it
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = next(c for c in config[key] if "ray start" in c)
+        assert "RAY_AUTH_MODE=token" in start and "disabled" not in start
 
 
 def test_every_key_has_a_comment_above_it_and_there_are_no_secrets():
@@ -30,3 +35,15 @@ def test_every_key_has_a_comment_above_it_and_there_are_no_secrets():
             assert lines[i - 1].strip().startswith("#"), f"cluster.yaml:{i + 1} has no comment above: {line}"
     text = "\n".join(lines).lower()
     assert not any(word in text for word in ("aws_secret", "password", "private_key", "token:"))
+
+
+def test_a_local_ray_started_by_rcnas_keeps_token_authentication(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os; from rcnas.distributed.resources import ensure_ray; ensure_ray(num_cpus=1); "
+            "print(os.environ.get('RAY_AUTH_MODE'), os.path.isfile(os.path.expanduser('~/.ray/auth_token')))")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"} | {"HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["token", "True"], out.stderr[-2000:]

@@ -10,6 +10,7 @@ import torch
 from rcnas.distributed.resources import ensure_ray, worker_resources
 from rcnas.evaluation.final import EvalJob, FinalResult, evaluate_job
 from rcnas.infra.devices import pick_device
+from rcnas.infra.errors import RcnasError
 from rcnas.space.cost import arch_cost
 
 
@@ -45,5 +46,11 @@ def evaluate_jobs(
     pending = list(refs)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
-        on_result(ray.get(done[0]))
+        try:
+            result = ray.get(done[0])
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, RcnasError):  # a user-facing failure: one line, not a remote traceback
+                raise exc.cause from None
+            raise
+        on_result(result)
         log(f"done: {refs[done[0]]} ({len(jobs) - len(pending)}/{len(jobs)})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import ray
 
@@ -11,7 +12,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to ``address`` (or $RAY_ADDRESS, or start a local Ray) unless already connected."""
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if os.environ.get("RAY_AUTH_MODE") == "disabled":
+        # rcnas never switches it off: the token is what guards Ray's ports, which listen on the routable address
+        print("warning: RAY_AUTH_MODE=disabled: anyone who can reach this machine's Ray ports can run code on it",
+              file=sys.stderr, flush=True)
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)

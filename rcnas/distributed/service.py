@@ -20,7 +20,8 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rcnas.distributed.resources import cluster_gpus
-from rcnas.proxy.keys import teacher_key
+from rcnas.infra.errors import EvaluationFailed, RcnasError
+from rcnas.proxy.keys import store_fidelity, task_key, teacher_key
 from rcnas.proxy.local import ProxyRunner, eval_key
 from rcnas.proxy.records import Evaluation, ProxyMetrics, TeacherStats
 from rcnas.proxy.store import EvaluationStore
@@ -68,9 +69,10 @@ class EvaluationService:
 
     def __init__(self, run_dir: str, n_workers: int, cache_dir: str, data_root: Optional[str] = None,
                  gpus_per_worker: float = 1.0, cpus_per_worker: float = 0.5, n_cpu_workers: int = 0,
-                 max_retries: int = 3) -> None:
+                 max_retries: int = 3, wait_s: float = 3600.0, call_timeout_s: float = 6 * 3600.0) -> None:
         self.store = EvaluationStore(Path(run_dir) / "evaluations.sqlite")
         self.cache_dir, self.data_root, self.max_retries = cache_dir, data_root, max_retries
+        self.wait_s, self.call_timeout_s = wait_s, call_timeout_s
         gpus = cluster_gpus()
         n_gpu = min(n_workers, int(gpus // gpus_per_worker)) if gpus > 0 else 0
         specs = [{"num_gpus": gpus_per_worker, "num_cpus": 1}] * n_gpu
@@ -89,25 +91,43 @@ class EvaluationService:
         self.workers[worker] = spec
         self.idle.put_nowait(worker)
 
-    async def _on_worker(self, method: str, *args: Any) -> Any:
-        """Call ``method`` on the next idle worker; a dead worker is replaced and the call retried elsewhere."""
+    async def _on_worker(self, what: str, method: str, *args: Any) -> Any:
+        """Call ``method`` on the next idle worker. A worker goes back to the pool whatever the outcome; a dead (or
+        timed-out) one is replaced and the call retried elsewhere; any other failure is one
+        :class:`EvaluationFailed` line naming ``what``, the worker's node and the cause. Nothing waits forever."""
         for _ in range(self.max_retries + 1):
-            worker = await self.idle.get()
             try:
-                result = await getattr(worker, method).remote(*args)
-            except ray.exceptions.RayActorError:
+                worker = await asyncio.wait_for(self.idle.get(), timeout=self.wait_s)
+            except asyncio.TimeoutError:
+                raise EvaluationFailed(
+                    f"{what}: no evaluation worker became free in {self.wait_s:.0f} s ({len(self.workers)} workers "
+                    f"asking for {sorted({str(s) for s in self.workers.values()})}; cluster resources "
+                    f"{ray.cluster_resources()}): a worker that cannot be placed waits for resources; see `ray status`"
+                ) from None
+            try:
+                result = await asyncio.wait_for(getattr(worker, method).remote(*args), timeout=self.call_timeout_s)
+            except (ray.exceptions.RayActorError, asyncio.TimeoutError):
+                ray.kill(worker, no_restart=True)  # dead already, or stuck past the time limit
                 self._spawn(self.workers.pop(worker))
                 self.counts["retried"] += 1
                 continue
+            except ray.exceptions.RayTaskError as exc:
+                self.idle.put_nowait(worker)
+                cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+                code = cause.exit_code if isinstance(cause, RcnasError) else 1
+                where = f"the worker at {exc.ip}" if getattr(exc, "ip", None) else "a worker"
+                raise EvaluationFailed(f"{what} on {where}: {type(cause).__name__}: {cause}", code) from None
             self.idle.put_nowait(worker)
             return result
-        raise RuntimeError(f"evaluation failed on {self.max_retries + 1} workers in a row (all died)")
+        raise EvaluationFailed(f"{what}: failed on {self.max_retries + 1} workers in a row (each died or passed "
+                               f"{self.call_timeout_s:.0f} s)")
 
     async def teacher_stats(self, task: Task) -> TeacherStats:
         cfg = task.config
         key = teacher_key(cfg) + cfg.attack.model_dump_json() + str(cfg.proxy.val_examples)
         if key not in self.teachers:
-            self.teachers[key] = asyncio.ensure_future(self._on_worker("teacher_stats", task))
+            what = f"teacher {task.teacher.name} of task {task.name}"
+            self.teachers[key] = asyncio.ensure_future(self._on_worker(what, "teacher_stats", task))
         try:
             return await asyncio.shield(self.teachers[key])
         except Exception:
@@ -135,8 +155,10 @@ class EvaluationService:
         try:
             if task.config.proxy.inherit:
                 await self.teacher_stats(task)  # train the teacher once, before workers race for it
-            metrics = await self._on_worker("compute", task, arch, seed)
-            self.store.put(key, arch, metrics, task.name)
+            metrics = await self._on_worker(f"sub-network {arch.short()} of task {task.name}", "compute", task, arch,
+                                            seed)
+            if metrics.status != "error":  # a crash (out of memory, a lost file) may not recur: never stored
+                self.store.put(key, arch, metrics, task.name)
             self.counts["computed"] += 1
             self.counts["failed"] += int(not metrics.ok)
             future.set_result(metrics)
@@ -151,9 +173,9 @@ class EvaluationService:
         return {**self.counts, "stored": len(self.store), "workers": len(self.workers), "inflight": len(self.inflight),
                 "time": time.time()}
 
-    def rows(self, task_name: str) -> list[dict[str, Any]]:
-        """Every stored evaluation of ``task_name`` (arch and metrics as plain dicts)."""
-        return list(self.store.rows(task_name))
+    def rows(self, task: str, fidelity: str) -> list[dict[str, Any]]:
+        """Every stored evaluation of a task key at a fidelity (arch and metrics as plain dicts)."""
+        return list(self.store.rows(task, fidelity))
 
     def requests(self, client: str) -> list[dict[str, Any]]:
         """``client``'s evaluation requests in order, with their metrics."""
@@ -189,9 +211,21 @@ class RayEvaluator:
     """The one client of the named service: the env's evaluator on Ray, and the reader of its store and counters.
     Found by name in any process of the cluster, so it pickles into env runners and callbacks."""
 
-    def __init__(self, name: str = SERVICE_NAME, client: str = "") -> None:
-        self.name, self.client = name, client
+    def __init__(self, name: str = SERVICE_NAME, client: str = "", timeout_s: float = 24 * 3600.0) -> None:
+        self.name, self.client, self.timeout_s = name, client, timeout_s
         self._handle: Any = None
+
+    def _get(self, ref: Any) -> Any:
+        """``ray.get`` with a time limit; the service's one-line failure arrives as itself, not wrapped."""
+        try:
+            return ray.get(ref, timeout=self.timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise EvaluationFailed(f"no answer from the evaluation service {self.name} in {self.timeout_s:.0f} s"
+                                   ) from None
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, EvaluationFailed):
+                raise exc.cause from None
+            raise
 
     def _service(self) -> Any:
         if self._handle is None:
@@ -199,27 +233,27 @@ class RayEvaluator:
         return self._handle
 
     def teacher_stats(self, task: Task) -> TeacherStats:
-        return ray.get(self._service().teacher_stats.remote(task))
+        return self._get(self._service().teacher_stats.remote(task))
 
     def evaluate(self, task: Task, arch: ArchSpec) -> Evaluation:
-        return ray.get(self._service().evaluate.remote(task, arch, 0, self.client))
+        return self._get(self._service().evaluate.remote(task, arch, 0, self.client))
 
-    def rows(self, task_name: str) -> list[dict[str, Any]]:
-        """Every stored evaluation of ``task_name``, oldest first."""
-        return ray.get(self._service().rows.remote(task_name))
+    def rows(self, task: Task) -> list[dict[str, Any]]:
+        """Every stored evaluation of ``task`` (by content: its teacher, attack and proxy fidelity), oldest first."""
+        return self._get(self._service().rows.remote(task_key(task.config), store_fidelity(task.config)))
 
     def requests(self, client: str | None = None) -> list[dict[str, Any]]:
         """``client``'s (default: this client's) requests in order, with their metrics."""
-        return ray.get(self._service().requests.remote(client if client is not None else self.client))
+        return self._get(self._service().requests.remote(client if client is not None else self.client))
 
     def stats(self) -> dict[str, Any]:
         """The service's counters: computed, from_store, deduplicated, failed, retried, stored, workers."""
-        return ray.get(self._service().stats.remote())
+        return self._get(self._service().stats.remote())
 
     def placement(self) -> list[dict[str, Any]]:
         """Where each evaluation worker runs (node, device, GPU ids)."""
-        return ray.get(self._service().placement.remote())
+        return self._get(self._service().placement.remote())
 
     def __getstate__(self) -> dict[str, Any]:
         # handles are looked up again in the receiving process
-        return {"name": self.name, "client": self.client, "_handle": None}
+        return {"name": self.name, "client": self.client, "timeout_s": self.timeout_s, "_handle": None}

@@ -23,6 +23,7 @@ from rcnas.data.tensors import DataSplits
 from rcnas.evaluation.robustness import AttackAccuracy, local_lipschitz, robust_accuracy
 from rcnas.infra.configio import eps_label
 from rcnas.infra.devices import pick_device
+from rcnas.infra.errors import ConfigError
 from rcnas.infra.provenance import code_version, content_key
 from rcnas.models.builder import build_model
 from rcnas.space.arch import ArchSpec
@@ -115,9 +116,14 @@ def _train_or_load(job: EvalJob, model: nn.Module, data: DataSplits, out: Path, 
         progress=lambda r: log(f"[{job.name}] epoch {r['epoch']}: loss {r['train_loss']:.3f} "
                                f"val clean {r['val_clean']:.3f} val robust {r['val_robust']:.3f}"),
     )
+    if res.diverged and res.best_epoch == 0:
+        raise ConfigError(f"[{job.name}] training diverged before its first epoch ended ({res.reason}); lower "
+                          "training.lr or set training.grad_clip")
     if res.diverged:
-        log(f"[{job.name}] training diverged: {res.reason}; evaluating the best checkpoint kept")
-    torch.save(model.state_dict(), out / "model.pt")
+        log(f"[{job.name}] training diverged: {res.reason}; evaluating the best checkpoint kept (epoch "
+            f"{res.best_epoch})")
+    torch.save(model.state_dict(), out / "model.tmp")
+    (out / "model.tmp").replace(out / "model.pt")  # never a truncated model.pt
     return {"epochs": res.epochs_run, "best_epoch": res.best_epoch, "best_val_robust": res.best_val_robust,
             "seconds": round(res.seconds, 1), "diverged": res.diverged, "loss": recipe.loss}
 

@@ -18,3 +18,29 @@ class ConfigError(RcnasError, ValueError):
 
 class DataNotFoundError(RcnasError):
     """A dataset is not on disk and cannot be downloaded: the message says where we looked and how to get it."""
+
+
+class EvaluationFailed(RcnasError):
+    """An evaluation failed on a worker (another process, perhaps another node): one line saying which sub-network,
+    on which worker, and what went wrong. Its exit code is the cause's when the cause is a user mistake (a missing
+    dataset), else 1."""
+
+    MARKER = "rcnas evaluation failed: "
+    """starts every message, so that the line can be found again inside Ray's and Tune's nested reports"""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        self.detail = " ".join(message.removeprefix(self.MARKER).split())
+        super().__init__(self.MARKER + self.detail)
+        self.exit_code = exit_code
+
+    def __reduce__(self) -> tuple[type, tuple[str, int]]:
+        return (EvaluationFailed, (self.detail, self.exit_code))  # crosses process boundaries with its exit code
+
+    @classmethod
+    def find(cls, text: str) -> EvaluationFailed | None:
+        """The first such line in ``text`` (e.g. a Tune trial's error), as an error again."""
+        for line in text.splitlines():
+            at = line.find(cls.MARKER)
+            if at >= 0:
+                return cls(line[at + len(cls.MARKER):].strip())
+        return None

@@ -61,14 +61,15 @@ def proxy_evaluate(task: Task, arch: ArchSpec, data: DataSplits, teacher: Option
             clean.append(report.clean)
             robust.append(report.attacks[0].accuracy)
     except Exception as exc:  # noqa: BLE001 - any failure of one candidate must not stop the search
-        return _failed(base, counts, f"{type(exc).__name__}: {exc}", t0)
+        # "error", not "failed": a crash (out of memory, a lost file) may not recur, so it is never stored
+        return _failed(base, counts, f"{type(exc).__name__}: {exc}", t0, status="error")
     return ProxyMetrics(status="ok", reason="", robust_acc=statistics.fmean(robust),
                         robust_sd=statistics.pstdev(robust), clean_acc=statistics.fmean(clean),
                         inherited_blocks=counts["inherited"], fresh_blocks=counts["fresh"],
                         seconds=time.perf_counter() - t0, **base)  # type: ignore[arg-type]
 
 
-def _failed(base: dict, counts: dict[str, int], reason: str, t0: float) -> ProxyMetrics:
-    return ProxyMetrics(status="failed", reason=reason, robust_acc=0.0, robust_sd=0.0, clean_acc=0.0,
+def _failed(base: dict, counts: dict[str, int], reason: str, t0: float, status: str = "failed") -> ProxyMetrics:
+    return ProxyMetrics(status=status, reason=reason, robust_acc=0.0, robust_sd=0.0, clean_acc=0.0,
                         inherited_blocks=counts["inherited"], fresh_blocks=counts["fresh"],
                         seconds=time.perf_counter() - t0, **base)

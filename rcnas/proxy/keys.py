@@ -24,5 +24,15 @@ def task_key(task: TaskConfig) -> str:
     return content_key({"teacher": teacher_key(task), "attack": task.attack.model_dump()})
 
 
+PROXY_VERSION = 1
+"""bump when a change to the scoring code changes what a proxy evaluation returns: stores then recompute"""
+
+
+def store_fidelity(task: TaskConfig) -> str:
+    """The fidelity part of a store key: the proxy settings and the scoring code's version (seeds stay derived from
+    :func:`fidelity_key` alone, so bumping the version re-measures without changing any draw)."""
+    return f"{fidelity_key(task)}.v{PROXY_VERSION}"
+
+
 def fidelity_key(task: TaskConfig) -> str:
     return content_key(task.proxy.model_dump())

@@ -14,7 +14,7 @@ from rcnas.infra.devices import pick_device
 from rcnas.infra.provenance import content_key
 from rcnas.models.builder import PreActResNet
 from rcnas.proxy.candidate import proxy_evaluate
-from rcnas.proxy.keys import fidelity_key, task_key, teacher_key
+from rcnas.proxy.keys import store_fidelity, task_key, teacher_key
 from rcnas.proxy.records import EvalKey, Evaluation, ProxyMetrics, TeacherStats
 from rcnas.proxy.store import EvaluationStore
 from rcnas.proxy.teacher import cache_root, load_or_train_teacher, measure_teacher
@@ -23,7 +23,7 @@ from rcnas.task import Task
 
 
 def eval_key(task: Task, arch: ArchSpec, seed: int = 0) -> EvalKey:
-    return EvalKey(task_key(task.config), arch.key(), fidelity_key(task.config), seed)
+    return EvalKey(task_key(task.config), arch.key(), store_fidelity(task.config), seed)
 
 
 class ProxyRunner:
@@ -76,6 +76,6 @@ class LocalEvaluator:
             if hit is not None:
                 return Evaluation(key, hit, cached=True)
         metrics = self.runner.compute(task, arch, seed)
-        if self.store is not None:
+        if self.store is not None and metrics.status != "error":  # an error may not recur: never store it
             self.store.put(key, arch, metrics, task.name)
         return Evaluation(key, metrics, cached=False)

@@ -23,7 +23,8 @@ class ProxyMetrics:
     """One candidate's proxy evaluation, with its provenance."""
 
     status: str
-    """ok | failed"""
+    """ok | failed (deterministic, e.g. fine-tuning diverged: stored) | error (a crash that may not recur: not
+    stored, asked again next time)"""
     reason: str
     robust_acc: float
     """mean over repeats, validation split, the task's attack"""

@@ -3,6 +3,9 @@
 Key = (task, sub-network, fidelity, seed) content hashes; value = the metrics with their provenance and the
 sub-network itself. Inserts never overwrite (``INSERT OR IGNORE``), so a result is stored once however many
 processes race to store it, and a restarted run on the same directory reuses everything.
+
+The file carries a schema version (SQLite's ``user_version``): a file of another version, another program's
+database or a damaged file is refused with one line instead of being read wrongly.
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
+from rcnas.infra.errors import ConfigError
 from rcnas.proxy.records import EvalKey, ProxyMetrics
 from rcnas.space.arch import ArchSpec
 
+SCHEMA_VERSION = 2
+"""2: rows are read by task and fidelity key (1 read them by task name, so an edited task mixed measurements)"""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS evaluations (
     task TEXT NOT NULL, arch TEXT NOT NULL, fidelity TEXT NOT NULL, seed INTEGER NOT NULL,
@@ -40,10 +46,28 @@ class EvaluationStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        if self.path.is_dir():
+            raise ConfigError(f"{self.path}: a folder, not an evaluation store; move it away")
         self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise ConfigError(f"{self.path}: not an rcnas evaluation store ({exc}); move it away or pick another "
+                              "run folder") from None
+
+    def _open(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables - {"evaluations", "requests", "sqlite_sequence"}:
+            raise sqlite3.DatabaseError(f"unknown tables {sorted(tables)}")
+        if tables and version != SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"schema version {version or 1}, this rcnas reads {SCHEMA_VERSION}; its "
+                                        "results are keyed otherwise")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def get(self, key: EvalKey) -> Optional[ProxyMetrics]:
         with self._lock:
@@ -88,12 +112,12 @@ class EvaluationStore:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0])
 
-    def rows(self, task_name: str | None = None) -> Iterator[dict[str, Any]]:
-        """All stored evaluations (optionally of one task), oldest first, as plain dicts."""
+    def rows(self, task: str | None = None, fidelity: str | None = None) -> Iterator[dict[str, Any]]:
+        """All stored evaluations (optionally of one task key and fidelity key), oldest first, as plain dicts."""
         query = "SELECT task_name, arch_json, metrics_json, created FROM evaluations"
         args: tuple[Any, ...] = ()
-        if task_name is not None:
-            query, args = query + " WHERE task_name=?", (task_name,)
+        if task is not None:
+            query, args = query + " WHERE task=? AND fidelity=?", (task, fidelity)
         with self._lock:
             fetched = self._db.execute(query + " ORDER BY created", args).fetchall()
         for name, arch, metrics, created in fetched:

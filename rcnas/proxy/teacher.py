@@ -7,11 +7,9 @@ it is trained once; a killed training resumes from its checkpoint.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,6 +19,8 @@ from rcnas.config import AttackConfig
 from rcnas.data.registry import augmentation
 from rcnas.data.tensors import DataSplits
 from rcnas.evaluation.robustness import local_lipschitz, robust_accuracy
+from rcnas.infra.errors import ConfigError
+from rcnas.infra.locks import file_lock
 from rcnas.infra.provenance import content_key, derive_seed
 from rcnas.models.builder import PreActResNet, build_model
 from rcnas.proxy.keys import teacher_key
@@ -34,17 +34,6 @@ CACHE_ENV = "RCNAS_CACHE"
 
 def cache_root(override: str | Path | None = None) -> Path:
     return Path(override or os.environ.get(CACHE_ENV) or "runs/cache")
-
-
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def load_or_train_teacher(task: Task, data: DataSplits, cache: Path, device: torch.device,
@@ -71,14 +60,32 @@ def load_or_train_teacher(task: Task, data: DataSplits, cache: Path, device: tor
                                     objective=objective)
             if res.diverged:
                 raise RuntimeError(f"teacher {task.teacher.name} diverged: {res.reason}; lower training.lr")
+            # the record first, the weights last: model.pt (swapped in atomically) marks a complete cache entry
+            _write_atomic(folder / "train.json", json.dumps({"seconds": res.seconds, "best_epoch": res.best_epoch,
+                                                             "best_val_robust": res.best_val_robust}))
             torch.save(model.state_dict(), folder / "model.tmp")
             os.replace(folder / "model.tmp", folder / "model.pt")
-            (folder / "train.json").write_text(json.dumps({"seconds": res.seconds, "best_epoch": res.best_epoch,
-                                                           "best_val_robust": res.best_val_robust}))
             (folder / "train_state.pt").unlink(missing_ok=True)
-        model.load_state_dict(torch.load(folder / "model.pt", map_location=device, weights_only=True))
-    seconds = json.loads((folder / "train.json").read_text())["seconds"]
-    return model.eval(), seconds
+        try:
+            model.load_state_dict(torch.load(folder / "model.pt", map_location=device, weights_only=True))
+        except Exception as exc:  # noqa: BLE001 - a damaged or foreign file: say which, never run its code
+            raise ConfigError(f"{folder / 'model.pt'}: not a usable checkpoint of {task.teacher.name} "
+                              f"({type(exc).__name__}); delete the folder to train the teacher again") from None
+    return model.eval(), _train_seconds(folder / "train.json")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _train_seconds(path: Path) -> float:
+    """The recorded training time; 0 when the record is missing or damaged (the weights are complete anyway)."""
+    try:
+        return float(json.loads(path.read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
 
 
 def measure_teacher(task: Task, model: PreActResNet, data: DataSplits, cache: Path,
@@ -88,14 +95,15 @@ def measure_teacher(task: Task, model: PreActResNet, data: DataSplits, cache: Pa
     key = teacher_key(cfg)
     path = cache / "teachers" / key / f"stats-{content_key([cfg.attack.model_dump(), cfg.proxy.val_examples])}.json"
     if path.is_file():
-        return TeacherStats(**json.loads(path.read_text()))
+        try:
+            return TeacherStats(**json.loads(path.read_text()))
+        except (ValueError, TypeError):
+            pass  # damaged: measure again
     val = data.val.head(cfg.proxy.val_examples)
     seed = derive_seed(key, "teacher")
     report = robust_accuracy(model, val, {"task": cfg.attack}, num_classes=task.shape.num_classes, seed=seed)
     lips = local_lipschitz(model, val, AttackConfig.suite("pgd20", cfg.attack.epsilon),
                            num_classes=task.shape.num_classes, seed=seed)
     stats = TeacherStats(key, report.clean, report.attacks[0].accuracy, lips, len(val), train_seconds)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(stats)))
-    os.replace(tmp, path)
+    _write_atomic(path, json.dumps(asdict(stats)))
     return stats

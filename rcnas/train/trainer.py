@@ -153,6 +153,8 @@ def adversarial_train(
     for epoch in range(state["epoch"], n_epochs):
         sums = _train_epoch(model, opt, train, loss_fn, cfg, g, state, total, crop_padding, flip)
         if isinstance(sums, str):
+            if state["best"] is not None:  # keep the best finished epoch, never the diverged weights
+                model.load_state_dict(state["best"])
             return TrainResult(epoch, state["best_epoch"], max(state["best_acc"], 0.0), time.perf_counter() - t0,
                                True, sums, tuple(state["history"]))
         loss_sum, correct, seen = sums
