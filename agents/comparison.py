@@ -9,6 +9,7 @@ from agents.config import ExperimentConfig
 from rcnas.evaluation.command import run_jobs
 from rcnas.evaluation.final import EvalJob, FinalResult
 from rcnas.evaluation.tables import text_table
+from rcnas.infra.files import write_atomic
 from rcnas.proxy.keys import teacher_key
 from rcnas.proxy.teacher import cache_root
 from rcnas.space.arch import ArchSpec
@@ -16,19 +17,20 @@ from rcnas.space.baselines import uniform_shrink
 from rcnas.task import Task
 
 
-def final_comparison(exp: ExperimentConfig, task: Task, chosen: ArchSpec, out: Path) -> list[FinalResult]:
+def final_comparison(exp: ExperimentConfig, task: Task, chosen: ArchSpec, out: Path,
+                     data_root: str | None = None) -> list[FinalResult]:
     fe = exp.final_eval
     attacks = tuple(fe.attacks)
     # the teacher was trained with exactly this recipe and seed for the search: reuse its weights
     cached = cache_root().resolve() / "teachers" / teacher_key(task.config) / "model.pt"
     reuse = fe.epochs is None and cached.is_file() and exp.seed == task.config.training.seed
     jobs = [
-        EvalJob("rl-chosen", chosen, task, attacks, str(out), fe.epochs, None, fe.n_examples, exp.seed),
+        EvalJob("rl-chosen", chosen, task, attacks, str(out), fe.epochs, None, fe.n_examples, exp.seed, data_root),
         EvalJob("uniform-shrink", uniform_shrink(task.space), task, attacks, str(out), fe.epochs, None,
-                fe.n_examples, exp.seed),
+                fe.n_examples, exp.seed, data_root),
         EvalJob(f"teacher-{task.teacher.name}", task.teacher.arch, task, attacks, str(out), fe.epochs,
-                str(cached) if reuse else None, fe.n_examples, exp.seed),
+                str(cached) if reuse else None, fe.n_examples, exp.seed, data_root),
     ]
     results = run_jobs(jobs, out)
-    (out / "comparison.txt").write_text(text_table(results) + "\n")
+    write_atomic(out / "comparison.txt", text_table(results) + "\n")
     return results

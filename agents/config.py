@@ -38,7 +38,7 @@ class FinalEvalSettings(StrictModel):
     """evaluate.py on the chosen sub-network, next to the teacher and a uniformly shrunk one of the same budget."""
 
     enabled: bool = True
-    epochs: Optional[float] = None
+    epochs: Optional[float] = Field(None, gt=0)
     """training length; default: the target task's recipe"""
     attacks: list[str] = ["clean", "fgsm", "pgd20", "cw40", "aa_compact"]
     """labels of the evaluation suite (rcnas.vocab.SUITE)"""
@@ -62,8 +62,8 @@ class ExperimentConfig(StrictModel):
     """the held-out task to fine-tune on (never in meta_tasks)"""
     M: int = Field(5, ge=1)
     """sub-networks sampled per policy update (the original README's --M)"""
-    meta_iterations: int = Field(10, ge=0)
-    finetune_iterations: int = Field(6, ge=0)
+    meta_iterations: int = Field(10, ge=1)
+    finetune_iterations: int = Field(6, ge=1)
     env_runners: int = Field(2, ge=0)
     """parallel env runners (each waits on one evaluation at a time; they hold no CPU reservation)"""
     eval_workers: Optional[int] = Field(None, ge=1)

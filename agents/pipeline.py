@@ -11,6 +11,7 @@ from agents.comparison import final_comparison
 from agents.config import ExperimentConfig, load_experiment, task_path
 from agents.search import SearchOptions, run_search
 from agents.stages import check_layout, module_dir
+from rcnas.data.registry import load_splits
 from rcnas.evaluation.tables import text_table
 from rcnas.infra.cli import RESUME_HINT
 from rcnas.infra.errors import ConfigError
@@ -52,8 +53,11 @@ def run_pipeline(args: argparse.Namespace) -> int:
         raise ConfigError(f"--M {args.M}: the number of sub-networks per policy update must be >= 1")
     out = Path(args.out or f"runs/{exp.name}")
     check_run_folder(out, args.resume)
+    # every dataset the run needs, here and now: a missing one is one line before Ray starts, not minutes later
+    for cfg in {t.config.dataset.model_dump_json(): t.config.dataset for t in [task, *map(load_task, metas)]}.values():
+        load_splits(cfg, args.data_root)
     opts = SearchOptions(out=out, no_tune=args.no_tune, resume=args.resume, from_checkpoint=args.from_checkpoint,
-                         ray_address=args.ray_address, searcher=args.searcher, n=args.n)
+                         ray_address=args.ray_address, searcher=args.searcher, n=args.n, data_root=args.data_root)
     RESUME_HINT.append(" ".join(["python train.py", *sys.argv[1:], *([] if args.resume else ["--resume"])]))
     with run_folder_lock(out):
         return _search_and_evaluate(args, exp, metas, target, task, out, opts)
@@ -78,7 +82,7 @@ def _search_and_evaluate(args: argparse.Namespace, exp: ExperimentConfig, metas:
         from rcnas.space.schema import load_subnet
 
         chosen, _ = load_subnet(summary["yaml"])
-        results = final_comparison(exp, task, chosen, out / "final")
+        results = final_comparison(exp, task, chosen, out / "final", data_root=args.data_root)
         print(text_table(results))
     print(f"\nrun folder: {out} (tensorboard --logdir {out / 'tune'})")
     return 0

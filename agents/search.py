@@ -21,6 +21,7 @@ from agents.stages import check_layout, module_dir, run_stage
 from agents.summary import scored_rows
 from rcnas.distributed.resources import ensure_ray
 from rcnas.distributed.service import RayEvaluator, start_service
+from rcnas.infra.files import write_atomic
 from rcnas.infra.provenance import content_key
 from rcnas.search.searchers import SEARCHERS, run_searcher
 from rcnas.task import load_task, shared_grid
@@ -39,6 +40,8 @@ class SearchOptions:
     target only), or a baseline of ``SEARCHERS``"""
     n: int = 25
     """evaluations a baseline searcher may spend"""
+    data_root: Optional[str] = None
+    """the dataset folder, handed to every evaluation worker (workers do not inherit the driver's environment)"""
 
 
 def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: SearchOptions,
@@ -52,7 +55,7 @@ def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: Searc
     service_name = f"rcnas-eval-{out.name}-{content_key(str(out))[:8]}"
     # 1. the evaluation service: workers pinned to GPUs (or fractional CPUs), the run's store in out/;
     # the handle is held until the end: a named actor lives only as long as a handle to it does
-    service = start_service(out, n_workers=exp.eval_workers, name=service_name)
+    service = start_service(out, n_workers=exp.eval_workers, name=service_name, data_root=opts.data_root)
     client = RayEvaluator(service_name)
     client.stats()
     # task paths are made absolute: Tune runs trials in their own working directories
@@ -98,7 +101,7 @@ def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: Searc
                "yaml": str(yaml_path), "reward": chosen.reward, "val_robust_acc": chosen.robust_acc,
                "macs": chosen.macs, "budget": space.budget, "meta_checkpoint": meta_ckpt,
                "finetune_checkpoint": ft_ckpt, "evaluated": len(rows), "search_seconds": time.perf_counter() - t0}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     log(f"evaluation service: {client.stats()}")
     del service  # held until here: a named actor lives only as long as a handle to it does
     return summary

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from rcnas.evaluation.tables import human  # noqa: E402
 from rcnas.infra.configio import eps_label  # noqa: E402
+from rcnas.infra.files import write_atomic  # noqa: E402
 from rcnas.search.candidates import Candidate, best  # noqa: E402
 from rcnas.space.schema import dump_subnet, from_arch  # noqa: E402
 from rcnas.space.space import CompressionSpace  # noqa: E402
@@ -109,7 +110,7 @@ def write_report(out: Path, task: Task, space: CompressionSpace, rows: list[Cand
     dump_subnet(from_arch(chosen.arch, space.shape.num_classes, teacher=task.teacher.name, task=task.name,
                           metrics={**metrics, "split": "validation", "attack": attack.name,
                                    "epsilon": eps_label(attack.epsilon)}), yaml_path)
-    (out / "chosen_metrics.json").write_text(json.dumps({**chosen.metrics.to_dict(), **metrics,
+    write_atomic(out / "chosen_metrics.json", json.dumps({**chosen.metrics.to_dict(), **metrics,
                                                          "arch": chosen.arch.short()}, indent=2))
     plot_rewards(stages, rows, out / "reward.png")
     plot_candidates(rows, chosen, out / "candidates.png", task)
@@ -129,5 +130,5 @@ def write_report(out: Path, task: Task, space: CompressionSpace, rows: list[Cand
     ]
     lines += [f"| {i + 1} | `{r.arch.short()}` | {r.reward:.4f} | {100 * r.robust_acc:.2f} | "
               f"{human(r.macs)} |" for i, r in enumerate(top)]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    write_atomic(out / "report.md", "\n".join(lines) + "\n")
     return chosen, yaml_path

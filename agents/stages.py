@@ -12,6 +12,7 @@ from ray.rllib.algorithms.ppo import PPO, PPOConfig
 
 from envs import observation
 from rcnas.infra.errors import ConfigError, EvaluationFailed
+from rcnas.infra.files import write_atomic
 
 MODULE_PATH = ("learner_group", "learner", "rl_module", "default_policy")
 LAYOUT_FILE = "rcnas_observation_layout.json"
@@ -24,7 +25,7 @@ def module_dir(checkpoint: str | Path) -> str:
 
 def save_layout(checkpoint: str | Path) -> None:
     """Record the observation layout the checkpoint's policy was trained on, next to its weights."""
-    (Path(checkpoint) / LAYOUT_FILE).write_text(json.dumps(observation.layout(), indent=2))
+    write_atomic(Path(checkpoint) / LAYOUT_FILE, json.dumps(observation.layout(), indent=2))
 
 
 def check_layout(checkpoint: str | Path) -> None:

@@ -24,7 +24,7 @@ class AttackConfig(StrictModel):
     aa (AutoAttack standard) | aa_compact"""
     epsilon: Epsilon
     """perturbation bound with its unit, e.g. "8/255" """
-    steps: int = Field(20, ge=1)
+    steps: int = Field(20, ge=1, le=10_000)
     """iterations (pgd, cw)"""
     step_size: Optional[Epsilon] = None
     """per-step size; default epsilon / 4 (training) or the suite's epsilon / 10"""

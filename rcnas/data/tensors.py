@@ -55,6 +55,11 @@ def split_train_val(pool: TensorData, val_fraction: float, seed: int) -> tuple[T
         val_idx.append(idx[:n_val])
         train_idx.append(idx[n_val:])
     # shuffle across classes so that any prefix (the fixed validation subset) is class-balanced
+    if not sum(len(t) for t in train_idx):
+        from rcnas.infra.errors import ConfigError
+
+        raise ConfigError(f"dataset.val_fraction {val_fraction:g} leaves no training examples of the {len(pool)}; "
+                          "lower it (0.1 is usual)")
     val = torch.cat(val_idx)[torch.randperm(sum(len(v) for v in val_idx), generator=g)]
     train = torch.cat(train_idx)[torch.randperm(sum(len(t) for t in train_idx), generator=g)]
     return pool.subset(train), pool.subset(val)

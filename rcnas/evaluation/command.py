@@ -4,8 +4,10 @@ workers), write ``results.json`` / ``results.md`` and print the table."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +15,11 @@ from typing import Optional
 
 import yaml
 
+from rcnas.data.registry import load_splits
 from rcnas.evaluation.final import EvalJob, FinalResult, evaluate_job
 from rcnas.evaluation.tables import markdown_table, text_table
 from rcnas.infra.errors import ConfigError
+from rcnas.infra.files import write_atomic
 from rcnas.space.arch import ArchSpec, InputShape
 from rcnas.space.cost import arch_cost
 from rcnas.space.schema import SubnetFile, load_subnet
@@ -60,6 +64,42 @@ def check_fits(path: str, arch: ArchSpec, sub: SubnetFile, task: Task) -> None:
                           f"{task.shape.num_classes} classes")
 
 
+def check_checkpoint(path: str, arch: ArchSpec, task: Task) -> None:
+    """The weights load into ``arch`` as safe tensors and match it exactly, or one line says why."""
+    import torch
+
+    from rcnas.models.builder import build_model
+
+    if not Path(path).is_file():
+        raise ConfigError(f"--checkpoint {path}: no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols: the error below says it all
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, not torch's format, or a pickle carrying code
+        # never torch's own advice here: it suggests weights_only=False, which would run the file's code
+        raise ConfigError(f"--checkpoint {path}: not a weights file that loads safely ({type(exc).__name__}: "
+                          "damaged, not a torch state dict, or a pickle holding more than tensors; rcnas never runs "
+                          "code from a checkpoint)") from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"--checkpoint {path}: holds a {type(state).__name__}, not a state dict of weights")
+    try:
+        build_model(arch, task.shape).load_state_dict(state)
+    except RuntimeError as exc:
+        first = " ".join(str(exc).split())
+        raise ConfigError(f"--checkpoint {path}: does not fit {arch.short()}: {first[:300]}") from None
+
+
+def check_values(args: EvaluateArgs) -> None:
+    """The numeric flags, before anything is loaded."""
+    if args.epochs is not None and not (math.isfinite(args.epochs) and args.epochs > 0):
+        raise ConfigError(f"--epochs {args.epochs}: a training length is a positive number of epochs")
+    if args.n_examples is not None and args.n_examples < 1:
+        raise ConfigError(f"--n-examples {args.n_examples}: attack at least one example")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out}: a file, not a folder; pick a folder for the results")
+
+
 def profile(args: EvaluateArgs) -> int:
     shape = load_task(args.task).shape if args.task else InputShape()
     out = []
@@ -85,12 +125,6 @@ def read_results(out: Path) -> list[FinalResult]:
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path}: not a results file of this version ({exc}); move it away or pick another "
                           "--out") from None
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)  # a kill mid-write leaves the previous file, never a truncated one
 
 
 def run_jobs(jobs: list[EvalJob], out: Path, no_ray: bool = False, ray_address: str | None = None,
@@ -129,12 +163,18 @@ def run_jobs(jobs: list[EvalJob], out: Path, no_ray: bool = False, ray_address: 
 
 
 def run_evaluate(args: EvaluateArgs) -> int:
+    attacks = parse_attacks(args.attacks)
+    check_values(args)
     if args.profile:
         return profile(args)
     if not args.task:
         raise ConfigError("--task is required (it gives the dataset, the attack's epsilon and the training recipe)")
     task = load_task(args.task)
-    attacks = parse_attacks(args.attacks)
+    # the data here, once, before any job starts: a missing dataset or too few test examples is one line now
+    test_size = len(load_splits(task.config.dataset, args.data_root).test)
+    if args.n_examples is not None and args.n_examples > test_size:
+        raise ConfigError(f"--n-examples {args.n_examples}: the {task.config.dataset.name} test split has "
+                          f"{test_size}")
     if args.checkpoint and len(args.configs) > 1:
         raise ConfigError("--checkpoint holds the weights of one sub-network: give exactly one config with it")
     out = Path(args.out or f"runs/eval/{time.strftime('%Y%m%d-%H%M%S')}")
@@ -143,6 +183,8 @@ def run_evaluate(args: EvaluateArgs) -> int:
     for path in args.configs:
         arch, sub = load_subnet(path)
         check_fits(path, arch, sub, task)
+        if args.checkpoint:
+            check_checkpoint(args.checkpoint, arch, task)
         macs = arch_cost(arch, task.shape).macs
         if macs > budget:
             log(f"note: {path} has {macs:,} MACs, over the task's budget of {budget:,.0f} (evaluated anyway)")
@@ -152,7 +194,7 @@ def run_evaluate(args: EvaluateArgs) -> int:
     if len(set(names)) != len(names):
         raise ConfigError(f"two configs share a file name ({names}); results are stored by name, rename one")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "task.yaml").write_text(yaml.safe_dump(task.config.model_dump(mode="json"), sort_keys=False))
+    write_atomic(out / "task.yaml", yaml.safe_dump(task.config.model_dump(mode="json"), sort_keys=False))
     results = run_jobs(jobs, out, no_ray=args.no_ray, ray_address=args.ray_address)
     print(text_table(results))
     print(f"\nwritten: {out / 'results.json'}, {out / 'results.md'}")

@@ -6,6 +6,7 @@ unknown key, a wrong type or a bad value becomes a :class:`ConfigError` naming t
 
 from __future__ import annotations
 
+import math
 import re
 from fractions import Fraction
 from pathlib import Path
@@ -22,7 +23,8 @@ M = TypeVar("M", bound=BaseModel)
 class StrictModel(BaseModel):
     """Base of every on-disk config: unknown keys are errors, values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    # NaN and infinities are never a sensible setting (an infinite lr, a NaN budget): refused everywhere
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False)
 
 
 _FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*/\s*([0-9]*\.?[0-9]+)\s*$")
@@ -36,7 +38,10 @@ def parse_epsilon(value: Any) -> float:
     if isinstance(value, str):
         m = _FRACTION.match(value)
         if m and float(m.group(2)) > 0:
-            return float(m.group(1)) / float(m.group(2))
+            eps = float(m.group(1)) / float(m.group(2))
+            if not 0 < eps <= 1:
+                raise ValueError(f"{value!r} = {eps:g} is outside (0, 1]: images are in [0, 1], e.g. \"8/255\"")
+            return eps
     raise ValueError(
         f"{value!r} has no explicit unit: write it as a fraction of the [0, 1] pixel range, e.g. \"8/255\" or \"1/5\""
     )
@@ -49,13 +54,16 @@ _SI = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 
 def parse_count(value: Any) -> float:
     """Read a count such as MACs: a number, or a string with an SI suffix (``"5G"``, ``"1.2M"``)."""
+    count = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
+        count = float(value)
+    elif isinstance(value, str):
         m = re.match(r"^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([KMGT]?)\s*$", value, re.IGNORECASE)
         if m:
-            return float(m.group(1)) * _SI.get(m.group(2).upper(), 1.0)
-    raise ValueError(f"{value!r} is not a count: write a number or e.g. \"5G\" / \"800K\"")
+            count = float(m.group(1)) * _SI.get(m.group(2).upper(), 1.0)
+    if count is None or not math.isfinite(count) or count <= 0:
+        raise ValueError(f"{value!r} is not a positive count: write a number or e.g. \"5G\" / \"800K\"")
+    return count
 
 
 Count = Annotated[float, BeforeValidator(parse_count)]
@@ -78,15 +86,44 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return _read(Path(path), seen=())
 
 
+MAX_BASE_DEPTH = 8
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the last)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def _read(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if path.resolve() in seen:
         raise ConfigError(f"{path}: 'base:' loop through {', '.join(map(str, seen))}")
+    if len(seen) > MAX_BASE_DEPTH:
+        raise ConfigError(f"{path}: more than {MAX_BASE_DEPTH} levels of 'base:'; flatten the chain")
+    if seen and path.suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"{seen[-1]}: base: {path} is not a .yaml file; 'base:' names another config")
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {what}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
     base = data.pop("base", None)

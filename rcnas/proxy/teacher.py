@@ -20,6 +20,7 @@ from rcnas.data.registry import augmentation
 from rcnas.data.tensors import DataSplits
 from rcnas.evaluation.robustness import local_lipschitz, robust_accuracy
 from rcnas.infra.errors import ConfigError
+from rcnas.infra.files import write_atomic
 from rcnas.infra.locks import file_lock
 from rcnas.infra.provenance import content_key, derive_seed
 from rcnas.models.builder import PreActResNet, build_model
@@ -61,7 +62,7 @@ def load_or_train_teacher(task: Task, data: DataSplits, cache: Path, device: tor
             if res.diverged:
                 raise RuntimeError(f"teacher {task.teacher.name} diverged: {res.reason}; lower training.lr")
             # the record first, the weights last: model.pt (swapped in atomically) marks a complete cache entry
-            _write_atomic(folder / "train.json", json.dumps({"seconds": res.seconds, "best_epoch": res.best_epoch,
+            write_atomic(folder / "train.json", json.dumps({"seconds": res.seconds, "best_epoch": res.best_epoch,
                                                              "best_val_robust": res.best_val_robust}))
             torch.save(model.state_dict(), folder / "model.tmp")
             os.replace(folder / "model.tmp", folder / "model.pt")
@@ -72,12 +73,6 @@ def load_or_train_teacher(task: Task, data: DataSplits, cache: Path, device: tor
             raise ConfigError(f"{folder / 'model.pt'}: not a usable checkpoint of {task.teacher.name} "
                               f"({type(exc).__name__}); delete the folder to train the teacher again") from None
     return model.eval(), _train_seconds(folder / "train.json")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _train_seconds(path: Path) -> float:
@@ -105,5 +100,5 @@ def measure_teacher(task: Task, model: PreActResNet, data: DataSplits, cache: Pa
     lips = local_lipschitz(model, val, AttackConfig.suite("pgd20", cfg.attack.epsilon),
                            num_classes=task.shape.num_classes, seed=seed)
     stats = TeacherStats(key, report.clean, report.attacks[0].accuracy, lips, len(val), train_seconds)
-    _write_atomic(path, json.dumps(asdict(stats)))
+    write_atomic(path, json.dumps(asdict(stats)))
     return stats

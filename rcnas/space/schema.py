@@ -17,13 +17,15 @@ from pydantic import Field, create_model, model_validator
 
 from rcnas.infra.configio import StrictModel, read_yaml, validate
 from rcnas.infra.errors import ConfigError
+from rcnas.infra.files import write_atomic
 from rcnas.space.arch import ArchSpec, RobustBlockParams, StageSpec
+from rcnas.space.cost import robust_block_too_narrow
 from rcnas.vocab import ACTIVATION_KINDS, BLOCK_KINDS, NORMALIZATION_KINDS
 
 
 class ModelSection(StrictModel):
     name: Literal["PreActResNet"] = "PreActResNet"
-    num_classes: Optional[int] = None
+    num_classes: Optional[int] = Field(None, ge=1)
     channel_configs: list[int]
     """stem channels, then each stage's planes (16*W1, 32*W2, 64*W3)"""
     depth_configs: list[int]
@@ -34,7 +36,7 @@ class ModelSection(StrictModel):
     kernel_size_configs: list[int]
     drop_rate_config: Optional[list[float]] = None
     zero_init_residual: bool = False
-    stem_stride: int = 1
+    stem_stride: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSection:
@@ -52,6 +54,8 @@ class ModelSection(StrictModel):
             BLOCK_KINDS.get(block)  # raises with the known names
         if min(self.depth_configs + self.channel_configs + self.kernel_size_configs + self.stride_config) < 1:
             raise ValueError("depths, channels, kernel sizes and strides must be >= 1")
+        if any(not 0 <= r < 1 for r in self.drop_rate_config or []):
+            raise ValueError("drop_rate_config: rates are in [0, 1)")
         return self
 
 
@@ -116,12 +120,17 @@ def from_arch(arch: ArchSpec, num_classes: int | None = None, **rcnas: Any) -> S
 def load_subnet(path: str | Path) -> tuple[ArchSpec, SubnetFile]:
     """Read a sub-network YAML (ours or RobustResNet's); raises ConfigError with the file and key on problems."""
     f = validate(SubnetFile, read_yaml(path), str(path))
+    arch = to_arch(f)
+    for i, stage in enumerate(arch.stages):
+        why = BLOCK_KINDS.get(stage.block).robust and robust_block_too_narrow(stage.channels, arch.block_params)
+        if why:
+            raise ConfigError(f"{path}: stage {i + 1}: {why}; widen it or set rcnas.block_params")
     for kind, names, reg in (("activations", f.model.activations, ACTIVATION_KINDS),
                              ("normalizations", f.model.normalizations, NORMALIZATION_KINDS)):
         for n in names:
             if n not in reg:
                 raise ConfigError(f"{path}: model.{kind}: unknown {n!r}; known: {', '.join(reg.names())}")
-    return to_arch(f), f
+    return arch, f
 
 
 def dump_subnet(f: SubnetFile, path: str | Path) -> None:
@@ -129,5 +138,4 @@ def dump_subnet(f: SubnetFile, path: str | Path) -> None:
     data = f.model_dump(exclude_none=True)
     if data.get("rcnas", {}).get("metrics") == {}:
         data["rcnas"].pop("metrics")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
+    write_atomic(path, yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
