@@ -305,3 +305,17 @@ def test_a_rerun_reuses_a_results_file_and_a_damaged_one_is_refused(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps([{"name": "x"}]))
     with pytest.raises(ConfigError, match="not a results file"):
         read_results(tmp_path)
+
+
+@pytest.mark.ray
+def test_a_worker_that_never_answers_ends_in_one_line_not_a_hang(ray_local, tmp_path):
+    from rcnas.distributed.service import RayEvaluator, start_service
+    from rcnas.infra.errors import EvaluationFailed
+
+    # a worker asking for more CPUs than the machine has is never placed: its calls can only time out
+    svc = start_service(tmp_path / "run", n_workers=1, cache_dir=tmp_path / "cache", name="svc-stuck",
+                        cpus_per_worker=64, call_timeout_s=2, max_retries=1)
+    task = tiny_task()
+    with pytest.raises(EvaluationFailed, match="failed on 2 workers in a row"):
+        RayEvaluator("svc-stuck", timeout_s=120).teacher_stats(task)
+    del svc
