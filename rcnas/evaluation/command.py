@@ -9,7 +9,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -136,16 +136,20 @@ def run_jobs(jobs: list[EvalJob], out: Path, no_ray: bool = False, ray_address: 
     rerun into the same folder answers from it); other earlier results there are kept, except those replaced by a
     job of the same name. Returns the results of ``jobs``, in their order.
     """
+    # keys computed here, once: a worker process could see another code version (a file edited meanwhile)
+    keys = {j.name: j.key() for j in jobs}
+    if len(keys) != len(jobs):
+        raise ValueError(f"job names must be unique within one folder: {[j.name for j in jobs]}")
     earlier = read_results(out)
     done = {r.job_key: r for r in earlier if r.job_key}
-    todo = [j for j in jobs if j.key() not in done]
-    names = {j.name for j in jobs}
-    results: list[FinalResult] = [r for r in earlier if r.name not in names]
-    results += [done[j.key()] for j in jobs if j.key() in done]
+    todo = [j for j in jobs if keys[j.name] not in done]
+    results: list[FinalResult] = [r for r in earlier if r.name not in keys]
+    results += [done[keys[j.name]] for j in jobs if keys[j.name] in done]
     if len(todo) < len(jobs):
         log(f"reusing {len(jobs) - len(todo)} finished result(s) from {out / 'results.json'}")
 
     def keep(result: FinalResult) -> None:
+        result = replace(result, job_key=keys[result.name])
         results.append(result)
         write_atomic(out / "results.json", json.dumps([r.to_json() for r in results], indent=2))
         write_atomic(out / "results.md", markdown_table(results))
@@ -158,8 +162,8 @@ def run_jobs(jobs: list[EvalJob], out: Path, no_ray: bool = False, ray_address: 
     else:
         for job in todo:
             keep(evaluate_job(job, log=log))
-    by_key = {r.job_key: r for r in results}
-    return [by_key[j.key()] for j in jobs]
+    by_name = {r.name: r for r in results}
+    return [by_name[j.name] for j in jobs]
 
 
 def run_evaluate(args: EvaluateArgs) -> int:
