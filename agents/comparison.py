@@ -9,9 +9,8 @@ from agents.config import ExperimentConfig
 from rcnas.evaluation.command import run_jobs
 from rcnas.evaluation.final import EvalJob, FinalResult
 from rcnas.evaluation.tables import text_table
-from rcnas.infra.files import write_atomic
+from rcnas.infra.files import cache_root, write_atomic
 from rcnas.proxy.keys import teacher_key
-from rcnas.proxy.teacher import cache_root
 from rcnas.space.arch import ArchSpec
 from rcnas.space.baselines import uniform_shrink
 from rcnas.task import Task

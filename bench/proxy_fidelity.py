@@ -60,9 +60,9 @@ def truth(task: Task, arch: ArchSpec, seed: int) -> float:
 
     from rcnas.data.registry import augmentation, load_splits
     from rcnas.evaluation.robustness import robust_accuracy
+    from rcnas.infra.files import cache_root
     from rcnas.infra.provenance import content_key, derive_seed
     from rcnas.models.builder import build_model
-    from rcnas.proxy.teacher import cache_root
     from rcnas.train import adversarial_train
 
     cfg, shape = task.config, task.shape

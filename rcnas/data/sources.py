@@ -7,6 +7,7 @@ layout; digits from scikit-learn's bundled copy, the offline default. A missing 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,9 @@ import torch
 
 from rcnas.data.tensors import TensorData
 from rcnas.infra.errors import DataNotFoundError
+from rcnas.infra.files import cache_root
+from rcnas.infra.locks import file_lock
+from rcnas.infra.provenance import content_key
 
 HOW_TO_ROOT = "set the data root with --data-root or RCNAS_DATA"
 DIGITS_TEST_SEED = 20240806  # fixed forever: the test split never depends on a run's seed
@@ -75,9 +79,12 @@ def load_cifar100(root: Path, download: bool) -> tuple[TensorData, TensorData]:
 def load_tiny_imagenet(root: Path, download: bool) -> tuple[TensorData, TensorData]:
     """Tiny-ImageNet-200 from its standard layout: ``train/<wnid>/images/*.JPEG`` and ``val/images`` with
     ``val/val_annotations.txt``. The official test labels are unpublished, so its ``val`` is our test split and
-    our validation split is carved from ``train``."""
-    from PIL import Image
+    our validation split is carved from ``train``.
 
+    Decoding 110,000 JPEGs takes minutes and every process that loads the data would pay it: the decoded images are
+    cached once as uint8 arrays (``<cache>/decoded/tiny-imagenet-<key>.npz``, no pickles), keyed by the folder's
+    listing (each file's path, size and modification time), so changed files are decoded again.
+    """
     base = root / "tiny-imagenet-200"
     wnids_file = base / "wnids.txt"
     if not wnids_file.is_file():
@@ -87,25 +94,44 @@ def load_tiny_imagenet(root: Path, download: bool) -> tuple[TensorData, TensorDa
         )
     wnids = wnids_file.read_text().split()
     label = {w: i for i, w in enumerate(wnids)}
-
-    def read(paths: list[Path], labels: list[int]) -> TensorData:
-        if not paths:
-            raise DataNotFoundError(f"tiny-imagenet: no images found under {base}; the layout looks incomplete")
-        x = np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.uint8) for p in paths])
-        return TensorData(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels))
-
-    train_paths, train_labels = [], []
-    for w in wnids:
-        for p in sorted((base / "train" / w / "images").glob("*.JPEG")):
-            train_paths.append(p)
-            train_labels.append(label[w])
-    val_paths, val_labels = [], []
     annotations = base / "val" / "val_annotations.txt"
     if not annotations.is_file():
         raise DataNotFoundError(f"tiny-imagenet: {annotations} not found; the unzipped folder looks incomplete")
-    for line in annotations.read_text().splitlines():
-        parts = line.split("\t")
-        if len(parts) >= 2:
-            val_paths.append(base / "val" / "images" / parts[0])
-            val_labels.append(label[parts[1]])
-    return read(train_paths, train_labels), read(val_paths, val_labels)
+    train = [(p, label[w]) for w in wnids for p in sorted((base / "train" / w / "images").glob("*.JPEG"))]
+    val = [(base / "val" / "images" / parts[0], label[parts[1]])
+           for parts in (line.split("\t") for line in annotations.read_text().splitlines()) if len(parts) >= 2]
+    for name, items in (("train", train), ("val", val)):
+        if not items:
+            raise DataNotFoundError(f"tiny-imagenet: no {name} images found under {base}; the layout looks "
+                                    "incomplete")
+    listing = [(str(p.relative_to(base)), *_stat(p), y) for p, y in train + val]
+    cache = cache_root() / "decoded" / f"tiny-imagenet-{content_key([wnids, listing])}.npz"
+    with file_lock(cache.with_suffix(".lock")):  # one process decodes, the others wait and read its arrays
+        if not cache.is_file():
+            arrays = {"x_train": _decode([p for p, _ in train]), "y_train": np.array([y for _, y in train]),
+                      "x_test": _decode([p for p, _ in val]), "y_test": np.array([y for _, y in val])}
+            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp.npz")
+            np.savez(tmp, **arrays)
+            os.replace(tmp, cache)
+        with np.load(cache, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+
+    def tensors(x: np.ndarray, y: np.ndarray) -> TensorData:
+        return TensorData(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y).long())
+
+    return tensors(arrays["x_train"], arrays["y_train"]), tensors(arrays["x_test"], arrays["y_test"])
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        raise DataNotFoundError(f"tiny-imagenet: {path} is listed but missing; the folder looks incomplete") from None
+    return st.st_size, st.st_mtime_ns
+
+
+def _decode(paths: list[Path]) -> np.ndarray:
+    """The images as one uint8 array (N, H, W, 3)."""
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.uint8) for p in paths])

@@ -195,7 +195,7 @@ def start_service(run_dir: str | Path, n_workers: Optional[int] = None, cache_di
     Args:
         n_workers: evaluation workers; default one per GPU, or one per CPU when there are none.
     """
-    from rcnas.proxy.teacher import cache_root
+    from rcnas.infra.files import cache_root
 
     if n_workers is None:
         gpus = cluster_gpus()

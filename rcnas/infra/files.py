@@ -1,9 +1,17 @@
-"""Result files written whole or not at all."""
+"""Result files written whole or not at all, and where rcnas caches what it computes once."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+CACHE_ENV = "RCNAS_CACHE"
+
+
+def cache_root(override: str | Path | None = None) -> Path:
+    """The cache folder: ``override`` (a flag), else ``$RCNAS_CACHE``, else ``./runs/cache``. It holds trained
+    teachers and their statistics and decoded datasets; share it between nodes to compute each once."""
+    return Path(override or os.environ.get(CACHE_ENV) or "runs/cache")
 
 
 def write_atomic(path: str | Path, text: str) -> None:

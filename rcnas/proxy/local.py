@@ -11,13 +11,14 @@ import torch
 from rcnas.data.registry import load_splits
 from rcnas.data.tensors import DataSplits
 from rcnas.infra.devices import pick_device
+from rcnas.infra.files import cache_root
 from rcnas.infra.provenance import content_key
 from rcnas.models.builder import PreActResNet
 from rcnas.proxy.candidate import proxy_evaluate
 from rcnas.proxy.keys import store_fidelity, task_key, teacher_key
 from rcnas.proxy.records import EvalKey, Evaluation, ProxyMetrics, TeacherStats
 from rcnas.proxy.store import EvaluationStore
-from rcnas.proxy.teacher import cache_root, load_or_train_teacher, measure_teacher
+from rcnas.proxy.teacher import load_or_train_teacher, measure_teacher
 from rcnas.space.arch import ArchSpec
 from rcnas.task import Task
 

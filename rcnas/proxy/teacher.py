@@ -30,12 +30,6 @@ from rcnas.task import Task
 from rcnas.train import LOSSES, adversarial_train
 from rcnas.train.sandwich import sandwich_objective
 
-CACHE_ENV = "RCNAS_CACHE"
-
-
-def cache_root(override: str | Path | None = None) -> Path:
-    return Path(override or os.environ.get(CACHE_ENV) or "runs/cache")
-
 
 def load_or_train_teacher(task: Task, data: DataSplits, cache: Path, device: torch.device,
                           log: Callable[[str], None] = print) -> tuple[PreActResNet, float]:
