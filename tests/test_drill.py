@@ -15,22 +15,10 @@ import yaml
 from rcnas.infra.errors import ConfigError
 from rcnas.task import load_task
 from tests.conftest import ROOT, run_script, tiny_task
+from tests.test_config import GOOD, write
 
-GOOD = """
-name: t
-dataset: {name: digits}
-teacher: tiny-444
-attack: {name: pgd, epsilon: "1/5"}
-budget: {ratio: 0.5}
-"""
 TASK = "configs/tasks/digits-cw-e20-t444-r30.yaml"
 SUB = "configs/subnets/digits/tiny-444-half.yaml"
-
-
-def write(tmp_path, text, name="task.yaml"):
-    p = tmp_path / name
-    p.write_text(text)
-    return p
 
 
 @pytest.mark.parametrize("change, fragment", [
