@@ -77,7 +77,7 @@ def check_checkpoint(path: str, arch: ArchSpec, task: Task) -> None:
             warnings.simplefilter("ignore")  # torch's notes on pickle protocols: the error below says it all
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated, not torch's format, or a pickle carrying code
-        # never torch's own advice here: it suggests weights_only=False, which would run the file's code
+        # never torch's own advice here: it suggests turning weights_only off, which would run the file's code
         raise ConfigError(f"--checkpoint {path}: not a weights file that loads safely ({type(exc).__name__}: "
                           "damaged, not a torch state dict, or a pickle holding more than tensors; rcnas never runs "
                           "code from a checkpoint)") from None
