@@ -1,13 +1,14 @@
 """Readers for each dataset's files, returning (training pool, test split) as tensors.
 
-CIFAR comes through torchvision (which checks each batch file's md5); Tiny-ImageNet from its standard folder
-layout; digits from scikit-learn's bundled copy, the offline default. A missing dataset is one
+CIFAR from its python-format batches (read with a restricted unpickler: arrays and lists only); Tiny-ImageNet from its
+standard folder layout; digits from scikit-learn's bundled copy, the offline default. A missing dataset is one
 :class:`DataNotFoundError` line saying which dataset, where we looked, and how to get it.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -41,39 +42,72 @@ def load_digits(root: Path, download: bool) -> tuple[TensorData, TensorData]:
     return TensorData(x, y).subset(torch.cat(pool_idx)), TensorData(x, y).subset(torch.cat(test_idx))
 
 
-def _cifar(cls_name: str, folder: str, root: Path, download: bool) -> tuple[TensorData, TensorData]:
-    import torchvision
+class _ArrayUnpickler(pickle.Unpickler):
+    """Reads CIFAR's python-format batches (pickled dicts of numpy arrays and lists) and nothing else: any other
+    class in the file is refused, so a planted batch file cannot run code."""
 
-    cls = getattr(torchvision.datasets, cls_name)
-    where = root / cls_name.lower()
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR batch file")
+        if module == "numpy.core.multiarray":
+            module = "numpy._core.multiarray" if hasattr(np, "_core") else module
+        return super().find_class(module, name)
+
+
+def _read_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     try:
-        train = cls(str(where), train=True, download=download)
-        test = cls(str(where), train=False, download=download)
-    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
-        raise DataNotFoundError(
-            f"{cls_name.lower()}: {folder}/ not found or corrupted under {where} ({exc}); download it with "
-            f"`dataset.download: true` on a machine with a network, or copy the extracted {folder}/ there; "
-            f"{HOW_TO_ROOT}"
-        ) from None
-    except OSError as exc:  # URLError and socket errors: no network
-        raise DataNotFoundError(
-            f"{cls_name.lower()}: download into {where} failed ({exc}); this machine has no network: copy the "
-            f"extracted {folder}/ there from elsewhere; {HOW_TO_ROOT}"
-        ) from None
+        with open(path, "rb") as f:
+            batch = _ArrayUnpickler(f, encoding="bytes").load()
+        x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        y = np.asarray(batch[label_key], dtype=np.int64)
+    except (OSError, pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError) as exc:
+        raise DataNotFoundError(f"{path}: not a readable CIFAR batch ({type(exc).__name__}: {exc}); replace the "
+                                f"folder with the extracted original; {HOW_TO_ROOT}") from None
+    if len(x) != len(y):
+        raise DataNotFoundError(f"{path}: {len(x)} images but {len(y)} labels; the file is damaged")
+    return x, y
 
-    def tensors(ds: object) -> TensorData:
-        x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()  # type: ignore[attr-defined]
-        return TensorData(x, torch.as_tensor(ds.targets, dtype=torch.long))  # type: ignore[attr-defined]
 
-    return tensors(train), tensors(test)
+def _cifar(name: str, folder: str, train_files: list[str], test_files: list[str], label_key: bytes, root: Path,
+           download: bool) -> tuple[TensorData, TensorData]:
+    """CIFAR in its python format, found at ``<root>/<folder>`` (torchvision's and RobustBench's layout) or at
+    ``<root>/<name>/<folder>``. Read with a restricted unpickler instead of torchvision's dataset class, which
+    would unpickle whatever it finds once its md5 check passes, and could not read any file but the originals."""
+    where = next((d for d in (root / folder, root / name / folder) if d.is_dir()), None)
+    if where is None and download:
+        import torchvision
+
+        try:  # torchvision downloads and checks the archive's md5
+            getattr(torchvision.datasets, name.upper())(str(root / name), train=True, download=True)
+        except (OSError, RuntimeError) as exc:
+            raise DataNotFoundError(
+                f"{name}: download into {root / name} failed ({exc}); with no network, copy the extracted "
+                f"{folder}/ to {root} instead; {HOW_TO_ROOT}") from None
+        where = root / name / folder
+    if where is None:
+        raise DataNotFoundError(
+            f"{name}: {folder}/ not found under {root} (looked in {root / folder} and {root / name / folder}); "
+            f"download it with `dataset.download: true` on a machine with a network, or copy the extracted "
+            f"{folder}/ there; {HOW_TO_ROOT}")
+
+    def read(files: list[str]) -> TensorData:
+        parts = [_read_batch(where / f, label_key) for f in files]
+        x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return TensorData(torch.from_numpy(x).contiguous(), torch.from_numpy(y))
+
+    return read(train_files), read(test_files)
 
 
 def load_cifar10(root: Path, download: bool) -> tuple[TensorData, TensorData]:
-    return _cifar("CIFAR10", "cifar-10-batches-py", root, download)
+    return _cifar("cifar10", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+                  b"labels", root, download)
 
 
 def load_cifar100(root: Path, download: bool) -> tuple[TensorData, TensorData]:
-    return _cifar("CIFAR100", "cifar-100-python", root, download)
+    return _cifar("cifar100", "cifar-100-python", ["train"], ["test"], b"fine_labels", root, download)
 
 
 def load_tiny_imagenet(root: Path, download: bool) -> tuple[TensorData, TensorData]:

@@ -46,3 +46,34 @@ def write_tiny_imagenet(root: Path, classes: int = 4, train_per_class: int = 16,
             annotations.append(f"{name}\t{wnid}\t0\t0\t63\t63")
     (base / "val" / "val_annotations.txt").write_text("\n".join(annotations) + "\n")
     return base
+
+
+def write_cifar10(root: Path, train_per_class: int = 20, test_per_class: int = 8, classes: int = 10,
+                  seed: int = 0) -> Path:
+    """``root/cifar-10-batches-py`` in CIFAR-10's python format (torchvision's and RobustBench's layout):
+    ``data_batch_1..5`` and ``test_batch``, pickled dicts with ``data`` (N x 3072 uint8: the R, G, B planes) and
+    ``labels``, plus ``batches.meta``. Only the md5 sums differ from the real files'."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True, exist_ok=True)
+
+    def batch(per_class: int) -> tuple[np.ndarray, list[int]]:
+        images = np.concatenate([class_images(per_class, c, 32, rng) for c in range(classes)])
+        labels = [c for c in range(classes) for _ in range(per_class)]
+        order = rng.permutation(len(labels))
+        return images[order].transpose(0, 3, 1, 2).reshape(len(labels), -1), [labels[i] for i in order]
+
+    train_x, train_y = batch(train_per_class)
+    for i, part in enumerate(np.array_split(np.arange(len(train_y)), 5), start=1):
+        payload = {b"batch_label": f"training batch {i} of 5".encode(), b"data": train_x[part],
+                   b"labels": [train_y[j] for j in part]}
+        (base / f"data_batch_{i}").write_bytes(pickle.dumps(payload, protocol=2))
+    test_x, test_y = batch(test_per_class)
+    (base / "test_batch").write_bytes(pickle.dumps({b"batch_label": b"testing batch 1 of 1", b"data": test_x,
+                                                    b"labels": test_y}, protocol=2))
+    names = [f"class{c}".encode() for c in range(10)]
+    (base / "batches.meta").write_bytes(pickle.dumps({b"label_names": names, b"num_cases_per_batch": 10000},
+                                                     protocol=2))
+    return base
