@@ -20,9 +20,10 @@ def final_comparison(exp: ExperimentConfig, task: Task, chosen: ArchSpec, out: P
                      data_root: str | None = None) -> list[FinalResult]:
     fe = exp.final_eval
     attacks = tuple(fe.attacks)
-    # the teacher was trained with exactly this recipe and seed for the search: reuse its weights
+    # the teacher was imported, or trained with exactly this recipe and seed for the search: reuse its weights
     cached = cache_root().resolve() / "teachers" / teacher_key(task.config) / "model.pt"
-    reuse = fe.epochs is None and cached.is_file() and exp.seed == task.config.training.seed
+    reuse = cached.is_file() and (task.config.teacher_weights is not None
+                                  or (fe.epochs is None and exp.seed == task.config.training.seed))
     jobs = [
         EvalJob("rl-chosen", chosen, task, attacks, str(out), fe.epochs, None, fe.n_examples, exp.seed, data_root),
         EvalJob("uniform-shrink", uniform_shrink(task.space), task, attacks, str(out), fe.epochs, None,

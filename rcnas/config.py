@@ -155,6 +155,17 @@ class RewardConfig(StrictModel):
     """reward of a failed evaluation (NaN loss, exception)"""
 
 
+class TeacherWeights(StrictModel):
+    """Trained weights for the task's teacher: the teacher is loaded from them, never trained."""
+
+    path: str
+    """a weights file (a state dict saved with ``torch.save``); relative paths are relative to the task file"""
+    format: Literal["rcnas"] = "rcnas"
+    """the state dict's naming: ``rcnas`` (a ``PreActResNet`` of this project, e.g. a cached teacher's model.pt)"""
+    sha256: Optional[str] = None
+    """the file's content hash; filled in when the task is resolved, and checked when given"""
+
+
 class TaskConfig(StrictModel):
     """One task setting."""
 
@@ -162,6 +173,8 @@ class TaskConfig(StrictModel):
     dataset: DatasetConfig
     teacher: str
     """a registered teacher (``rcnas.models.teachers``); checked when the task is resolved"""
+    teacher_weights: Optional[TeacherWeights] = None
+    """load the teacher from these weights instead of adversarially training it with ``training``"""
     attack: AttackConfig
     """the attack under which sub-networks are scored"""
     budget: BudgetConfig

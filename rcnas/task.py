@@ -8,11 +8,12 @@ each other up, and everything downstream (environment, evaluators, searchers, fi
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from rcnas.config import TaskConfig
+from rcnas.config import TaskConfig, TeacherWeights
 from rcnas.data.registry import DATASETS
 from rcnas.infra.configio import load_config
 from rcnas.infra.errors import ConfigError
@@ -79,6 +80,8 @@ def resolve_task(config: TaskConfig, where: str | None = None) -> Task:
     if foreign and config.proxy.epochs == 0:
         raise ConfigError(f"{where}: blocks: {foreign} are not {teacher.name}'s own: a stage switched to them starts "
                           "untrained, so proxy.epochs must be > 0 (e.g. 2)")
+    if config.teacher_weights is not None:
+        config = config.model_copy(update={"teacher_weights": _weights(config, source)})
     teacher_macs = arch_cost(teacher.arch, shape).macs
     b = config.budget
     budget = float(b.macs) if b.macs is not None else float(b.ratio or 0) * teacher_macs
@@ -90,6 +93,25 @@ def resolve_task(config: TaskConfig, where: str | None = None) -> Task:
             f"{task.space.min_macs / teacher_macs:.3f} of the teacher); raise the budget"
         )
     return task
+
+
+def _weights(config: TaskConfig, source: str) -> TeacherWeights:
+    """The teacher's weights file, resolved next to the task file and hashed (the teacher cache is keyed by it)."""
+    w = config.teacher_weights
+    assert w is not None
+    path = Path(w.path).expanduser()
+    if not path.is_absolute() and source:
+        path = Path(source).parent / path
+    if not path.is_file():
+        raise ConfigError(f"{source or config.name}: teacher_weights.path: {path} is not a file")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    if w.sha256 is not None and w.sha256 != digest.hexdigest():
+        raise ConfigError(f"{source or config.name}: teacher_weights.sha256: {path} has sha256 {digest.hexdigest()}, "
+                          f"not {w.sha256}; the file changed")
+    return w.model_copy(update={"path": str(path.resolve()), "sha256": digest.hexdigest()})
 
 
 def load_task(path: str | Path) -> Task:

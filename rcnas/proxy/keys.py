@@ -13,6 +13,8 @@ def teacher_key(task: TaskConfig) -> str:
     what = {"dataset": task.dataset.model_dump(), "teacher": task.teacher, "training": task.training.model_dump()}
     if task.proxy.supernet != "plain":  # only then: plain teachers keep the keys (and caches) they always had
         what["supernet"] = [task.proxy.supernet, task.proxy.sandwich_random]
+    if task.teacher_weights is not None:  # imported: the weights' content, not where the file lies
+        what["weights"] = [task.teacher_weights.format, task.teacher_weights.sha256]
     return content_key(what)
 
 

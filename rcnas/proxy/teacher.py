@@ -45,19 +45,10 @@ def load_or_train_teacher(task: Task, data: DataSplits, cache: Path, device: tor
         torch.manual_seed(cfg.training.seed)
         model = build_model(task.teacher.arch, task.shape).to(device)
         if not (folder / "model.pt").is_file():
-            sandwich = cfg.proxy.supernet == "sandwich"
-            log(f"training teacher {task.teacher.name} on {cfg.dataset.name} ({cfg.training.epochs:g} epochs, "
-                f"{cfg.training.loss}{', sandwich rule' if sandwich else ''}); cached as {folder}")
-            objective = (sandwich_objective(model, task.teacher, LOSSES.get(cfg.training.loss),
-                                            cfg.proxy.sandwich_random) if sandwich else None)
-            res = adversarial_train(model, data, cfg.training, num_classes=task.shape.num_classes,
-                                    **augmentation(cfg.dataset), checkpoint=folder / "train_state.pt",
-                                    objective=objective)
-            if res.diverged:
-                raise RuntimeError(f"teacher {task.teacher.name} diverged: {res.reason}; lower training.lr")
+            record = (_import_weights(task, model, log) if cfg.teacher_weights is not None
+                      else _train(task, model, data, folder, log))
             # the record first, the weights last: model.pt (swapped in atomically) marks a complete cache entry
-            write_atomic(folder / "train.json", json.dumps({"seconds": res.seconds, "best_epoch": res.best_epoch,
-                                                             "best_val_robust": res.best_val_robust}))
+            write_atomic(folder / "train.json", json.dumps(record))
             torch.save(model.state_dict(), folder / "model.tmp")
             os.replace(folder / "model.tmp", folder / "model.pt")
             (folder / "train_state.pt").unlink(missing_ok=True)
@@ -67,6 +58,47 @@ def load_or_train_teacher(task: Task, data: DataSplits, cache: Path, device: tor
             raise ConfigError(f"{folder / 'model.pt'}: not a usable checkpoint of {task.teacher.name} "
                               f"({type(exc).__name__}); delete the folder to train the teacher again") from None
     return model.eval(), _train_seconds(folder / "train.json")
+
+
+def _train(task: Task, model: PreActResNet, data: DataSplits, folder: Path, log: Callable[[str], None],
+           ) -> dict[str, float]:
+    """Adversarially train the teacher with the task's recipe (resumable from ``folder/train_state.pt``)."""
+    cfg = task.config
+    sandwich = cfg.proxy.supernet == "sandwich"
+    log(f"training teacher {task.teacher.name} on {cfg.dataset.name} ({cfg.training.epochs:g} epochs, "
+        f"{cfg.training.loss}{', sandwich rule' if sandwich else ''}); cached as {folder}")
+    objective = (sandwich_objective(model, task.teacher, LOSSES.get(cfg.training.loss),
+                                    cfg.proxy.sandwich_random) if sandwich else None)
+    res = adversarial_train(model, data, cfg.training, num_classes=task.shape.num_classes,
+                            **augmentation(cfg.dataset), checkpoint=folder / "train_state.pt", objective=objective)
+    if res.diverged:
+        raise RuntimeError(f"teacher {task.teacher.name} diverged: {res.reason}; lower training.lr")
+    return {"seconds": res.seconds, "best_epoch": res.best_epoch, "best_val_robust": res.best_val_robust}
+
+
+def _import_weights(task: Task, model: PreActResNet, log: Callable[[str], None]) -> dict[str, object]:
+    """Load the task's ``teacher_weights`` into ``model``: safe tensors only, every tensor used, every shape
+    checked; a mismatch is one line naming the file and the first bad key."""
+    w = task.config.teacher_weights
+    assert w is not None
+    log(f"importing teacher {task.teacher.name} from {w.path} (not trained)")
+    try:
+        state = torch.load(w.path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - damaged, not torch's format, or a pickle holding more than tensors
+        raise ConfigError(f"{w.path}: not a weights file that loads safely ({type(exc).__name__}); rcnas never runs "
+                          "code from a checkpoint") from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"{w.path}: holds a {type(state).__name__}, not a state dict")
+    own = model.state_dict()
+    for key in sorted(set(own) | set(state)):
+        if key not in state or key not in own:
+            where = "missing from the file" if key not in state else f"not a tensor of {task.teacher.name}"
+            raise ConfigError(f"{w.path}: {key!r} is {where}; is it a {w.format} checkpoint of {task.teacher.name}?")
+        if tuple(state[key].shape) != tuple(own[key].shape):
+            raise ConfigError(f"{w.path}: {key!r} has shape {tuple(state[key].shape)}, {task.teacher.name} needs "
+                              f"{tuple(own[key].shape)}")
+    model.load_state_dict(state)
+    return {"seconds": 0.0, "imported": w.path, "sha256": w.sha256, "format": w.format}
 
 
 def _train_seconds(path: Path) -> float:
