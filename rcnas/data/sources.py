@@ -57,13 +57,15 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _read_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+def _read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
-            batch = _ArrayUnpickler(f, encoding="bytes").load()
-        x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            # latin1, as torchvision reads them: the originals are Python 2 pickles of numpy arrays
+            raw = _ArrayUnpickler(f, encoding="latin1").load()
+        batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in raw.items()}
+        x = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         y = np.asarray(batch[label_key], dtype=np.int64)
-    except (OSError, pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError) as exc:
+    except (OSError, pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError, AttributeError) as exc:
         raise DataNotFoundError(f"{path}: not a readable CIFAR batch ({type(exc).__name__}: {exc}); replace the "
                                 f"folder with the extracted original; {HOW_TO_ROOT}") from None
     if len(x) != len(y):
@@ -71,7 +73,7 @@ def _read_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _cifar(name: str, folder: str, train_files: list[str], test_files: list[str], label_key: bytes, root: Path,
+def _cifar(name: str, folder: str, train_files: list[str], test_files: list[str], label_key: str, root: Path,
            download: bool) -> tuple[TensorData, TensorData]:
     """CIFAR in its python format, found at ``<root>/<folder>`` (torchvision's and RobustBench's layout) or at
     ``<root>/<name>/<folder>``. Read with a restricted unpickler instead of torchvision's dataset class, which
@@ -103,11 +105,11 @@ def _cifar(name: str, folder: str, train_files: list[str], test_files: list[str]
 
 def load_cifar10(root: Path, download: bool) -> tuple[TensorData, TensorData]:
     return _cifar("cifar10", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
-                  b"labels", root, download)
+                  "labels", root, download)
 
 
 def load_cifar100(root: Path, download: bool) -> tuple[TensorData, TensorData]:
-    return _cifar("cifar100", "cifar-100-python", ["train"], ["test"], b"fine_labels", root, download)
+    return _cifar("cifar100", "cifar-100-python", ["train"], ["test"], "fine_labels", root, download)
 
 
 def load_tiny_imagenet(root: Path, download: bool) -> tuple[TensorData, TensorData]:
