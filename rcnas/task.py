@@ -25,7 +25,7 @@ from rcnas.space.space import ActionGrid, CompressionSpace
 
 @dataclass(frozen=True, eq=False)
 class Task:
-    """One task setting, resolved. Picklable (it crosses Ray process boundaries); the space is rebuilt lazily."""
+    """One task setting, resolved. Picklable (it crosses Ray process boundaries; the space pickles as its arguments)."""
 
     config: TaskConfig
     teacher: TeacherSpec
@@ -55,9 +55,6 @@ class Task:
     def replace(self, **update: object) -> Task:
         """This task with top-level config fields replaced (e.g. ``proxy=...``), resolved again."""
         return resolve_task(self.config.model_copy(update=update), self.source or None)
-
-    def __getstate__(self) -> dict[str, object]:
-        return {k: v for k, v in self.__dict__.items() if k != "space"}  # rebuilt on demand, caches and all
 
 
 def resolve_task(config: TaskConfig, where: str | None = None) -> Task:

@@ -92,3 +92,22 @@ def randomise_bn_statistics(model):
             elif "running_mean" in name:
                 buf.copy_(torch.randn(buf.shape, generator=g) * 0.1)
     return model
+
+
+def search_then_evaluate(experiment: str, target_task: str, data_root, tmp_path, env: dict) -> tuple[dict, list, dict]:
+    """A dataset path end to end, as a user runs it: train.py on ``experiment`` with ``--data-root``, then
+    evaluate.py on the sub-network it chose. Returns (summary.json, final/results.json, evaluate.py's result)."""
+    import json
+
+    run = tmp_path / "run"
+    proc = run_script("train.py", "--experiment", experiment, "--data-root", str(data_root), "--out", str(run),
+                      env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["macs"] <= summary["budget"]
+    proc = run_script("evaluate.py", summary["yaml"], "--task", target_task, "--data-root", str(data_root),
+                      "--epochs", "0.3", "--n-examples", "16", "--attacks", "clean,pgd20", "--no-ray",
+                      "--out", str(tmp_path / "eval"), env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = json.loads((tmp_path / "eval" / "results.json").read_text())
+    return summary, json.loads((run / "final" / "results.json").read_text()), result

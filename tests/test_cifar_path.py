@@ -3,7 +3,6 @@ that would run code is refused, and train.py (data root handed to every worker) 
 
 from __future__ import annotations
 
-import json
 import pickle
 
 import pytest
@@ -13,7 +12,7 @@ from rcnas.config import DatasetConfig
 from rcnas.data.registry import load_splits
 from rcnas.data.synthetic import write_cifar10
 from rcnas.infra.errors import DataNotFoundError
-from tests.conftest import run_script
+from tests.conftest import search_then_evaluate
 
 
 @pytest.fixture(scope="module")
@@ -54,20 +53,11 @@ def test_a_batch_file_that_would_run_code_is_refused(cifar_root, tmp_path):
 
 
 def test_search_and_evaluation_run_on_cifar10(cifar_root, tmp_path):
-    env = {"RCNAS_CACHE": str(tmp_path / "cache"), "RCNAS_DATA": str(tmp_path / "nothing-here")}
-    run = tmp_path / "run"
     # the data root only on the command line (RCNAS_DATA points elsewhere): the workers must be handed it
-    proc = run_script("train.py", "--experiment", "configs/experiments/cifar10-smoke.yaml", "--data-root",
-                      str(cifar_root), "--out", str(run), env=env, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["target"] == "smoke-c10-target" and summary["macs"] <= summary["budget"]
-    assert "CIFAR10" in summary["yaml"]
-    final = json.loads((run / "final" / "results.json").read_text())
+    env = {"RCNAS_CACHE": str(tmp_path / "cache"), "RCNAS_DATA": str(tmp_path / "nothing-here")}
+    summary, final, result = search_then_evaluate("configs/experiments/cifar10-smoke.yaml",
+                                                  "configs/tasks/smoke-cifar10/smoke-c10-target.yaml", cifar_root,
+                                                  tmp_path, env)
+    assert summary["target"] == "smoke-c10-target" and "CIFAR10" in summary["yaml"]
     assert {r["dataset"] for r in final} == {"cifar10"} and all(r["n_examples"] == 16 for r in final)
-    proc = run_script("evaluate.py", summary["yaml"], "--task", "configs/tasks/smoke-cifar10/smoke-c10-target.yaml",
-                      "--data-root", str(cifar_root), "--epochs", "0.3", "--n-examples", "16", "--attacks",
-                      "clean,pgd20", "--no-ray", "--out", str(tmp_path / "eval"), env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (result,) = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert result["dataset"] == "cifar10" and result["split"] == "test" and result["n_examples"] == 16

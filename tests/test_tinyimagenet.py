@@ -3,13 +3,12 @@ train.py and evaluate.py on the chosen sub-network."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
 
 from rcnas.data.synthetic import write_tiny_imagenet
-from tests.conftest import run_script
+from tests.conftest import search_then_evaluate
 
 
 @pytest.fixture(scope="module")
@@ -39,20 +38,9 @@ def test_the_real_layout_loads_and_is_decoded_once(tiny_root, tmp_path, monkeypa
 
 
 def test_search_and_evaluation_run_on_tiny_imagenet(tiny_root, tmp_path):
-    env = {"RCNAS_CACHE": str(tmp_path / "cache")}
-    run = tmp_path / "run"
-    proc = run_script("train.py", "--experiment", "configs/experiments/tinyimagenet-smoke.yaml", "--data-root",
-                      str(tiny_root), "--out", str(run), env=env, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["target"] == "smoke-ti-target" and summary["macs"] <= summary["budget"]
-    assert "TinyImageNet" in summary["yaml"]
-    final = json.loads((run / "final" / "results.json").read_text())
+    summary, final, result = search_then_evaluate("configs/experiments/tinyimagenet-smoke.yaml",
+                                                  "configs/tasks/smoke-tinyimagenet/smoke-ti-target.yaml", tiny_root,
+                                                  tmp_path, {"RCNAS_CACHE": str(tmp_path / "cache")})
+    assert summary["target"] == "smoke-ti-target" and "TinyImageNet" in summary["yaml"]
     assert {r["dataset"] for r in final} == {"tiny-imagenet"} and all(r["n_examples"] == 16 for r in final)
-    proc = run_script("evaluate.py", summary["yaml"], "--task",
-                      "configs/tasks/smoke-tinyimagenet/smoke-ti-target.yaml", "--data-root", str(tiny_root),
-                      "--epochs", "0.3", "--n-examples", "16", "--attacks", "clean,pgd20", "--no-ray",
-                      "--out", str(tmp_path / "eval"), env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (result,) = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert result["split"] == "test" and result["n_examples"] == 16 and 0 <= result["clean"] <= 1

@@ -21,7 +21,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rcnas.distributed.resources import cluster_gpus
 from rcnas.infra.errors import EvaluationFailed, RcnasError
-from rcnas.proxy.keys import store_fidelity, task_key, teacher_key
+from rcnas.proxy.keys import stats_key, store_fidelity, task_key, teacher_key
 from rcnas.proxy.local import ProxyRunner, eval_key
 from rcnas.proxy.records import Evaluation, ProxyMetrics, TeacherStats
 from rcnas.proxy.store import EvaluationStore
@@ -124,7 +124,7 @@ class EvaluationService:
 
     async def teacher_stats(self, task: Task) -> TeacherStats:
         cfg = task.config
-        key = teacher_key(cfg) + cfg.attack.model_dump_json() + str(cfg.proxy.val_examples)
+        key = teacher_key(cfg) + stats_key(cfg)
         if key not in self.teachers:
             what = f"teacher {task.teacher.name} of task {task.name}"
             self.teachers[key] = asyncio.ensure_future(self._on_worker(what, "teacher_stats", task))

@@ -29,7 +29,7 @@ from rcnas.models.builder import build_model
 from rcnas.space.arch import ArchSpec
 from rcnas.space.cost import arch_cost
 from rcnas.task import Task
-from rcnas.train import adversarial_train
+from rcnas.train import adversarial_train, save_atomic
 
 
 @dataclass(frozen=True)
@@ -122,8 +122,7 @@ def _train_or_load(job: EvalJob, model: nn.Module, data: DataSplits, out: Path, 
     if res.diverged:
         log(f"[{job.name}] training diverged: {res.reason}; evaluating the best checkpoint kept (epoch "
             f"{res.best_epoch})")
-    torch.save(model.state_dict(), out / "model.tmp")
-    (out / "model.tmp").replace(out / "model.pt")  # never a truncated model.pt
+    save_atomic(model.state_dict(), out / "model.pt")
     return {"epochs": res.epochs_run, "best_epoch": res.best_epoch, "best_val_robust": res.best_val_robust,
             "seconds": round(res.seconds, 1), "diverged": res.diverged, "loss": recipe.loss}
 

@@ -26,6 +26,11 @@ def task_key(task: TaskConfig) -> str:
     return content_key({"teacher": teacher_key(task), "attack": task.attack.model_dump()})
 
 
+def stats_key(task: TaskConfig) -> str:
+    """What a teacher's measurement depends on besides the teacher: the task's attack and the validation subset."""
+    return content_key([task.attack.model_dump(), task.proxy.val_examples])
+
+
 PROXY_VERSION = 1
 """bump when a change to the scoring code changes what a proxy evaluation returns: stores then recompute"""
 

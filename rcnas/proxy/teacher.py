@@ -8,7 +8,6 @@ it is trained once; a killed training resumes from its checkpoint.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -22,12 +21,12 @@ from rcnas.evaluation.robustness import local_lipschitz, robust_accuracy
 from rcnas.infra.errors import ConfigError
 from rcnas.infra.files import write_atomic
 from rcnas.infra.locks import file_lock
-from rcnas.infra.provenance import content_key, derive_seed
+from rcnas.infra.provenance import derive_seed
 from rcnas.models.builder import PreActResNet, build_model
-from rcnas.proxy.keys import teacher_key
+from rcnas.proxy.keys import stats_key, teacher_key
 from rcnas.proxy.records import TeacherStats
 from rcnas.task import Task
-from rcnas.train import LOSSES, adversarial_train
+from rcnas.train import LOSSES, adversarial_train, save_atomic
 from rcnas.train.sandwich import sandwich_objective
 
 
@@ -49,8 +48,7 @@ def load_or_train_teacher(task: Task, data: DataSplits, cache: Path, device: tor
                       else _train(task, model, data, folder, log))
             # the record first, the weights last: model.pt (swapped in atomically) marks a complete cache entry
             write_atomic(folder / "train.json", json.dumps(record))
-            torch.save(model.state_dict(), folder / "model.tmp")
-            os.replace(folder / "model.tmp", folder / "model.pt")
+            save_atomic(model.state_dict(), folder / "model.pt")
             (folder / "train_state.pt").unlink(missing_ok=True)
         try:
             model.load_state_dict(torch.load(folder / "model.pt", map_location=device, weights_only=True))
@@ -114,7 +112,7 @@ def measure_teacher(task: Task, model: PreActResNet, data: DataSplits, cache: Pa
     """Teacher accuracy under the task's attack on the proxy's validation subset, and its LIPS; cached per attack."""
     cfg = task.config
     key = teacher_key(cfg)
-    path = cache / "teachers" / key / f"stats-{content_key([cfg.attack.model_dump(), cfg.proxy.val_examples])}.json"
+    path = cache / "teachers" / key / f"stats-{stats_key(cfg)}.json"
     if path.is_file():
         try:
             return TeacherStats(**json.loads(path.read_text()))

@@ -67,7 +67,8 @@ def val_robust_accuracy(model: nn.Module, val: TensorData, cfg: TrainConfig, dev
     return correct / max(len(val), 1)
 
 
-def _save_atomic(state: dict[str, Any], path: Path) -> None:
+def save_atomic(state: dict[str, Any], path: Path) -> None:
+    """``torch.save`` through a temporary file and a rename."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)  # a run killed mid-write never leaves a truncated checkpoint
@@ -167,7 +168,7 @@ def adversarial_train(
             state.update(best_acc=val_rob, best_epoch=epoch + 1, best=copy.deepcopy(model.state_dict()))
         state["epoch"] = epoch + 1
         if checkpoint is not None:  # before reporting, so that whatever the caller does next, the epoch is kept
-            _save_atomic({**state, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            save_atomic({**state, "model": model.state_dict(), "optimizer": opt.state_dict(),
                           "generator": g.get_state()}, checkpoint)
         if progress:
             progress(row)
