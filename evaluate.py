@@ -10,6 +10,7 @@ This script:
 How to run:
     python evaluate.py configs/subnets/digits/tiny-444-half.yaml --task configs/tasks/digits-pgd-e20-t444-r35.yaml
     python evaluate.py A.yaml B.yaml --task T.yaml --epochs 5 --attacks clean,pgd20,aa_compact --n-examples 200
+    python evaluate.py --teacher --task my-published-teacher.yaml           # a published checkpoint, as imported
     python evaluate.py configs/subnets/cifar10/WRN-A1.yaml --profile        # params and MACs as JSON, no training
     python evaluate.py --smoke-test                                          # seconds, for CI
 
@@ -37,6 +38,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated: clean, fgsm, pgd20, cw40, aa (standard AutoAttack), aa_compact")
     p.add_argument("--epochs", type=float, help="override the recipe's training length")
     p.add_argument("--checkpoint", help="load these weights instead of training (one config only)")
+    p.add_argument("--teacher", action="store_true",
+                   help="evaluate the task's teacher as imported from its teacher_weights (no training, no config)")
     p.add_argument("--n-examples", type=int, help="attack only the first N test examples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder (default runs/eval/<time>)")
@@ -49,8 +52,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.smoke_test:  # the smoke settings first, so that flags given on the command line win
         args = p.parse_args(SMOKE + [a for a in argv if a != "--smoke-test"])
-    if not args.configs:
-        p.error("give at least one sub-network config (or --smoke-test)")
+    if not args.configs and not args.teacher:
+        p.error("give at least one sub-network config (or --teacher, or --smoke-test)")
     return args
 
 
@@ -59,7 +62,7 @@ def main() -> int:
 
     a = parse()
     return run_evaluate(EvaluateArgs(a.configs, a.task, a.attacks, a.epochs, a.checkpoint, a.n_examples, a.seed,
-                                     a.out, a.data_root, a.profile, a.no_ray, a.ray_address))
+                                     a.out, a.data_root, a.profile, a.no_ray, a.ray_address, a.teacher))
 
 
 if __name__ == "__main__":

@@ -20,16 +20,18 @@ def final_comparison(exp: ExperimentConfig, task: Task, chosen: ArchSpec, out: P
                      data_root: str | None = None) -> list[FinalResult]:
     fe = exp.final_eval
     attacks = tuple(fe.attacks)
-    # the teacher was imported, or trained with exactly this recipe and seed for the search: reuse its weights
-    cached = cache_root().resolve() / "teachers" / teacher_key(task.config) / "model.pt"
-    reuse = cached.is_file() and (task.config.teacher_weights is not None
-                                  or (fe.epochs is None and exp.seed == task.config.training.seed))
+    # an imported teacher is evaluated as its own file; one trained with exactly this recipe and seed for the
+    # search is reused from the cache; any other is trained like the others
+    w = task.config.teacher_weights
+    cached = cache_root().resolve() / "teachers" / teacher_key(task) / "model.pt"
+    reuse = cached.is_file() and fe.epochs is None and exp.seed == task.config.training.seed
+    teacher_weights, teacher_format = (w.path, w.format) if w else (str(cached) if reuse else None, "rcnas")
     jobs = [
         EvalJob("rl-chosen", chosen, task, attacks, str(out), fe.epochs, None, fe.n_examples, exp.seed, data_root),
         EvalJob("uniform-shrink", uniform_shrink(task.space), task, attacks, str(out), fe.epochs, None,
                 fe.n_examples, exp.seed, data_root),
         EvalJob(f"teacher-{task.teacher.name}", task.teacher.arch, task, attacks, str(out), fe.epochs,
-                str(cached) if reuse else None, fe.n_examples, exp.seed, data_root),
+                teacher_weights, fe.n_examples, exp.seed, data_root, teacher_format),
     ]
     results = run_jobs(jobs, out)
     write_atomic(out / "comparison.txt", text_table(results) + "\n")

@@ -13,7 +13,7 @@ from typing import Literal, Optional
 from pydantic import Field, field_validator, model_validator
 
 from rcnas.infra.configio import Count, Epsilon, StrictModel
-from rcnas.vocab import ATTACK_KINDS, BLOCK_KINDS, SUITE
+from rcnas.vocab import ATTACK_KINDS, BLOCK_KINDS, SUITE, WEIGHTS_FORMATS
 
 
 class AttackConfig(StrictModel):
@@ -155,15 +155,41 @@ class RewardConfig(StrictModel):
     """reward of a failed evaluation (NaN loss, exception)"""
 
 
+class InputNormalization(StrictModel):
+    """Per-channel standardisation a network applies to its [0, 1] input, ``(x - mean) / std``."""
+
+    mean: list[float] = Field(min_length=1)
+    std: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InputNormalization:
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} channels, std {len(self.std)}")
+        if min(self.std) <= 0:
+            raise ValueError("std: every entry must be > 0")
+        return self
+
+
 class TeacherWeights(StrictModel):
     """Trained weights for the task's teacher: the teacher is loaded from them, never trained."""
 
     path: str
-    """a weights file (a state dict saved with ``torch.save``); relative paths are relative to the task file"""
-    format: Literal["rcnas"] = "rcnas"
-    """the state dict's naming: ``rcnas`` (a ``PreActResNet`` of this project, e.g. a cached teacher's model.pt)"""
+    """a weights file (a state dict saved with ``torch.save``, possibly under ``state_dict``/``model`` and with
+    DataParallel's ``module.`` prefix); relative paths are relative to the task file"""
+    format: str = "rcnas"
+    """the state dict's naming and wiring: one of ``rcnas.vocab.WEIGHTS_FORMATS`` (rcnas, wideresnet,
+    dm-wideresnet, robustresnet)"""
     sha256: Optional[str] = None
     """the file's content hash; filled in when the task is resolved, and checked when given"""
+    input_normalization: Optional[InputNormalization] = None
+    """the mean/std the network standardises its input with, when the teacher's architecture does not say it
+    (required by dm-wideresnet: those files do not store it)"""
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, v: str) -> str:
+        WEIGHTS_FORMATS.get(v)  # raises with the known names
+        return v
 
 
 class TaskConfig(StrictModel):
@@ -172,7 +198,8 @@ class TaskConfig(StrictModel):
     name: str
     dataset: DatasetConfig
     teacher: str
-    """a registered teacher (``rcnas.models.teachers``); checked when the task is resolved"""
+    """a registered teacher (``rcnas.models.teachers``), or a sub-network YAML file declaring its architecture
+    (``.yaml``/``.yml``, relative to the task file); checked when the task is resolved"""
     teacher_weights: Optional[TeacherWeights] = None
     """load the teacher from these weights instead of adversarially training it with ``training``"""
     attack: AttackConfig
@@ -191,3 +218,8 @@ class TaskConfig(StrictModel):
         for b in v:
             BLOCK_KINDS.get(b)  # raises with the known names
         return v
+
+
+def is_file_reference(name: str) -> bool:
+    """Whether a ``teacher:`` value names a YAML file rather than a registered teacher."""
+    return name.lower().endswith((".yaml", ".yml"))

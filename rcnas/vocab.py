@@ -115,3 +115,35 @@ for _name, _ref in (("ReLU", "torch.nn:ReLU"), ("SiLU", "torch.nn:SiLU"), ("GELU
     ACTIVATION_KINDS.add(_name, _ref)
 NORMALIZATION_KINDS: Registry[str] = Registry("normalization")
 NORMALIZATION_KINDS.add("BatchNorm", "torch.nn:BatchNorm2d")
+
+
+# -- teacher weights formats -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WeightsFormat:
+    """A checkpoint naming a task's ``teacher_weights`` can be in, and the wiring its networks were trained with
+    (applied to the declared teacher's architecture, so the same function is computed)."""
+
+    name: str
+    description: str
+    impl: str
+    """``"module:function"`` mapping the file's state dict onto a ``PreActResNet``'s names"""
+    downsample_padding: Optional[str] = None
+    """``rcnas.space.arch.ArchSpec.downsample_padding`` of its networks; None: as the declared teacher says"""
+    conv1_input: Optional[str] = None
+    """what a robust block's first conv reads (``rcnas.space.arch.RobustBlockParams``); None: as declared"""
+    needs_input_normalization: bool = False
+    """the network standardises its input but the file does not say how: the mean/std must be declared"""
+
+
+WEIGHTS_FORMATS: Registry[WeightsFormat] = Registry("weights format")
+_IMPORTS = "rcnas.models.imports"
+for _fmt in (
+    WeightsFormat("rcnas", "a PreActResNet of this project (e.g. a cached teacher's model.pt)", f"{_IMPORTS}:own"),
+    WeightsFormat("wideresnet", "the TRADES WideResNet (RobustBench's wide_resnet.WideResNet)",
+                  f"{_IMPORTS}:wideresnet", downsample_padding="symmetric"),
+    WeightsFormat("dm-wideresnet", "DeepMind's WideResNet (RobustBench's dm_wide_resnet.DMWideResNet)",
+                  f"{_IMPORTS}:dm_wideresnet", downsample_padding="bottom_right", needs_input_normalization=True),
+    WeightsFormat("robustresnet", "RobustResNet's PreActResNet (its repository and RobustBench's robust_resnet)",
+                  f"{_IMPORTS}:robustresnet", downsample_padding="symmetric", conv1_input="raw"),
+):
+    WEIGHTS_FORMATS.add(_fmt.name, _fmt)

@@ -227,7 +227,7 @@ def test_a_teacher_cache_killed_between_its_files_still_loads(tmp_path):
     task = tiny_task()
     data = load_splits(task.config.dataset)
     model, _ = load_or_train_teacher(task, data, tmp_path, torch.device("cpu"), log=lambda m: None)
-    folder = tmp_path / "teachers" / teacher_key(task.config)
+    folder = tmp_path / "teachers" / teacher_key(task)
     (folder / "train.json").unlink()
     again, seconds = load_or_train_teacher(task, data, tmp_path, torch.device("cpu"), log=lambda m: None)
     assert seconds == 0.0 and all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),

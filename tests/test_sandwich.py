@@ -93,6 +93,6 @@ def test_a_sandwich_teacher_is_cached_apart_and_plain_teachers_keep_their_key():
     task = tiny_task()
     cfg = task.config
     plain = {"dataset": cfg.dataset.model_dump(), "teacher": cfg.teacher, "training": cfg.training.model_dump()}
-    assert teacher_key(cfg) == content_key(plain)
+    assert teacher_key(task) == content_key(plain)
     sandwich = task.replace(proxy=cfg.proxy.model_copy(update={"supernet": "sandwich"}))
-    assert teacher_key(sandwich.config) != teacher_key(cfg)
+    assert teacher_key(sandwich) != teacher_key(task)

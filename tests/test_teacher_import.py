@@ -59,7 +59,7 @@ def test_an_imported_teacher_is_loaded_not_trained_and_keyed_by_content(tmp_path
         assert torch.allclose(model(x), published(x), atol=1e-6)
     other = random_teacher(seed=1)
     torch.save(other.state_dict(), tmp_path / "teacher.pt")  # other weights, same file name: another teacher
-    assert teacher_key(load_task(task_file(tmp_path, "teacher.pt")).config) != teacher_key(task.config)
+    assert teacher_key(load_task(task_file(tmp_path, "teacher.pt"))) != teacher_key(task)
 
 
 def test_the_whole_teacher_inherited_from_an_imported_one_computes_the_same_function(tmp_path):
@@ -87,7 +87,8 @@ def test_bad_teacher_weights_are_one_clear_error(tmp_path):
     state = random_teacher().state_dict()
     state["fc.weight"] = torch.zeros(3, 3)
     torch.save(state, tmp_path / "shape.pt")
-    with pytest.raises(ConfigError, match=r"shape.pt: 'fc.weight' has shape \(3, 3\), tiny-222 needs \(10, 64\)"):
+    with pytest.raises(ConfigError, match=r"shape.pt: 'fc.weight' has shape \(3, 3\), tiny-222 "
+                                          r"\(D2-2-2 C16-32-64 bbb\) needs \(10, 64\)"):
         ProxyRunner(tmp_path / "cache", log=lambda m: None).teacher(load_task(task_file(tmp_path, "shape.pt")))
     pinned = f'path: wrong.pt, sha256: "{"0" * 64}"'
     text = task_file(tmp_path, "wrong.pt").read_text().replace("path: wrong.pt", pinned)

@@ -124,7 +124,7 @@ class EvaluationService:
 
     async def teacher_stats(self, task: Task) -> TeacherStats:
         cfg = task.config
-        key = teacher_key(cfg) + stats_key(cfg)
+        key = teacher_key(task) + stats_key(cfg)
         if key not in self.teachers:
             what = f"teacher {task.teacher.name} of task {task.name}"
             self.teachers[key] = asyncio.ensure_future(self._on_worker(what, "teacher_stats", task))
@@ -240,7 +240,7 @@ class RayEvaluator:
 
     def rows(self, task: Task) -> list[dict[str, Any]]:
         """Every stored evaluation of ``task`` (by content: its teacher, attack and proxy fidelity), oldest first."""
-        return self._get(self._service().rows.remote(task_key(task.config), store_fidelity(task.config)))
+        return self._get(self._service().rows.remote(task_key(task), store_fidelity(task.config)))
 
     def requests(self, client: str | None = None) -> list[dict[str, Any]]:
         """``client``'s (default: this client's) requests in order, with their metrics."""

@@ -41,6 +41,8 @@ class EvaluateArgs:
     profile: bool
     no_ray: bool
     ray_address: Optional[str]
+    teacher: bool = False
+    """evaluate the task's imported teacher (its ``teacher_weights``) instead of configs"""
 
 
 def log(msg: str) -> None:
@@ -64,30 +66,21 @@ def check_fits(path: str, arch: ArchSpec, sub: SubnetFile, task: Task) -> None:
                           f"{task.shape.num_classes} classes")
 
 
-def check_checkpoint(path: str, arch: ArchSpec, task: Task) -> None:
-    """The weights load into ``arch`` as safe tensors and match it exactly, or one line says why."""
-    import torch
-
+def check_checkpoint(path: str, arch: ArchSpec, task: Task, fmt: str = "rcnas", flag: str = "--checkpoint",
+                     name: str = "the sub-network") -> None:
+    """The weights load into ``arch`` as safe tensors and match it exactly, or one line says why (before any long
+    work starts)."""
     from rcnas.models.builder import build_model
+    from rcnas.models.imports import load_weights
 
     if not Path(path).is_file():
-        raise ConfigError(f"--checkpoint {path}: no such file")
+        raise ConfigError(f"{flag} {path}: no such file")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch's notes on pickle protocols: the error below says it all
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated, not torch's format, or a pickle carrying code
-        # never torch's own advice here: it suggests turning weights_only off, which would run the file's code
-        raise ConfigError(f"--checkpoint {path}: not a weights file that loads safely ({type(exc).__name__}: "
-                          "damaged, not a torch state dict, or a pickle holding more than tensors; rcnas never runs "
-                          "code from a checkpoint)") from None
-    if not isinstance(state, dict):
-        raise ConfigError(f"--checkpoint {path}: holds a {type(state).__name__}, not a state dict of weights")
-    try:
-        build_model(arch, task.shape).load_state_dict(state)
-    except RuntimeError as exc:
-        first = " ".join(str(exc).split())
-        raise ConfigError(f"--checkpoint {path}: does not fit {arch.short()}: {first[:300]}") from None
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols: the error says it all
+            load_weights(build_model(arch, task.shape), path, fmt, name)
+    except ConfigError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
 
 
 def check_values(args: EvaluateArgs) -> None:
@@ -166,6 +159,20 @@ def run_jobs(jobs: list[EvalJob], out: Path, no_ray: bool = False, ray_address: 
     return [by_name[j.name] for j in jobs]
 
 
+def teacher_job(args: EvaluateArgs, task: Task, attacks: tuple[str, ...], out: Path) -> EvalJob:
+    """The task's teacher, imported from its ``teacher_weights`` as the search would (wiring, standardisation and
+    strict checks included), evaluated without training: check a published checkpoint before searching from it."""
+    w = task.config.teacher_weights
+    if w is None:
+        raise ConfigError(f"--teacher: {args.task} gives no teacher_weights; --teacher evaluates an imported teacher "
+                          "(train a registered one with a sub-network config instead)")
+    if args.checkpoint or args.epochs is not None:
+        raise ConfigError("--teacher evaluates the task's teacher_weights as they are: drop --checkpoint/--epochs")
+    check_checkpoint(w.path, task.teacher.arch, task, w.format, "teacher_weights.path", task.teacher.name)
+    return EvalJob(f"teacher-{task.teacher.name}", task.teacher.arch, task, attacks, str(out), None, w.path,
+                   args.n_examples, args.seed, args.data_root, w.format)
+
+
 def run_evaluate(args: EvaluateArgs) -> int:
     attacks = parse_attacks(args.attacks)
     check_values(args)
@@ -183,7 +190,7 @@ def run_evaluate(args: EvaluateArgs) -> int:
         raise ConfigError("--checkpoint holds the weights of one sub-network: give exactly one config with it")
     out = Path(args.out or f"runs/eval/{time.strftime('%Y%m%d-%H%M%S')}")
     budget = task.budget
-    jobs = []
+    jobs = [teacher_job(args, task, attacks, out)] if args.teacher else []
     for path in args.configs:
         arch, sub = load_subnet(path)
         check_fits(path, arch, sub, task)

@@ -26,6 +26,7 @@ from rcnas.infra.devices import pick_device
 from rcnas.infra.errors import ConfigError
 from rcnas.infra.provenance import code_version, content_key
 from rcnas.models.builder import build_model
+from rcnas.models.imports import load_weights
 from rcnas.space.arch import ArchSpec
 from rcnas.space.cost import arch_cost
 from rcnas.task import Task
@@ -46,6 +47,9 @@ class EvalJob:
     n_examples: Optional[int] = None
     seed: int = 0
     data_root: Optional[str] = None
+    checkpoint_format: str = "rcnas"
+    """how ``checkpoint`` names its tensors (``rcnas.vocab.WEIGHTS_FORMATS``): a published teacher is evaluated as
+    its own file, imported"""
 
     def key(self) -> str:
         """What the result depends on: a finished result with the same key is reused instead of recomputed. The code
@@ -53,6 +57,7 @@ class EvalJob:
         task = self.task.config.model_dump(mode="json")
         return content_key({"name": self.name, "arch": self.arch.key(), "task": task,
                             "attacks": self.attacks, "epochs": self.epochs, "checkpoint": self.checkpoint,
+                            **({"format": self.checkpoint_format} if self.checkpoint_format != "rcnas" else {}),
                             "n_examples": self.n_examples, "seed": self.seed, "code": code_version()})
 
 
@@ -102,8 +107,8 @@ def _train_or_load(job: EvalJob, model: nn.Module, data: DataSplits, out: Path, 
                    log: Callable[[str], None]) -> dict[str, Any]:
     """Give ``model`` its weights: the job's checkpoint, or adversarial training from scratch (resumable)."""
     if job.checkpoint:
-        model.load_state_dict(torch.load(job.checkpoint, map_location=device, weights_only=True))
-        return {"checkpoint": job.checkpoint}
+        info = load_weights(model, job.checkpoint, job.checkpoint_format, job.name)
+        return {"checkpoint": job.checkpoint, "format": info["format"]}
     cfg = job.task.config
     recipe = cfg.training.model_copy(
         update={"seed": job.seed, **({"epochs": job.epochs} if job.epochs is not None else {})}

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from rcnas.models.layers import ACTIVATIONS, NORMALIZATIONS
-from rcnas.space.arch import RobustBlockParams, StageSpec
+from rcnas.space.arch import ArchSpec, StageSpec
 from rcnas.space.cost import ROBUST_EXPANSION, robust_block_too_narrow, robust_width
 from rcnas.vocab import BLOCK_KINDS, load_ref
 
@@ -21,8 +21,22 @@ def block_class(name: str) -> type[nn.Module]:
     return load_ref(BLOCK_KINDS.get(name).module)
 
 
-def _conv(c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+def _conv(c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1, padding: str = "symmetric"
+          ) -> nn.Conv2d:
+    if padding == "bottom_right" and stride > 1 and k > 1:
+        return BottomRightPadConv2d(c_in, c_out, k, stride=stride, groups=groups, bias=False)
     return nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2, groups=groups, bias=False)
+
+
+class BottomRightPadConv2d(nn.Conv2d):
+    """A strided conv padded ``k // 2 - 1`` pixels top/left and ``k // 2`` bottom/right (for k = 3: none and one),
+    the way DeepMind's WideResNets downsample; same weights, output size and MACs as the symmetric conv, shifted
+    sampling grid."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.kernel_size[0]
+        before, after = k // 2 - 1, k // 2
+        return super().forward(nn.functional.pad(x, (before, after, before, after)))
 
 
 Slice = tuple[int | torch.Tensor, ...]
@@ -70,14 +84,18 @@ def module_plan(dst: nn.Module, src: nn.Module, index: dict[str, dict[int, torch
 
 
 class PreActBasicBlock(nn.Module):
-    """WRN block: ``o = act(bn1(x)); sc = shortcut(o) or x; o = conv(o); o = conv(act(bn2(o))); o + sc``."""
+    """WRN block: ``o = act(bn1(x)); sc = shortcut(o) or x; o = conv(o); o = conv(act(bn2(o))); o + sc``.
 
-    def __init__(self, c_in: int, stage: StageSpec, stride: int, params: RobustBlockParams) -> None:
+    This is the wiring of the TRADES / RobustBench ``WideResNet``, DeepMind's and RobustResNet's basic block alike:
+    their checkpoints load into it unchanged (``rcnas.models.imports``).
+    """
+
+    def __init__(self, c_in: int, stage: StageSpec, stride: int, arch: ArchSpec) -> None:
         super().__init__()
         k, planes = stage.kernel_size, stage.channels
         self.bn1 = NORMALIZATIONS.get(stage.normalization)(c_in)
         self.act = ACTIVATIONS.get(stage.activation)()
-        self.conv1 = _conv(c_in, planes, k, stride)
+        self.conv1 = _conv(c_in, planes, k, stride, padding=arch.downsample_padding)
         self.bn2 = NORMALIZATIONS.get(stage.normalization)(planes)
         self.conv2 = _conv(planes, planes, k)
         self.shortcut = _conv(c_in, planes, 1, stride) if stride != 1 or c_in != planes else None
@@ -110,14 +128,16 @@ class RobustResBlock(nn.Module):
     """RobustResNet's block (Huang et al., CVPR 2023): a Res2Net multi-scale bottleneck (expansion 4) with a
     squeeze-excitation branch added to the residual sum.
 
-    Departure from the reference code, on purpose: its ``conv1`` reads the raw input ``x`` while ``bn1``/act only
-    feed the shortcut; we feed ``conv1`` the pre-activated input as every other pre-activation block does. Sizes
-    and MACs are identical.
+    ``block_params.conv1_input`` picks what ``conv1`` reads. The reference code feeds it the raw input ``x`` (``bn1``
+    and the activation then only feed the shortcut): ``raw``, needed to load its checkpoints. Our default ``preact``
+    feeds it the pre-activated input as every other pre-activation block does; it is what every shipped config and
+    stored evaluation used before ``raw`` existed. Sizes and MACs are identical.
     """
 
-    def __init__(self, c_in: int, stage: StageSpec, stride: int, params: RobustBlockParams) -> None:
+    def __init__(self, c_in: int, stage: StageSpec, stride: int, arch: ArchSpec) -> None:
         super().__init__()
-        k, planes, p = stage.kernel_size, stage.channels, params
+        k, planes, p = stage.kernel_size, stage.channels, arch.block_params
+        self.raw_conv1 = p.conv1_input == "raw"
         norm, act = NORMALIZATIONS.get(stage.normalization), ACTIVATIONS.get(stage.activation)
         self.width, self.scales, self.stride = robust_width(planes, p), p.scales, stride
         self.cardinality = p.cardinality
@@ -130,7 +150,8 @@ class RobustResBlock(nn.Module):
         self.conv1 = _conv(c_in, self.width * self.scales, 1)
         self.bn2 = norm(self.width * self.scales)
         n = max(self.scales - 1, 1)
-        self.conv2 = nn.ModuleList(_conv(self.width, self.width, k, stride, p.cardinality) for _ in range(n))
+        self.conv2 = nn.ModuleList(_conv(self.width, self.width, k, stride, p.cardinality, arch.downsample_padding)
+                                   for _ in range(n))
         self.bn3 = nn.ModuleList(norm(self.width) for _ in range(n))
         self.pool = nn.AvgPool2d(3, stride, 1) if stride > 1 else nn.Identity()
         self.conv3 = _conv(self.width * self.scales, out, 1)
@@ -141,7 +162,7 @@ class RobustResBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         o = self.act(self.bn1(x))
         sc = self.shortcut(o) if self.shortcut is not None else x
-        o = self.act(self.bn2(self.conv1(o)))
+        o = self.act(self.bn2(self.conv1(x if self.raw_conv1 else o)))
         if self.scales == 1:
             o = self.act(self.bn3[0](self.conv2[0](o)))
         else:

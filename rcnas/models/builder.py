@@ -15,14 +15,23 @@ from rcnas.space.cost import stage_out_channels
 
 
 class PreActResNet(nn.Module):
-    """stem conv3x3 (no BN/act: blocks are pre-activated) -> stages -> BN -> act -> global pool -> linear.
+    """[standardise] -> stem conv3x3 (no BN/act: blocks are pre-activated) -> stages -> BN -> act -> global pool
+    -> linear.
 
-    Inputs are images in [0, 1]; outputs are logits.
+    Inputs are images in [0, 1]; outputs are logits. Standardisation happens only when ``arch.input_norm`` is set;
+    its mean and std are buffers that are not saved in the state dict (the architecture carries them).
     """
 
     def __init__(self, arch: ArchSpec, shape: InputShape) -> None:
         super().__init__()
         self.arch, self.shape = arch, shape
+        self.standardise = arch.input_norm is not None
+        if arch.input_norm is not None:
+            mean, std = (torch.tensor(v, dtype=torch.float32).view(-1, 1, 1) for v in arch.input_norm)
+            if len(mean) != shape.channels or len(std) != shape.channels:
+                raise ValueError(f"input_norm has {len(mean)} channels, the data has {shape.channels}")
+            self.register_buffer("input_mean", mean, persistent=False)
+            self.register_buffer("input_std", std, persistent=False)
         self.stem = nn.Conv2d(shape.channels, arch.stem_channels, 3, arch.stem_stride, 1, bias=False)
         c_in = arch.stem_channels
         stages = []
@@ -30,7 +39,7 @@ class PreActResNet(nn.Module):
             block = block_class(stage.block)
             layers = []
             for i in range(stage.depth):
-                layers.append(block(c_in, stage, stage.stride if i == 0 else 1, arch.block_params))
+                layers.append(block(c_in, stage, stage.stride if i == 0 else 1, arch))
                 c_in = stage_out_channels(stage)
             stages.append(nn.Sequential(*layers))
         self.stages = nn.ModuleList(stages)
@@ -53,6 +62,8 @@ class PreActResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.standardise:
+            x = (x - self.input_mean) / self.input_std
         out = self.stem(x)
         for stage in self.stages:
             out = stage(out)

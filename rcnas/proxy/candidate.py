@@ -41,7 +41,7 @@ def proxy_evaluate(task: Task, arch: ArchSpec, data: DataSplits, teacher: Option
     robust, clean, counts = [], [], {"inherited": 0, "fresh": 0}
     try:
         for r in range(p.repeats):
-            s = derive_seed(task_key(cfg), arch.key(), fidelity_key(cfg), seed, r)
+            s = derive_seed(task_key(task), arch.key(), fidelity_key(cfg), seed, r)
             torch.manual_seed(s)
             model = build_model(arch, shape).to(device)
             if p.inherit and teacher is not None:

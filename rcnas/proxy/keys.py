@@ -3,27 +3,36 @@ measurement depends on (never its name, so an edited task cannot reuse stale res
 
 from __future__ import annotations
 
-from rcnas.config import TaskConfig
+from rcnas.config import TaskConfig, is_file_reference
 from rcnas.infra.provenance import content_key
+from rcnas.task import Task
 
 
-def teacher_key(task: TaskConfig) -> str:
+def teacher_key(task: Task) -> str:
     """What a trained teacher depends on: data, split, architecture, recipe and weight-sharing rule (not the task's
     attack or budget)."""
-    what = {"dataset": task.dataset.model_dump(), "teacher": task.teacher, "training": task.training.model_dump()}
-    if task.proxy.supernet != "plain":  # only then: plain teachers keep the keys (and caches) they always had
-        what["supernet"] = [task.proxy.supernet, task.proxy.sandwich_random]
-    if task.teacher_weights is not None:  # imported: the weights' content, not where the file lies
-        what["weights"] = [task.teacher_weights.format, task.teacher_weights.sha256]
+    cfg = task.config
+    # a registered teacher by its name (the keys, and caches, it always had); one declared in a file by content
+    teacher: object = cfg.teacher
+    if is_file_reference(cfg.teacher):
+        teacher = {"arch": task.teacher.arch.key(), "base_channels": list(task.teacher.base_channels)}
+    what = {"dataset": cfg.dataset.model_dump(), "teacher": teacher, "training": cfg.training.model_dump()}
+    if cfg.proxy.supernet != "plain":  # only then: plain teachers keep the keys (and caches) they always had
+        what["supernet"] = [cfg.proxy.supernet, cfg.proxy.sandwich_random]
+    w = cfg.teacher_weights
+    if w is not None:  # imported: the weights' content, not where the file lies; and the standardisation given
+        what["weights"] = [w.format, w.sha256]
+        if w.input_normalization is not None:
+            what["weights"].append(w.input_normalization.model_dump())
     return content_key(what)
 
 
-def task_key(task: TaskConfig) -> str:
+def task_key(task: Task) -> str:
     """What a proxy evaluation depends on besides the sub-network and fidelity: the teacher and the task's attack.
 
     The budget, reward weights and name do not change a measurement, so tasks differing only there share results.
     """
-    return content_key({"teacher": teacher_key(task), "attack": task.attack.model_dump()})
+    return content_key({"teacher": teacher_key(task), "attack": task.config.attack.model_dump()})
 
 
 def stats_key(task: TaskConfig) -> str:

@@ -24,7 +24,7 @@ from rcnas.task import Task
 
 
 def eval_key(task: Task, arch: ArchSpec, seed: int = 0) -> EvalKey:
-    return EvalKey(task_key(task.config), arch.key(), store_fidelity(task.config), seed)
+    return EvalKey(task_key(task), arch.key(), store_fidelity(task.config), seed)
 
 
 class ProxyRunner:
@@ -46,7 +46,7 @@ class ProxyRunner:
         return self._data[k]
 
     def teacher(self, task: Task) -> tuple[PreActResNet, float]:
-        k = teacher_key(task.config)
+        k = teacher_key(task)
         if k not in self._teachers:
             self._teachers[k] = load_or_train_teacher(task, self.data(task), self.cache, self.device, self.log)
         return self._teachers[k]

@@ -23,6 +23,7 @@ from rcnas.infra.files import write_atomic
 from rcnas.infra.locks import file_lock
 from rcnas.infra.provenance import derive_seed
 from rcnas.models.builder import PreActResNet, build_model
+from rcnas.models.imports import load_weights
 from rcnas.proxy.keys import stats_key, teacher_key
 from rcnas.proxy.records import TeacherStats
 from rcnas.task import Task
@@ -38,7 +39,7 @@ def load_or_train_teacher(task: Task, data: DataSplits, cache: Path, device: tor
         (model in eval mode on ``device``, training seconds spent when it was trained).
     """
     cfg = task.config
-    key = teacher_key(cfg)
+    key = teacher_key(task)
     folder = cache / "teachers" / key
     with file_lock(folder / ".lock"):
         torch.manual_seed(cfg.training.seed)
@@ -75,28 +76,15 @@ def _train(task: Task, model: PreActResNet, data: DataSplits, folder: Path, log:
 
 
 def _import_weights(task: Task, model: PreActResNet, log: Callable[[str], None]) -> dict[str, object]:
-    """Load the task's ``teacher_weights`` into ``model``: safe tensors only, every tensor used, every shape
-    checked; a mismatch is one line naming the file and the first bad key."""
+    """Load the task's ``teacher_weights`` into ``model`` (``rcnas.models.imports``: safe tensors only, every
+    tensor used, every shape checked; a mismatch is one line naming the file and the first bad key)."""
     w = task.config.teacher_weights
     assert w is not None
-    log(f"importing teacher {task.teacher.name} from {w.path} (not trained)")
-    try:
-        state = torch.load(w.path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - damaged, not torch's format, or a pickle holding more than tensors
-        raise ConfigError(f"{w.path}: not a weights file that loads safely ({type(exc).__name__}); rcnas never runs "
-                          "code from a checkpoint") from None
-    if not isinstance(state, dict):
-        raise ConfigError(f"{w.path}: holds a {type(state).__name__}, not a state dict")
-    own = model.state_dict()
-    for key in sorted(set(own) | set(state)):
-        if key not in state or key not in own:
-            where = "missing from the file" if key not in state else f"not a tensor of {task.teacher.name}"
-            raise ConfigError(f"{w.path}: {key!r} is {where}; is it a {w.format} checkpoint of {task.teacher.name}?")
-        if tuple(state[key].shape) != tuple(own[key].shape):
-            raise ConfigError(f"{w.path}: {key!r} has shape {tuple(state[key].shape)}, {task.teacher.name} needs "
-                              f"{tuple(own[key].shape)}")
-    model.load_state_dict(state)
-    return {"seconds": 0.0, "imported": w.path, "sha256": w.sha256, "format": w.format}
+    log(f"importing teacher {task.teacher.name} from {w.path} ({w.format} format, not trained)")
+    info = load_weights(model, w.path, w.format, task.teacher.name)
+    if info["unused"]:
+        log(f"  left out {len(info['unused'])} tensors its network never uses: {', '.join(info['unused'][:3])}...")
+    return {"seconds": 0.0, "imported": w.path, "sha256": w.sha256, **info}
 
 
 def _train_seconds(path: Path) -> float:
@@ -111,7 +99,7 @@ def measure_teacher(task: Task, model: PreActResNet, data: DataSplits, cache: Pa
                     train_seconds: float) -> TeacherStats:
     """Teacher accuracy under the task's attack on the proxy's validation subset, and its LIPS; cached per attack."""
     cfg = task.config
-    key = teacher_key(cfg)
+    key = teacher_key(task)
     path = cache / "teachers" / key / f"stats-{stats_key(cfg)}.json"
     if path.is_file():
         try:

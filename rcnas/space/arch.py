@@ -22,6 +22,13 @@ class RobustBlockParams:
     base_width: int = 10
     cardinality: int = 4
     se_reduction: int = 64
+    conv1_input: str = "preact"
+    """what the block's first 1x1 conv reads: ``preact`` (the pre-activated input, like every other pre-activation
+    block) or ``raw`` (the block's input itself, as RobustResNet's reference code wires it: its checkpoints need it)"""
+
+
+CONV1_INPUTS = ("preact", "raw")
+DOWNSAMPLE_PADDINGS = ("symmetric", "bottom_right")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +53,12 @@ class ArchSpec:
     stages: tuple[StageSpec, ...]
     block_params: RobustBlockParams = RobustBlockParams()
     stem_stride: int = 1
+    input_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    """per-channel (mean, std) the network subtracts and divides by before its stem: published checkpoints that
+    were trained on standardised inputs carry it; inputs stay images in [0, 1] either way"""
+    downsample_padding: str = "symmetric"
+    """how a block's strided 3x3 conv pads: ``symmetric`` (one pixel all round, PyTorch's way) or ``bottom_right``
+    (none top/left, one bottom/right: TensorFlow's ``SAME`` on even sizes, as DeepMind's WideResNets are trained)"""
 
     @property
     def depths(self) -> tuple[int, ...]:
@@ -60,8 +73,20 @@ class ArchSpec:
         return tuple(s.block for s in self.stages)
 
     def key(self) -> str:
-        """A stable content hash (hex, 16 chars): the same architecture gives the same key in every process."""
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        """A stable content hash (hex, 16 chars): the same architecture gives the same key in every process.
+
+        Fields added after stores existed (:data:`_LATER_FIELDS`) count only when they differ from their default,
+        so every architecture that existed before them keeps its key (and its stored evaluations).
+        """
+        d = asdict(self)
+        for path, default in _LATER_FIELDS:
+            *parents, leaf = path
+            holder = d
+            for name in parents:
+                holder = holder[name]
+            if holder[leaf] == default:
+                del holder[leaf]
+        blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def short(self) -> str:
@@ -72,10 +97,18 @@ class ArchSpec:
         )
 
 
+_LATER_FIELDS: tuple[tuple[tuple[str, ...], object], ...] = (
+    (("input_norm",), None), (("downsample_padding",), "symmetric"), (("block_params", "conv1_input"), "preact"),
+)
+
+
 def arch_from_dict(d: dict) -> ArchSpec:
-    """The inverse of ``dataclasses.asdict`` on an :class:`ArchSpec` (how the store keeps them)."""
+    """The inverse of ``dataclasses.asdict`` on an :class:`ArchSpec` (how the store keeps them; rows written before
+    the later fields existed lack them)."""
+    norm = d.get("input_norm")
     return ArchSpec(d["stem_channels"], tuple(StageSpec(**s) for s in d["stages"]),
-                    RobustBlockParams(**d["block_params"]), d["stem_stride"])
+                    RobustBlockParams(**d["block_params"]), d["stem_stride"],
+                    (tuple(norm[0]), tuple(norm[1])) if norm else None, d.get("downsample_padding", "symmetric"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,10 +15,11 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import Field, create_model, model_validator
 
+from rcnas.config import InputNormalization
 from rcnas.infra.configio import StrictModel, read_yaml, validate
 from rcnas.infra.errors import ConfigError
 from rcnas.infra.files import write_atomic
-from rcnas.space.arch import ArchSpec, RobustBlockParams, StageSpec
+from rcnas.space.arch import CONV1_INPUTS, DOWNSAMPLE_PADDINGS, ArchSpec, RobustBlockParams, StageSpec
 from rcnas.space.cost import robust_block_too_narrow
 from rcnas.vocab import ACTIVATION_KINDS, BLOCK_KINDS, NORMALIZATION_KINDS
 
@@ -62,7 +63,8 @@ class ModelSection(StrictModel):
 # The YAML view of RobustBlockParams, derived from the dataclass so that the fields are defined once.
 RobustBlockParamsModel = create_model(
     "RobustBlockParamsModel", __base__=StrictModel,
-    **{name: (int, Field(default, ge=1)) for name, default in asdict(RobustBlockParams()).items()},
+    **{name: ((int, Field(default, ge=1)) if isinstance(default, int) else (Literal[CONV1_INPUTS], default))
+       for name, default in asdict(RobustBlockParams()).items()},
 )
 
 
@@ -70,6 +72,12 @@ class RcnasSection(StrictModel):
     """Our additions: robust-block hyper-parameters and where a searched sub-network came from."""
 
     block_params: RobustBlockParamsModel = RobustBlockParamsModel()
+    input_normalization: Optional[InputNormalization] = None
+    """standardise inputs inside the network (published checkpoints trained that way need it)"""
+    downsample_padding: Literal[DOWNSAMPLE_PADDINGS] = "symmetric"
+    """``bottom_right`` for DeepMind's WideResNets (``rcnas.space.arch.ArchSpec``)"""
+    base_channels: Optional[list[int]] = None
+    """when this file declares a teacher: the planes of one width unit per stage (default 16, 32, 64, ...)"""
     teacher: Optional[str] = None
     task: Optional[str] = None
     metrics: dict[str, Any] = Field(default_factory=dict)
@@ -97,7 +105,10 @@ def to_arch(f: SubnetFile) -> ArchSpec:
         for d, c, b, s, k, a, nrm in zip(m.depth_configs, m.channel_configs[1:], m.block_types, m.stride_config,
                                         m.kernel_size_configs, m.activations, m.normalizations)
     )
-    return ArchSpec(m.channel_configs[0], stages, RobustBlockParams(**p), m.stem_stride)
+    extra = f.rcnas or RcnasSection()
+    norm = extra.input_normalization
+    return ArchSpec(m.channel_configs[0], stages, RobustBlockParams(**p), m.stem_stride,
+                    (tuple(norm.mean), tuple(norm.std)) if norm else None, extra.downsample_padding)
 
 
 def from_arch(arch: ArchSpec, num_classes: int | None = None, **rcnas: Any) -> SubnetFile:
@@ -113,7 +124,10 @@ def from_arch(arch: ArchSpec, num_classes: int | None = None, **rcnas: Any) -> S
         drop_rate_config=[0.0] * len(arch.stages),
         stem_stride=arch.stem_stride,
     )
-    section = RcnasSection(block_params=RobustBlockParamsModel(**asdict(arch.block_params)), **rcnas)
+    norm = (InputNormalization(mean=list(arch.input_norm[0]), std=list(arch.input_norm[1]))
+            if arch.input_norm else None)
+    section = RcnasSection(block_params=RobustBlockParamsModel(**asdict(arch.block_params)),
+                           input_normalization=norm, downsample_padding=arch.downsample_padding, **rcnas)
     return SubnetFile(model=model, rcnas=section, num_classes=num_classes)
 
 
@@ -136,6 +150,10 @@ def load_subnet(path: str | Path) -> tuple[ArchSpec, SubnetFile]:
 def dump_subnet(f: SubnetFile, path: str | Path) -> None:
     """Write ``f`` as YAML (keys in schema order, no nulls)."""
     data = f.model_dump(exclude_none=True)
-    if data.get("rcnas", {}).get("metrics") == {}:
-        data["rcnas"].pop("metrics")
+    section = data.get("rcnas", {})
+    # defaults of later fields are left out: files stay as they were written before those fields existed
+    for holder, key, default in ((section, "metrics", {}), (section, "downsample_padding", "symmetric"),
+                                 (section.get("block_params", {}), "conv1_input", "preact")):
+        if holder.get(key, object()) == default:
+            holder.pop(key)
     write_atomic(path, yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
