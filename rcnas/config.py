@@ -80,6 +80,13 @@ class TrainConfig(StrictModel):
     val_examples: int = Field(1000, ge=1)
     """validation examples attacked after each epoch for checkpoint selection"""
     seed: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """autocast dtype of the training step, its inner attack included (fp16 with loss scaling); validation and every
+    reported attack run in fp32 whatever this says"""
+    channels_last: bool = True
+    """NHWC memory format on CUDA (faster convolutions with tensor cores); ignored on a CPU"""
+    compile: bool = False
+    """``torch.compile`` the network for training; where it cannot compile, a one-line warning and eager mode"""
 
     @field_validator("milestones")
     @classmethod

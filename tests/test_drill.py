@@ -135,7 +135,8 @@ def test_evaluate_cli_drill(tmp_path):
     from rcnas.models.teachers import get_teacher
 
     torch.save(build_model(get_teacher("tiny-222").arch, load_task(ROOT / TASK).shape).state_dict(), other)
-    _one_line_error(run_script("evaluate.py", SUB, "--task", TASK, "--checkpoint", str(other)), "has shape (10, 64), the sub-network")
+    _one_line_error(run_script("evaluate.py", SUB, "--task", TASK, "--checkpoint", str(other)),
+                    "has shape (10, 64), the sub-network")
     evil, marker = tmp_path / "evil.pt", tmp_path / "pwned"
     _evil_pickle(evil, marker)
     _one_line_error(run_script("evaluate.py", SUB, "--task", TASK, "--checkpoint", str(evil)), "loads safely")

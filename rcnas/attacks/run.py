@@ -34,5 +34,14 @@ def attack_fn(name: str) -> AttackFn:
 def run_attack(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig, ctx: AttackContext
 ) -> torch.Tensor:
-    """Attack ``(x, y)`` with ``cfg``; the result stays in the eps ball and in [0, 1]."""
-    return attack_fn(cfg.name)(model, x, y, cfg, ctx)
+    """Attack ``(x, y)`` with ``cfg``; the result stays in the eps ball and in [0, 1].
+
+    Always in fp32: an attack whose gradients are computed in low precision can be weaker and overstate robustness,
+    so autocast is switched off here and a network with low-precision weights is refused.
+    """
+    low = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point() and p.dtype != torch.float32})
+    if low or x.dtype != torch.float32:
+        raise ValueError(f"attacks run in fp32: the network has {low or 'fp32'} weights and the inputs are {x.dtype}; "
+                         "evaluate a float32 copy (model.float())")
+    with torch.autocast(x.device.type, enabled=False):
+        return attack_fn(cfg.name)(model, x, y, cfg, ctx)

@@ -3,7 +3,7 @@ measurement depends on (never its name, so an edited task cannot reuse stale res
 
 from __future__ import annotations
 
-from rcnas.config import TaskConfig, is_file_reference
+from rcnas.config import TaskConfig, TrainConfig, is_file_reference
 from rcnas.infra.provenance import content_key
 from rcnas.task import Task
 
@@ -16,7 +16,7 @@ def teacher_key(task: Task) -> str:
     teacher: object = cfg.teacher
     if is_file_reference(cfg.teacher):
         teacher = {"arch": task.teacher.arch.key(), "base_channels": list(task.teacher.base_channels)}
-    what = {"dataset": cfg.dataset.model_dump(), "teacher": teacher, "training": cfg.training.model_dump()}
+    what = {"dataset": cfg.dataset.model_dump(), "teacher": teacher, "training": recipe_dump(cfg.training)}
     if cfg.proxy.supernet != "plain":  # only then: plain teachers keep the keys (and caches) they always had
         what["supernet"] = [cfg.proxy.supernet, cfg.proxy.sandwich_random]
     w = cfg.teacher_weights
@@ -25,6 +25,19 @@ def teacher_key(task: Task) -> str:
         if w.input_normalization is not None:
             what["weights"].append(w.input_normalization.model_dump())
     return content_key(what)
+
+
+LATER_RECIPE_FIELDS = {"precision": "fp32", "channels_last": True, "compile": False}
+"""training settings added after caches existed: they count in a key only when set to something else, so teachers
+trained before them keep their keys (and caches)"""
+
+
+def recipe_dump(recipe: TrainConfig) -> dict:
+    d = recipe.model_dump()
+    for name, default in LATER_RECIPE_FIELDS.items():
+        if d.get(name) == default:
+            d.pop(name)
+    return d
 
 
 def task_key(task: Task) -> str:

@@ -3,14 +3,21 @@
 SGD with a per-step learning-rate schedule (so fractional epochs work), gradient clipping, seeded shuffling,
 augmentation and attacks, checkpoint selection on validation PGD accuracy (never the test split), and a resumable
 on-disk checkpoint written atomically after every epoch.
+
+GPU settings of the recipe: autocast in bf16 or fp16 (with loss scaling) around the whole step, the inner attack
+included; channels-last memory format and cuDNN autotuning on CUDA; optional ``torch.compile``. The step never
+waits for the device: running sums stay on it and are read once per epoch, and the divergence check reads one
+flag every ``SYNC_EVERY`` steps. Validation (checkpoint selection) always runs in fp32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +30,11 @@ from rcnas.attacks import AttackContext, run_attack
 from rcnas.config import TrainConfig
 from rcnas.data.tensors import DataSplits, TensorData, batches
 from rcnas.train.losses import LOSSES, LossFn
+
+SYNC_EVERY = 50
+"""steps between reads of the divergence flag (each read waits for the device)"""
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -87,32 +99,95 @@ def _resume(checkpoint: Optional[Path], model: nn.Module, opt: torch.optim.Optim
     return state
 
 
+@dataclass
+class _Step:
+    """How one training step runs on this device: precision, memory format, the (possibly compiled) network."""
+
+    net: nn.Module
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    scaler: torch.amp.GradScaler
+    channels_last: bool
+    fallback: Optional[nn.Module] = None
+    """the eager network, while ``net`` is a compiled one that has not run yet"""
+
+
+def _step_setup(model: nn.Module, cfg: TrainConfig, device: torch.device) -> _Step:
+    dtype = AMP_DTYPES.get(cfg.precision)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels once
+    channels_last = cfg.channels_last and cuda
+    if channels_last:
+        model.to(memory_format=torch.channels_last)  # in place: the optimizer's parameters stay the same objects
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    net, fallback = model, None
+    if cfg.compile:
+        try:
+            net, fallback = torch.compile(model), model
+        except Exception as exc:  # noqa: BLE001 - e.g. an unsupported Python: train eagerly, say so once
+            warnings.warn(f"torch.compile unavailable ({type(exc).__name__}: {str(exc)[:120]}); training eagerly",
+                          stacklevel=3)
+    return _Step(net, autocast, scaler, channels_last, fallback)
+
+
+def _forward_backward(step: _Step, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+                      g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss (with its inner attack) under the step's precision, and its (scaled) backward pass."""
+    try:
+        with step.autocast():
+            loss, logits = loss_fn(step.net, x, y, cfg, g)
+        step.scaler.scale(loss).backward()
+    except Exception as exc:  # noqa: BLE001 - compilation fails at the first call, not at torch.compile()
+        if step.fallback is None:
+            raise
+        warnings.warn(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); training "
+                      "eagerly", stacklevel=3)
+        step.net, step.fallback = step.fallback, None
+        return _forward_backward(step, loss_fn, x, y, cfg, g)
+    step.fallback = None  # compiled and ran: no fallback from now on, a later error is a real one
+    return loss, logits
+
+
 def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, train: TensorData, loss_fn: LossFn, cfg: TrainConfig,
                  g: torch.Generator, state: dict[str, Any], total: int, crop_padding: int, flip: bool,
-                 ) -> tuple[float, int, int] | str:
+                 step: Optional[_Step] = None) -> tuple[float, int, int] | str:
     """One pass over ``train`` (stopping at ``total`` steps); returns (loss sum, correct, seen), or why it
     diverged. Advances ``state["step"]``."""
     device = next(model.parameters()).device
+    step = step or _step_setup(model, cfg, device)
     model.train()
-    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    bad = torch.zeros((), dtype=torch.bool, device=device)
+    seen, first = 0, state["step"]
     for x, y in batches(train, cfg.batch_size, device, shuffle=True, generator=g, padding=crop_padding, flip=flip):
         if state["step"] >= total:
             break
+        if step.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         for group in opt.param_groups:
             group["lr"] = lr_at(state["step"], total, cfg)
-        loss, logits = loss_fn(model, x, y, cfg, g)
-        if not torch.isfinite(loss):
-            return f"non-finite loss at step {state['step']}"
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, logits = _forward_backward(step, loss_fn, x, y, cfg, g)
+        bad |= ~torch.isfinite(loss.detach())
         if cfg.grad_clip is not None:
+            step.scaler.unscale_(opt)
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        step.scaler.step(opt)
+        step.scaler.update()
         state["step"] += 1
-        loss_sum += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
+        loss_sum += loss.detach().double() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
-    return loss_sum, correct, seen
+        if (state["step"] - first) % SYNC_EVERY == 0 and bad.item():
+            return f"non-finite loss within steps {state['step'] - SYNC_EVERY}..{state['step']}"
+    if bad.item():
+        return f"non-finite loss within steps {max(first, state['step'] - SYNC_EVERY)}..{state['step']}"
+    return loss_sum.item(), int(correct.item()), seen
 
 
 def adversarial_train(
@@ -151,8 +226,9 @@ def adversarial_train(
     g = torch.Generator().manual_seed(cfg.seed)
     loss_fn = objective or LOSSES.get(cfg.loss)
     state = _resume(checkpoint, model, opt, g, device)
+    step = _step_setup(model, cfg, device)
     for epoch in range(state["epoch"], n_epochs):
-        sums = _train_epoch(model, opt, train, loss_fn, cfg, g, state, total, crop_padding, flip)
+        sums = _train_epoch(model, opt, train, loss_fn, cfg, g, state, total, crop_padding, flip, step)
         if isinstance(sums, str):
             if state["best"] is not None:  # keep the best finished epoch, never the diverged weights
                 model.load_state_dict(state["best"])

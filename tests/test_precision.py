@@ -1,0 +1,138 @@
+"""Training precision, memory format, compile and host syncs (issue: fast on a GPU), checked on a CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from rcnas.attacks import AttackContext, run_attack
+from rcnas.config import AttackConfig, DatasetConfig, TrainConfig
+from rcnas.data.registry import load_splits
+from rcnas.models.builder import build_model
+from rcnas.models.teachers import get_teacher
+from rcnas.space.arch import InputShape
+from rcnas.train import adversarial_train
+
+SHAPE = InputShape(1, 8, 10)
+
+
+def digits():
+    return load_splits(DatasetConfig(name="digits"))
+
+
+def recipe(**kw) -> TrainConfig:
+    base = {"loss": "pgd_at", "attack": {"epsilon": "1/5", "steps": 3, "step_size": "1/15"}, "epochs": 3,
+            "batch_size": 64, "lr": 0.05, "schedule": "constant", "val_examples": 64}
+    return TrainConfig.model_validate({**base, **kw})
+
+
+def model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model(get_teacher("tiny-222").arch, SHAPE)
+
+
+def test_bf16_training_on_a_cpu_learns_and_keeps_fp32_weights():
+    net = model()
+    res = adversarial_train(net, digits(), recipe(precision="bf16"), num_classes=10)
+    losses = [h["train_loss"] for h in res.history]
+    assert not res.diverged and losses[-1] < losses[0] * 0.8, losses
+    assert all(p.dtype == torch.float32 for p in net.parameters())  # autocast, not a half-precision copy
+    assert res.history[-1]["val_clean"] > 0.5
+
+
+def test_fp16_with_loss_scaling_trains_on_a_cpu():
+    res = adversarial_train(model(), digits(), recipe(precision="fp16", epochs=2), num_classes=10)
+    assert not res.diverged and res.history[-1]["train_loss"] < res.history[0]["train_loss"]
+
+
+def test_precision_changes_the_computation_and_fp32_is_deterministic():
+    data = digits()
+    runs = {}
+    for precision in ("fp32", "fp32", "bf16"):
+        net = model()
+        adversarial_train(net, data, recipe(precision=precision, epochs=0.3, select_on_val=False), num_classes=10)
+        runs.setdefault(precision, []).append(torch.cat([p.detach().flatten() for p in net.parameters()]))
+    assert torch.equal(runs["fp32"][0], runs["fp32"][1])
+    assert not torch.equal(runs["fp32"][0], runs["bf16"][0])
+
+
+def test_channels_last_is_for_cuda_only():
+    net = model()
+    adversarial_train(net, digits(), recipe(epochs=0.1, channels_last=True, select_on_val=False), num_classes=10)
+    assert all(p.is_contiguous() for p in net.parameters())
+
+
+def test_one_epoch_reads_the_device_a_handful_of_times_not_every_step(monkeypatch):
+    from rcnas.train import trainer
+
+    calls = {"n": 0}
+    real = torch.Tensor.item
+
+    def counting(self):
+        calls["n"] += 1
+        return real(self)
+
+    data = digits()
+    steps = -(-len(data.train) // 16)
+    monkeypatch.setattr(torch.Tensor, "item", counting)
+    state = {"step": 0}
+    net = model()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    out = trainer._train_epoch(net, opt, data.train, trainer.LOSSES.get("pgd_at"), recipe(batch_size=16),
+                               torch.Generator().manual_seed(0), state, steps, 0, False)
+    assert not isinstance(out, str) and state["step"] == steps > 60
+    assert calls["n"] <= steps // trainer.SYNC_EVERY + 4, (calls["n"], steps)
+
+
+def test_a_diverging_run_is_still_stopped_and_said_so():
+    res = adversarial_train(model(), digits(), recipe(lr=1e6, grad_clip=None, epochs=2), num_classes=10)
+    assert res.diverged and "non-finite loss" in res.reason
+
+
+def test_compile_falls_back_to_eager_with_one_warning(monkeypatch):
+    class Broken(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", lambda m: Broken(m))
+    net = model()
+    with pytest.warns(UserWarning, match="torch.compile failed .*no compiler here.*training eagerly"):
+        res = adversarial_train(net, digits(), recipe(epochs=0.2, compile=True), num_classes=10)
+    assert not res.diverged and res.history
+
+    def unavailable(m):
+        raise RuntimeError("Python too new")
+
+    monkeypatch.setattr(torch, "compile", unavailable)
+    with pytest.warns(UserWarning, match="torch.compile unavailable"):
+        adversarial_train(model(), digits(), recipe(epochs=0.1, compile=True), num_classes=10)
+
+
+def test_reported_attacks_run_in_fp32_whatever_the_caller_does():
+    net = model().eval()
+    data = digits().val.head(32)
+    x = data.x.float() / 255 if data.x.dtype == torch.uint8 else data.x
+    cfg = AttackConfig.model_validate({"name": "pgd", "epsilon": "1/5", "steps": 5, "step_size": "1/20"})
+
+    def attack():
+        return run_attack(net, x, data.y, cfg, AttackContext(10, 0, torch.Generator().manual_seed(0)))
+
+    plain = attack()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = attack()
+    assert torch.equal(plain, inside)  # autocast is switched off inside the attack
+    with pytest.raises(ValueError, match="attacks run in fp32"):
+        run_attack(net.to(torch.bfloat16), x, data.y, cfg, AttackContext(10))
+
+
+def test_the_new_recipe_settings_leave_existing_teacher_keys_alone():
+    from rcnas.proxy.keys import recipe_dump
+
+    assert recipe_dump(TrainConfig()) == {k: v for k, v in TrainConfig().model_dump().items()
+                                          if k not in ("precision", "channels_last", "compile")}
+    assert recipe_dump(TrainConfig(precision="bf16"))["precision"] == "bf16"
