@@ -36,6 +36,7 @@ MODES = {
     "fp32-cl": {"precision": "fp32", "channels_last": True},
     "bf16": {"precision": "bf16", "channels_last": False},
     "bf16-cl": {"precision": "bf16", "channels_last": True},
+    "bf16-compile": {"precision": "bf16", "channels_last": False, "compile": True},
     "bf16-cl-compile": {"precision": "bf16", "channels_last": True, "compile": True},
     "fp16-cl": {"precision": "fp16", "channels_last": True},
 }
@@ -72,7 +73,8 @@ def attack_rate(arch, shape: InputShape, label: str, n: int, device: torch.devic
     model = build_model(arch, shape).to(device).eval()
     data = synthetic(n, shape, 4)
     cfg = AttackConfig.suite(label, 8 / 255)
-    robust_accuracy(model, data.head(min(n, 64)), {label: cfg}, num_classes=shape.num_classes)  # warm-up
+    # warm-up on the same batch shapes: with cuDNN autotuning on, a new shape costs a tuning pass
+    robust_accuracy(model, data, {label: cfg}, num_classes=shape.num_classes)
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
