@@ -136,3 +136,16 @@ def test_the_new_recipe_settings_leave_existing_teacher_keys_alone():
     assert recipe_dump(TrainConfig()) == {k: v for k, v in TrainConfig().model_dump().items()
                                           if k not in ("precision", "channels_last", "compile")}
     assert recipe_dump(TrainConfig(precision="bf16"))["precision"] == "bf16"
+
+
+def test_the_gpu_throughput_benchmark_runs_on_a_cpu(tmp_path):
+    import json
+
+    from tests.conftest import run_script
+
+    r = run_script("bench/gpu_throughput.py", "--batches", "1", "--modes", "fp32,bf16", "--attack-examples", "8",
+                   "--out", str(tmp_path / "t.json"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "train bf16" in r.stdout and "x1.00 vs fp32" in r.stdout and "attack cw40" in r.stdout
+    figures = json.loads((tmp_path / "t.json").read_text())
+    assert set(figures["train_img_s"]) == {"fp32", "bf16"} and all(v > 0 for v in figures["train_img_s"].values())
