@@ -47,6 +47,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-final-eval", action="store_true", help="stop after the search report")
     p.add_argument("--data-root", help="dataset folder, passed to every worker (default $RCNAS_DATA or ./data)")
     p.add_argument("--ray-address", help="an existing Ray cluster (default $RAY_ADDRESS or a local one)")
+    p.add_argument("--allow-pending-workers", action="store_true",
+                   help="start even when the experiment's workers ask for GPUs no node has (they wait for one)")
     p.add_argument("--smoke-test", action="store_true", help="every phase, tiny settings (experiments/smoke.yaml)")
     args = p.parse_args(argv)
     if args.smoke_test:

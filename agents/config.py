@@ -54,6 +54,27 @@ class FinalEvalSettings(StrictModel):
         return v
 
 
+class WorkerSettings(StrictModel):
+    """The evaluation workers: how many, and what each asks Ray for."""
+
+    count: Optional[int] = Field(None, ge=1)
+    """workers in the pool (default: one per GPU the cluster has when the run starts, else one per CPU)"""
+    gpus: Optional[float] = Field(None, ge=0)
+    """GPUs per worker. Unset: a GPU each when the cluster has GPUs when the run starts, else CPUs only. Set: asked
+    for as given, whether or not such nodes exist yet (an autoscaler launches them; the pool grows as they join)"""
+    cpus: float = Field(1.0, gt=0)
+    """CPUs per worker when ``gpus`` is set"""
+    resources: dict[str, float] = Field(default_factory=dict)
+    """custom Ray resources per worker when ``gpus`` is set (e.g. ``{"accelerator_type:A10G": 0.001}``)"""
+
+    def spec(self) -> Optional[dict]:
+        """Ray's resource request of one worker, or None for the automatic choice."""
+        if self.gpus is None:
+            return None
+        return {"num_gpus": self.gpus, "num_cpus": self.cpus, **({"resources": self.resources} if self.resources
+                                                                 else {})}
+
+
 class ExperimentConfig(StrictModel):
     name: str
     meta_tasks: list[str]
@@ -66,8 +87,8 @@ class ExperimentConfig(StrictModel):
     finetune_iterations: int = Field(6, ge=1)
     env_runners: int = Field(2, ge=0)
     """parallel env runners (each waits on one evaluation at a time; they hold no CPU reservation)"""
-    eval_workers: Optional[int] = Field(None, ge=1)
-    """evaluation actors (default: one per GPU, else one per CPU)"""
+    workers: WorkerSettings = WorkerSettings()
+    """the evaluation workers (``workers: {count: 8, gpus: 1}`` on a GPU cluster)"""
     seed: int = 0
     ppo: PPOSettings = PPOSettings()
     model: ModelSettings = ModelSettings()

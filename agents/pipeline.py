@@ -53,6 +53,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
         raise ConfigError(f"--M {args.M}: the number of sub-networks per policy update must be >= 1")
     out = Path(args.out or f"runs/{exp.name}")
     check_run_folder(out, args.resume)
+    check_workers_can_run(exp, args.ray_address, args.allow_pending_workers)
     # every dataset the run needs, here and now: a missing one is one line before Ray starts, not minutes later
     for cfg in {t.config.dataset.model_dump_json(): t.config.dataset for t in [task, *map(load_task, metas)]}.values():
         load_splits(cfg, args.data_root)
@@ -61,6 +62,24 @@ def run_pipeline(args: argparse.Namespace) -> int:
     RESUME_HINT.append(" ".join(["python train.py", *sys.argv[1:], *([] if args.resume else ["--resume"])]))
     with run_folder_lock(out):
         return _search_and_evaluate(args, exp, metas, target, task, out, opts)
+
+
+def check_workers_can_run(exp: ExperimentConfig, ray_address: str | None, insist: bool = False) -> None:
+    """An experiment whose workers need GPUs cannot run on a Ray that this process starts on a machine without
+    one: nothing would ever add a GPU, and the pool would wait for hours. Refused before anything starts, unless
+    the user insists; a cluster joined with an address may grow (an autoscaler), so it is waited for instead."""
+    import os
+
+    gpus = exp.workers.gpus
+    if not gpus or insist or ray_address or os.environ.get("RAY_ADDRESS"):
+        return
+    import torch
+
+    if torch.cuda.device_count() == 0:
+        raise ConfigError(
+            f"{exp.name}: workers.gpus is {gpus:g} per worker, but this machine has no GPU and the Ray started here "
+            "cannot grow; run it on a cluster (--ray-address, see README 'On a Ray cluster'), set workers.gpus "
+            "to 0 to evaluate on CPUs, or pass --allow-pending-workers to wait anyway")
 
 
 def check_run_folder(out: Path, resume: bool) -> None:
@@ -74,7 +93,8 @@ def check_run_folder(out: Path, resume: bool) -> None:
 
 def _search_and_evaluate(args: argparse.Namespace, exp: ExperimentConfig, metas: list[str], target: str, task: Task,
                          out: Path, opts: SearchOptions) -> int:
-    summary = run_search(exp, metas, target, opts, log=log)
+    outcome = run_search(exp, metas, target, opts, log=log)
+    summary = outcome.summary
     log(f"chosen: {summary['chosen']} (reward {summary['reward']:.4f}, val robust acc "
         f"{summary['val_robust_acc']:.4f}, {summary['macs']:,} MACs <= budget {summary['budget']:,.0f}); "
         f"written {summary['yaml']} and {out / 'report.md'}")
@@ -82,7 +102,8 @@ def _search_and_evaluate(args: argparse.Namespace, exp: ExperimentConfig, metas:
         from rcnas.space.schema import load_subnet
 
         chosen, _ = load_subnet(summary["yaml"])
-        results = final_comparison(exp, task, chosen, out / "final", data_root=args.data_root)
+        results = final_comparison(exp, task, chosen, out / "final", data_root=args.data_root,
+                                   teacher_weights=outcome.teacher_weights)
         print(text_table(results))
     print(f"\nrun folder: {out} (tensorboard --logdir {out / 'tune'})")
     return 0

@@ -44,8 +44,16 @@ class SearchOptions:
     """the dataset folder, handed to every evaluation worker (workers do not inherit the driver's environment)"""
 
 
+@dataclass(frozen=True)
+class SearchOutcome:
+    summary: dict[str, Any]
+    """what summary.json holds"""
+    teacher_weights: Any
+    """the target task's teacher in the object store, owned by this process: the final comparison's teacher"""
+
+
 def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: SearchOptions,
-               log: Callable[[str], None] = print) -> dict[str, Any]:
+               log: Callable[[str], None] = print) -> SearchOutcome:
     t0 = time.perf_counter()
     out = opts.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -55,7 +63,8 @@ def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: Searc
     service_name = f"rcnas-eval-{out.name}-{content_key(str(out))[:8]}"
     # 1. the evaluation service: workers pinned to GPUs (or fractional CPUs), the run's store in out/;
     # the handle is held until the end: a named actor lives only as long as a handle to it does
-    service = start_service(out, n_workers=exp.eval_workers, name=service_name, data_root=opts.data_root)
+    service = start_service(out, n_workers=exp.workers.count, name=service_name, data_root=opts.data_root,
+                            worker_spec=exp.workers.spec())
     client = RayEvaluator(service_name)
     client.stats()
     # task paths are made absolute: Tune runs trials in their own working directories
@@ -103,6 +112,7 @@ def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: Searc
                "finetune_checkpoint": ft_ckpt, "evaluated": len(rows), "search_seconds": time.perf_counter() - t0}
     write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     log(f"evaluation service: {client.stats()}")
+    teacher = client.teacher_weights(task)  # before the service goes: it owns the teachers it shipped
     del service  # held until here: a named actor lives only as long as a handle to it does
-    return summary
+    return SearchOutcome(summary, teacher)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
 pytestmark = pytest.mark.ray
@@ -34,3 +37,129 @@ def test_workers_spread_over_nodes_and_an_invisible_gpu_falls_back_to_cpu(tmp_pa
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.fixture
+def cluster():
+    """A simulated cluster: a head with no CPU for workers (only the driver and the service live there)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    ray.init(address=c.address, log_to_driver=False)
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def _archs(task, n: int, seed: int = 0) -> list:
+    import numpy as np
+
+    rng, out = np.random.default_rng(seed), {}
+    while len(out) < n:
+        arch = task.space.arch(task.space.sample(rng))
+        out[arch.key()] = arch
+    return list(out.values())
+
+
+def test_workers_asking_for_a_resource_nobody_has_wait_and_start_when_a_node_brings_it(tmp_path, cluster):
+    """The autoscaling case: the pool asks for what the experiment says (here a custom 'fake_gpu'), stays pending,
+    and evaluates as soon as a node with it joins."""
+    import ray
+
+    from rcnas.distributed.service import start_service
+    from tests.conftest import tiny_task
+
+    svc = start_service(tmp_path / "run", n_workers=1, cache_dir=tmp_path / "cache", name="svc-pending",
+                        worker_spec={"num_cpus": 1, "resources": {"fake_gpu": 1}}, pending_warn_s=1)
+    task = tiny_task()
+    ref = svc.evaluate.remote(task, _archs(task, 1)[0])
+    ready, _ = ray.wait([ref], timeout=5)
+    stats = ray.get(svc.stats.remote())
+    assert not ready and stats["placed"] == 0 and stats["workers"] == 1
+    node = cluster.add_node(num_cpus=1, resources={"fake_gpu": 1})
+    result = ray.get(ref, timeout=300)
+    assert result.metrics.ok and not result.cached
+    (where,) = ray.get(svc.placement.remote())
+    assert where["node_id"] == node.node_id
+
+
+def test_without_a_shared_cache_each_teacher_is_trained_once_and_shipped_to_the_other_node(tmp_path, cluster):
+    import ray
+    import torch
+
+    from rcnas.distributed.service import start_service
+    from rcnas.proxy.keys import teacher_key
+    from tests.conftest import tiny_task
+
+    caches = {name: tmp_path / f"cache-{name}" for name in ("a", "b")}
+    data = tmp_path / "not-the-default-data"  # digits need no files: what matters is that workers got it
+    for cache in caches.values():
+        cluster.add_node(num_cpus=1, env_vars={"RCNAS_CACHE": str(cache)})
+    cluster.wait_for_nodes()
+    svc = start_service(tmp_path / "run", n_workers=2, name="svc-two-nodes", data_root=str(data),
+                        worker_spec={"num_cpus": 1})
+    placement = ray.get(svc.placement.remote(), timeout=120)
+    assert {p["cache"] for p in placement} == {str(c.resolve()) for c in caches.values()}, "one worker per node"
+    assert {p["data_root"] for p in placement} == {str(data)}, "the data root reached every worker process"
+    task = tiny_task()
+    results = ray.get([svc.evaluate.remote(task, arch) for arch in _archs(task, 6)], timeout=600)
+    assert all(r.metrics.ok for r in results)
+    records = []
+    for cache in caches.values():
+        folder = cache / "teachers" / teacher_key(task)
+        assert (folder / "model.pt").is_file(), f"{cache} never got the teacher"
+        records.append(json.loads((folder / "train.json").read_text()))
+    assert sorted("received" in r for r in records) == [False, True], "trained on one node, shipped to the other"
+    a, b = (torch.load(c / "teachers" / teacher_key(task) / "model.pt", weights_only=True) for c in caches.values())
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert ray.get(svc.stats.remote())["teachers_shipped"] == 1
+
+
+def test_a_node_lost_mid_evaluation_loses_nothing(tmp_path, cluster):
+    import ray
+
+    from rcnas.distributed.service import start_service
+    from rcnas.proxy.store import EvaluationStore
+    from tests.conftest import tiny_task
+
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    svc = start_service(tmp_path / "run", n_workers=1, cache_dir=tmp_path / "cache", name="svc-node-loss",
+                        worker_spec={"num_cpus": 1})
+    (where,) = ray.get(svc.placement.remote(), timeout=120)
+    task = tiny_task(proxy_epochs=5)  # seconds of work: the node goes while it runs
+    arch = _archs(task, 1)[0]
+    ref = svc.evaluate.remote(task, arch)
+    time.sleep(3)
+    (doomed,) = [n for n in nodes if n.node_id == where["node_id"]]
+    cluster.remove_node(doomed)
+    result = ray.get(ref, timeout=600)
+    assert result.metrics.ok
+    stats = ray.get(svc.stats.remote())
+    assert stats["retried"] >= 1 and stats["computed"] == 1
+    (moved,) = ray.get(svc.placement.remote(), timeout=120)
+    assert moved["node_id"] != where["node_id"]
+    assert len(EvaluationStore(tmp_path / "run" / "evaluations.sqlite")) == 1
+
+
+def test_a_gpu_experiment_on_a_machine_that_cannot_get_a_gpu_is_refused_before_anything_starts(monkeypatch):
+    import torch
+
+    from agents.config import ExperimentConfig
+    from agents.pipeline import check_workers_can_run
+    from rcnas.infra.errors import ConfigError
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    exp = ExperimentConfig.model_validate({"name": "gpu", "meta_tasks": ["a"], "target_task": "b",
+                                           "workers": {"count": 2, "gpus": 1}})
+    with pytest.raises(ConfigError, match="workers.gpus is 1 per worker, but this machine has no GPU and the Ray "
+                                          "started here cannot grow"):
+        check_workers_can_run(exp, None)
+    check_workers_can_run(exp, "10.0.0.1:6379")  # a cluster may grow: its pool waits for the autoscaler
+    check_workers_can_run(exp, None, insist=True)
+    check_workers_can_run(exp.model_copy(update={"workers": exp.workers.model_copy(update={"gpus": 0})}), None)
+    assert exp.workers.spec() == {"num_gpus": 1, "num_cpus": 1.0}

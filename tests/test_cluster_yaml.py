@@ -47,3 +47,22 @@ def test_a_local_ray_started_by_rcnas_keeps_token_authentication(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"} | {"HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["token", "True"], out.stderr[-2000:]
+
+
+def test_cluster_yaml_copies_no_venv_runs_or_data_and_tensorboard_watches_the_readme_run_folder():
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    assert ".gitignore" in config["rsync_filter"]
+    ignored = (ROOT / ".gitignore").read_text().split()
+    for folder in (".venv/", "/runs/", "/data/", "/models/"):
+        assert folder in ignored, f"{folder} would be copied to every node"
+    # the README's cluster command writes its run folder under TensorBoard's logdir on the head
+    readme = (ROOT / "README.md").read_text()
+    out = re.search(r"train\.py --experiment configs/experiments/cifar10\.yaml .*--out (\S+)", readme)[1]
+    (tb,) = [c for c in config["head_start_ray_commands"] if "tensorboard" in c]
+    logdir = re.search(r"--logdir (\S+)", tb)[1]
+    assert Path(out).parent == Path(logdir), (out, logdir)
+    # and --data-root points where setup_commands put CIFAR on every node
+    root = re.search(r"train\.py --experiment configs/experiments/cifar10\.yaml .*--data-root (\S+)", readme)[1]
+    assert any(f"expanduser('{root}')" in c and "CIFAR10" in c for c in config["setup_commands"])
+    assert config["docker"]["image"].startswith("rayproject/ray:2.60.0-")  # the Ray version pyproject.toml pins
+    assert "ray[rllib,tune]==2.60.0" in (ROOT / "pyproject.toml").read_text()

@@ -50,6 +50,11 @@ class EvalJob:
     checkpoint_format: str = "rcnas"
     """how ``checkpoint`` names its tensors (``rcnas.vocab.WEIGHTS_FORMATS``): a published teacher is evaluated as
     its own file, imported"""
+    weights: Optional[tuple[Any, ...]] = None
+    """``(ref,)``: the weights as a state dict in Ray's object store (a teacher from the search, reaching whatever
+    node runs the job), instead of a file or training"""
+    weights_key: str = ""
+    """what ``weights`` are (e.g. the teacher's cache key), for :meth:`key`"""
 
     def key(self) -> str:
         """What the result depends on: a finished result with the same key is reused instead of recomputed. The code
@@ -58,6 +63,7 @@ class EvalJob:
         return content_key({"name": self.name, "arch": self.arch.key(), "task": task,
                             "attacks": self.attacks, "epochs": self.epochs, "checkpoint": self.checkpoint,
                             **({"format": self.checkpoint_format} if self.checkpoint_format != "rcnas" else {}),
+                            **({"weights": self.weights_key} if self.weights else {}),
                             "n_examples": self.n_examples, "seed": self.seed, "code": code_version()})
 
 
@@ -106,6 +112,11 @@ class FinalResult:
 def _train_or_load(job: EvalJob, model: nn.Module, data: DataSplits, out: Path, device: torch.device,
                    log: Callable[[str], None]) -> dict[str, Any]:
     """Give ``model`` its weights: the job's checkpoint, or adversarial training from scratch (resumable)."""
+    if job.weights:
+        import ray  # only jobs created on Ray carry object-store weights
+
+        model.load_state_dict(ray.get(job.weights[0]))
+        return {"weights": job.weights_key, "source": "object store"}
     if job.checkpoint:
         info = load_weights(model, job.checkpoint, job.checkpoint_format, job.name)
         return {"checkpoint": job.checkpoint, "format": info["format"]}

@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -57,6 +58,30 @@ def load_or_train_teacher(task: Task, data: DataSplits, cache: Path, device: tor
             raise ConfigError(f"{folder / 'model.pt'}: not a usable checkpoint of {task.teacher.name} "
                               f"({type(exc).__name__}); delete the folder to train the teacher again") from None
     return model.eval(), _train_seconds(folder / "train.json")
+
+
+def teacher_folder(task: Task, cache: Path) -> Path:
+    return cache / "teachers" / teacher_key(task)
+
+
+def teacher_record(task: Task, cache: Path) -> dict[str, Any]:
+    """The cached teacher's training record (empty when missing or damaged)."""
+    try:
+        return dict(json.loads((teacher_folder(task, cache) / "train.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def install_teacher(task: Task, cache: Path, state: dict[str, torch.Tensor], record: dict[str, Any]) -> bool:
+    """Put weights computed elsewhere (another node's training or import, shipped through Ray's object store) into
+    this cache, as if trained here; False when the cache already had them. ``record`` says where they came from."""
+    folder = teacher_folder(task, cache)
+    with file_lock(folder / ".lock"):
+        if (folder / "model.pt").is_file():
+            return False
+        write_atomic(folder / "train.json", json.dumps(record))
+        save_atomic(state, folder / "model.pt")
+    return True
 
 
 def _train(task: Task, model: PreActResNet, data: DataSplits, folder: Path, log: Callable[[str], None],
