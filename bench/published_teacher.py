@@ -78,6 +78,8 @@ torch.save(net.state_dict(), {str(work / 'wrn.pt')!r})
     (work / "task.yaml").write_text(yaml.safe_dump(task))
     set_threads = f"import torch; torch.set_num_threads({a.threads})"
 
+    print(f"WideResNet-{a.depth}-{a.widen} (RobustBench class, random weights), checkpoint {size_mb:.0f} MiB, "
+          f"{a.threads} threads, {os.cpu_count()} CPUs", flush=True)
     imp_wall, imp_peak, _ = child(f"""
 {set_threads}
 from rcnas.proxy.local import ProxyRunner
@@ -87,6 +89,8 @@ task = load_task({str(work / 'task.yaml')!r})
 ProxyRunner(Path({str(work / 'cache')!r}), data_root={str(work / 'data')!r}, log=lambda m: None).teacher(task)
 {PEAK}""", env)
 
+    print(f"import (resolve task + sha256 + strict load + cache write): {imp_wall:7.1f} s   peak RSS "
+          f"{imp_peak:.2f} GiB", flush=True)
     stats_wall, stats_peak, out = child(f"""
 {set_threads}
 import json
@@ -99,6 +103,8 @@ runner = ProxyRunner(Path({str(work / 'cache')!r}), data_root={str(work / 'data'
 print(json.dumps(asdict(runner.teacher_stats(task))))
 {PEAK}""", env)
     stats = json.loads(out.strip().splitlines()[-2])
+    print(f"teacher statistics ({stats['n_val']} val images, task attack + LIPS): {stats_wall:7.1f} s   peak RSS "
+          f"{stats_peak:.2f} GiB   (clean {stats['clean_acc']:.3f}, robust {stats['robust_acc']:.3f})", flush=True)
 
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "evaluate.py", "--teacher", "--task", str(work / "task.yaml"), "--data-root",
@@ -110,12 +116,6 @@ print(json.dumps(asdict(runner.teacher_stats(task))))
     aa_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # the largest child so far
     (row,) = json.loads((work / "eval" / "results.json").read_text())
 
-    print(f"WideResNet-{a.depth}-{a.widen} (RobustBench class, random weights), checkpoint {size_mb:.0f} MiB, "
-          f"{a.threads} threads, {os.cpu_count()} CPUs")
-    print(f"import (resolve task + sha256 + strict load + cache write): {imp_wall:7.1f} s   peak RSS "
-          f"{imp_peak:.2f} GiB")
-    print(f"teacher statistics ({stats['n_val']} val images, task attack + LIPS): {stats_wall:7.1f} s   peak RSS "
-          f"{stats_peak:.2f} GiB   (clean {stats['clean_acc']:.3f}, robust {stats['robust_acc']:.3f})")
     print(f"evaluate.py --teacher, aa (standard) on {row['n_examples']} test images: {aa_wall:7.1f} s   peak RSS "
           f"<= {aa_peak:.2f} GiB   (clean {row['clean']:.3f}: only correctly classified points are attacked)")
 

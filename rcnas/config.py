@@ -87,6 +87,9 @@ class TrainConfig(StrictModel):
     """NHWC memory format on CUDA (faster convolutions with tensor cores); ignored on a CPU"""
     compile: bool = False
     """``torch.compile`` the network for training; where it cannot compile, a one-line warning and eager mode"""
+    ema: Optional[float] = Field(None, gt=0, lt=1)
+    """decay of an exponential moving average of the weights and BN statistics (e.g. 0.999): when set, validation,
+    checkpoint selection and the weights kept are the average's"""
 
     @field_validator("milestones")
     @classmethod

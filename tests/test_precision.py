@@ -149,3 +149,44 @@ def test_the_gpu_throughput_benchmark_runs_on_a_cpu(tmp_path):
     assert "train bf16" in r.stdout and "x1.00 vs fp32" in r.stdout and "attack cw40" in r.stdout
     figures = json.loads((tmp_path / "t.json").read_text())
     assert set(figures["train_img_s"]) == {"fp32", "bf16"} and all(v > 0 for v in figures["train_img_s"].values())
+
+
+def test_ema_weights_are_the_moving_average_and_are_what_is_validated_and_kept():
+    decay, snapshots = 0.5, []
+    net = model()
+    real_sgd = torch.optim.SGD
+
+    class Recording(real_sgd):  # the weights after every optimiser step, to average by hand
+        def step(self, closure=None):
+            out = super().step(closure)
+            snapshots.append({k: v.detach().clone() for k, v in net.named_parameters()})
+            return out
+
+    import rcnas.train.trainer as trainer
+
+    trainer.torch.optim.SGD = Recording
+    try:
+        res = adversarial_train(net, digits(), recipe(ema=decay, epochs=0.2, select_on_val=False), num_classes=10)
+    finally:
+        trainer.torch.optim.SGD = real_sgd
+    expected = dict(snapshots[0])  # the average starts at the first step's weights
+    for snap in snapshots[1:]:
+        expected = {k: decay * expected[k] + (1 - decay) * snap[k] for k in expected}
+    kept = dict(net.named_parameters())
+    assert len(snapshots) > 3 and all(torch.allclose(kept[k], expected[k], atol=1e-6) for k in expected)
+    assert not all(torch.equal(kept[k], snapshots[-1][k]) for k in expected)  # not simply the last weights
+    assert res.history[-1]["val_clean"] >= 0
+
+
+def test_a_resumed_run_keeps_its_average(tmp_path):
+    data = digits()
+    whole = model()
+    adversarial_train(whole, data, recipe(ema=0.9, epochs=2, select_on_val=False), num_classes=10)
+    parts = model()
+    ck = tmp_path / "state.pt"
+    first = recipe(ema=0.9, epochs=2, select_on_val=False)
+    adversarial_train(parts, data, first.model_copy(update={"epochs": 1}), num_classes=10, checkpoint=ck)
+    # the 1-epoch run's schedule differs only in its length; the constant schedule makes both runs' steps equal
+    adversarial_train(parts, data, first, num_classes=10, checkpoint=ck)
+    for (k, a), b in zip(whole.state_dict().items(), parts.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), k

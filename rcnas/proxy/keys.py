@@ -27,7 +27,7 @@ def teacher_key(task: Task) -> str:
     return content_key(what)
 
 
-LATER_RECIPE_FIELDS = {"precision": "fp32", "channels_last": True, "compile": False}
+LATER_RECIPE_FIELDS = {"precision": "fp32", "channels_last": True, "compile": False, "ema": None}
 """training settings added after caches existed: they count in a key only when set to something else, so teachers
 trained before them keep their keys (and caches)"""
 

@@ -5,7 +5,8 @@ augmentation and attacks, checkpoint selection on validation PGD accuracy (never
 on-disk checkpoint written atomically after every epoch.
 
 GPU settings of the recipe: autocast in bf16 or fp16 (with loss scaling) around the whole step, the inner attack
-included; channels-last memory format and cuDNN autotuning on CUDA; optional ``torch.compile``. The step never
+included; channels-last memory format and cuDNN autotuning on CUDA; optional ``torch.compile``; optional EMA of the
+weights (``torch.optim.swa_utils.AveragedModel``), which then is what is validated, selected and kept. The step never
 waits for the device: running sums stay on it and are read once per epoch, and the divergence check reads one
 flag every ``SYNC_EVERY`` steps. Validation (checkpoint selection) always runs in fp32.
 """
@@ -25,6 +26,7 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from rcnas.attacks import AttackContext, run_attack
 from rcnas.config import TrainConfig
@@ -109,6 +111,12 @@ class _Step:
     channels_last: bool
     fallback: Optional[nn.Module] = None
     """the eager network, while ``net`` is a compiled one that has not run yet"""
+    ema: Optional[AveragedModel] = None
+    """the moving average of the weights, updated after every optimiser step"""
+
+    def evaluated(self, model: nn.Module) -> nn.Module:
+        """The network validation and selection look at: the average when there is one."""
+        return self.ema.module if self.ema is not None else model
 
 
 def _step_setup(model: nn.Module, cfg: TrainConfig, device: torch.device) -> _Step:
@@ -131,7 +139,9 @@ def _step_setup(model: nn.Module, cfg: TrainConfig, device: torch.device) -> _St
         except Exception as exc:  # noqa: BLE001 - e.g. an unsupported Python: train eagerly, say so once
             warnings.warn(f"torch.compile unavailable ({type(exc).__name__}: {str(exc)[:120]}); training eagerly",
                           stacklevel=3)
-    return _Step(net, autocast, scaler, channels_last, fallback)
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+           if cfg.ema is not None else None)
+    return _Step(net, autocast, scaler, channels_last, fallback, ema)
 
 
 def _forward_backward(step: _Step, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
@@ -179,6 +189,8 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, train: TensorData
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         step.scaler.step(opt)
         step.scaler.update()
+        if step.ema is not None:
+            step.ema.update_parameters(model)
         state["step"] += 1
         loss_sum += loss.detach().double() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
@@ -227,6 +239,9 @@ def adversarial_train(
     loss_fn = objective or LOSSES.get(cfg.loss)
     state = _resume(checkpoint, model, opt, g, device)
     step = _step_setup(model, cfg, device)
+    if step.ema is not None and state.get("ema") is not None:
+        step.ema.load_state_dict(state["ema"])
+    shown = step.evaluated(model)
     for epoch in range(state["epoch"], n_epochs):
         sums = _train_epoch(model, opt, train, loss_fn, cfg, g, state, total, crop_padding, flip, step)
         if isinstance(sums, str):
@@ -235,17 +250,17 @@ def adversarial_train(
             return TrainResult(epoch, state["best_epoch"], max(state["best_acc"], 0.0), time.perf_counter() - t0,
                                True, sums, tuple(state["history"]))
         loss_sum, correct, seen = sums
-        val_rob = val_robust_accuracy(model, val, cfg, device, num_classes) if cfg.select_on_val else -1.0
+        val_rob = val_robust_accuracy(shown, val, cfg, device, num_classes) if cfg.select_on_val else -1.0
         row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-               "val_clean": _accuracy(model, val, device), "val_robust": val_rob,
+               "val_clean": _accuracy(shown, val, device), "val_robust": val_rob,
                "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         state["history"].append(row)
         if not cfg.select_on_val or val_rob > state["best_acc"]:
-            state.update(best_acc=val_rob, best_epoch=epoch + 1, best=copy.deepcopy(model.state_dict()))
+            state.update(best_acc=val_rob, best_epoch=epoch + 1, best=copy.deepcopy(shown.state_dict()))
         state["epoch"] = epoch + 1
         if checkpoint is not None:  # before reporting, so that whatever the caller does next, the epoch is kept
             save_atomic({**state, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "generator": g.get_state()}, checkpoint)
+                          "generator": g.get_state(), "ema": step.ema.state_dict() if step.ema else None}, checkpoint)
         if progress:
             progress(row)
     if state["best"] is not None:
