@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +24,9 @@ from ray.cluster_utils import Cluster
 
 from rcnas.distributed.service import start_service
 from rcnas.proxy.keys import teacher_key
-from tests.conftest import tiny_task
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' tiny task, as the tests use it
+from tests.conftest import tiny_task  # noqa: E402
 
 
 def run(n_nodes: int, n_evals: int, proxy_epochs: float, work: Path) -> dict[str, float]:
