@@ -301,10 +301,12 @@ def test_a_worker_that_never_answers_ends_in_one_line_not_a_hang(ray_local, tmp_
     from rcnas.distributed.service import RayEvaluator, start_service
     from rcnas.infra.errors import EvaluationFailed
 
-    # a worker asking for more CPUs than the machine has is never placed: its calls can only time out
+    # a worker asking for more CPUs than the machine has is never placed: it never joins the pool, and the wait
+    # for a free worker ends in one line that says what the pool asks for and what the cluster has
     svc = start_service(tmp_path / "run", n_workers=1, cache_dir=tmp_path / "cache", name="svc-stuck",
-                        cpus_per_worker=64, call_timeout_s=2, max_retries=1)
+                        cpus_per_worker=64, call_timeout_s=2, max_retries=1, wait_s=3)
     task = tiny_task()
-    with pytest.raises(EvaluationFailed, match="failed on 2 workers in a row"):
+    with pytest.raises(EvaluationFailed, match=r"no evaluation worker became free in 3 s \(1 workers asking for "
+                                               r".*'num_cpus': 64.*cluster resources"):
         RayEvaluator("svc-stuck", timeout_s=120).teacher_stats(task)
     del svc

@@ -134,7 +134,7 @@ def test_the_new_recipe_settings_leave_existing_teacher_keys_alone():
     from rcnas.proxy.keys import recipe_dump
 
     assert recipe_dump(TrainConfig()) == {k: v for k, v in TrainConfig().model_dump().items()
-                                          if k not in ("precision", "channels_last", "compile")}
+                                          if k not in ("precision", "channels_last", "compile", "ema")}
     assert recipe_dump(TrainConfig(precision="bf16"))["precision"] == "bf16"
 
 
