@@ -124,7 +124,6 @@ class EvaluationService:
         self._started = True
         for spec in self._specs:
             self._spawn(spec)
-        asyncio.ensure_future(self._watch_placement())
 
     def _spawn(self, spec: dict[str, Any]) -> None:
         worker = EvalWorker.options(scheduling_strategy="SPREAD", max_restarts=0, **spec).remote(
@@ -142,16 +141,23 @@ class EvaluationService:
               f"{where['node_id'][:8]} ({where['device']})", flush=True)
         self.idle.put_nowait(worker)
 
-    async def _watch_placement(self) -> None:
-        """A pool short of workers for ``pending_warn_s`` says so, in one line, every ``pending_warn_s``."""
+    async def _next_idle(self) -> Any:
+        """The next free worker; while none is free and some are still waiting to be placed, one line every
+        ``pending_warn_s`` says so (what they ask for, what the cluster has). TimeoutError after ``wait_s``."""
+        waited = 0.0
         while True:
-            await asyncio.sleep(self.pending_warn_s)
+            step = min(self.pending_warn_s, self.wait_s - waited)
+            try:
+                return await asyncio.wait_for(self.idle.get(), timeout=step)
+            except asyncio.TimeoutError:
+                waited += step
+                if waited >= self.wait_s:
+                    raise
             pending = [spec for w, spec in self.workers.items() if w not in self.placed]
             if pending:
                 print(f"evaluation pool: {len(pending)} of {len(self.workers)} workers still waiting to be placed "
-                      f"after {self.pending_warn_s:.0f} s, asking for {pending[0]} each; the cluster has "
-                      f"{ray.cluster_resources()}; an autoscaler adds nodes for them (see `ray status`)",
-                      flush=True)
+                      f"after {waited:.0f} s, asking for {pending[0]} each; the cluster has "
+                      f"{ray.cluster_resources()}; an autoscaler adds nodes for them (see `ray status`)", flush=True)
 
     async def _on_worker(self, what: str, method: str, *args: Any) -> Any:
         """Call ``method`` on the next idle worker. A worker goes back to the pool whatever the outcome; a dead (or
@@ -159,7 +165,7 @@ class EvaluationService:
         :class:`EvaluationFailed` line naming ``what``, the worker's node and the cause. Nothing waits forever."""
         for _ in range(self.max_retries + 1):
             try:
-                worker = await asyncio.wait_for(self.idle.get(), timeout=self.wait_s)
+                worker = await self._next_idle()
             except asyncio.TimeoutError:
                 raise EvaluationFailed(
                     f"{what}: no evaluation worker became free in {self.wait_s:.0f} s ({len(self.workers)} workers "
