@@ -22,7 +22,7 @@ from agents.summary import scored_rows
 from rcnas.distributed.resources import ensure_ray
 from rcnas.distributed.service import RayEvaluator, start_service
 from rcnas.infra.files import write_atomic
-from rcnas.infra.provenance import content_key
+from rcnas.infra.provenance import content_key, environment
 from rcnas.search.searchers import SEARCHERS, run_searcher
 from rcnas.task import load_task, shared_grid
 
@@ -42,6 +42,18 @@ class SearchOptions:
     """evaluations a baseline searcher may spend"""
     data_root: Optional[str] = None
     """the dataset folder, handed to every evaluation worker (workers do not inherit the driver's environment)"""
+
+
+def save_resolved_configs(out: Path, exp: ExperimentConfig, tasks: list[Any]) -> None:
+    """The experiment and every task as this run resolved them (bases merged, defaults filled, teacher weights
+    hashed) under ``out/config/``: what the run used, whatever happens to the files it was started from."""
+    import yaml
+
+    folder = out / "config"
+    write_atomic(folder / "experiment.yaml", yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
+    for t in tasks:
+        write_atomic(folder / "tasks" / f"{t.name}.yaml", yaml.safe_dump(
+            {"source": t.source, **t.config.model_dump(mode="json")}, sort_keys=False))
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,7 @@ def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: Searc
     # task paths are made absolute: Tune runs trials in their own working directories
     metas, target = [str(Path(m).resolve()) for m in metas], str(Path(target).resolve())
     task = load_task(target)
+    save_resolved_configs(out, exp, [load_task(m) for m in metas] + [task])
     # one action space for meta-training and fine-tuning: the grid holding every task's teacher
     action_grid = shared_grid([load_task(m) for m in metas] + [task])
     grid = (action_grid.max_depth, action_grid.max_width)
@@ -109,7 +122,8 @@ def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: Searc
     summary = {"experiment": exp.name, "searcher": opts.searcher, "target": task.name, "chosen": chosen.arch.short(),
                "yaml": str(yaml_path), "reward": chosen.reward, "val_robust_acc": chosen.robust_acc,
                "macs": chosen.macs, "budget": space.budget, "meta_checkpoint": meta_ckpt,
-               "finetune_checkpoint": ft_ckpt, "evaluated": len(rows), "search_seconds": time.perf_counter() - t0}
+               "finetune_checkpoint": ft_ckpt, "evaluated": len(rows), "search_seconds": time.perf_counter() - t0,
+               "provenance": environment()}
     write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     log(f"evaluation service: {client.stats()}")
     teacher = client.teacher_weights(task)  # before the service goes: it owns the teachers it shipped

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rcnas.evaluation.tables import human  # noqa: E402
 from rcnas.infra.configio import eps_label  # noqa: E402
 from rcnas.infra.files import write_atomic  # noqa: E402
+from rcnas.infra.provenance import environment
 from rcnas.search.candidates import Candidate, best  # noqa: E402
 from rcnas.space.schema import dump_subnet, from_arch  # noqa: E402
 from rcnas.space.space import CompressionSpace  # noqa: E402
@@ -109,7 +110,7 @@ def write_report(out: Path, task: Task, space: CompressionSpace, rows: list[Cand
                "teacher_robust_acc": chosen.teacher_robust_acc}
     dump_subnet(from_arch(chosen.arch, space.shape.num_classes, teacher=task.teacher.name, task=task.name,
                           metrics={**metrics, "split": "validation", "attack": attack.name,
-                                   "epsilon": eps_label(attack.epsilon)}), yaml_path)
+                                   "epsilon": eps_label(attack.epsilon)}, provenance=environment()), yaml_path)
     write_atomic(out / "chosen_metrics.json", json.dumps({**chosen.metrics.to_dict(), **metrics,
                                                          "arch": chosen.arch.short()}, indent=2))
     plot_rewards(stages, rows, out / "reward.png")

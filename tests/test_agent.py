@@ -88,6 +88,10 @@ def test_train_smoke_writes_every_output(tmp_path):
     arch, sub = load_subnet(summary["yaml"])
     assert summary["yaml"].endswith(".yaml") and "/DIGITS/RL_" in summary["yaml"]
     assert summary["macs"] <= summary["budget"] and sub.rcnas.task == "smoke-target"
+    # provenance: code and library versions in the summary and the searched file; the configs as resolved
+    assert summary["provenance"]["code_version"].startswith("0.1.0") and summary["provenance"]["torch"]
+    assert sub.rcnas.provenance["ray"] == summary["provenance"]["ray"]
+    assert (run / "config" / "experiment.yaml").is_file() and (run / "config" / "tasks" / "smoke-target.yaml").is_file()
     for name in ("report.md", "reward.png", "candidates.png", "topology.png", "final/results.json",
                  "final/comparison.txt", "evaluations.sqlite"):
         assert (run / name).is_file(), name

@@ -23,6 +23,7 @@ def test_smoke_run_writes_a_consistent_table(tmp_path):
     assert r["worst_case"] <= min(accs.values())
     assert r["eps_255"] == "51/255" and r["n_examples"] == 64 and r["split"] == "test" and r["seed"] == 0
     assert r["macs"] == 712976 and r["params"] == 94422
+    assert r["provenance"]["device"] == r["device"] and r["provenance"]["pyautoattack"] == "0.2.0"
     assert "pgd20 (20 steps)" in proc.stdout and "51/255" in proc.stdout
     assert (tmp_path / "results.md").read_text().count("|") > 10
     assert (tmp_path / "tiny-444-half" / "model.pt").is_file()

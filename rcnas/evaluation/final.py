@@ -24,7 +24,7 @@ from rcnas.evaluation.robustness import AttackAccuracy, local_lipschitz, robust_
 from rcnas.infra.configio import eps_label
 from rcnas.infra.devices import pick_device
 from rcnas.infra.errors import ConfigError
-from rcnas.infra.provenance import code_version, content_key
+from rcnas.infra.provenance import code_version, content_key, environment
 from rcnas.models.builder import build_model
 from rcnas.models.imports import load_weights
 from rcnas.space.arch import ArchSpec
@@ -94,6 +94,8 @@ class FinalResult:
     job_key: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
     """caller's annotations (e.g. which searcher picked it), kept through results.json"""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    """code version, library versions, node and device it was computed with"""
 
     def accuracy(self, label: str) -> Optional[float]:
         return next((a.accuracy for a in self.attacks if a.label == label), None)
@@ -166,6 +168,6 @@ def evaluate_job(job: EvalJob, log: Callable[[str], None] = print, device: torch
         task=job.task.name, epsilon=eps, eps_255=eps_label(eps), seed=job.seed, n_examples=report.n_examples,
         split="test", clean=report.clean, attacks=report.attacks, worst_case=report.worst_case, lipschitz=lips,
         train=train_info, wall_seconds=round(time.perf_counter() - t0, 1), device=str(device),
-        node=platform.node(), job_key=job.key(),
+        node=platform.node(), job_key=job.key(), provenance=environment(str(device)),
     )
 

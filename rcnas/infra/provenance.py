@@ -39,3 +39,25 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return v
     return f"{v}+{commit}{'.dirty' if dirty else ''}" if commit else v
+
+
+LIBRARIES = ("torch", "torchvision", "ray", "pyautoattack", "gymnasium", "numpy")
+
+
+def environment(device: str | None = None) -> dict[str, object]:
+    """What an output was made with: the code version (commit, dirty flag), the Python and library versions (read
+    from the installed metadata: no library is imported), the machine and, when given, the device."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    libs: dict[str, str] = {}
+    for name in LIBRARIES:
+        try:
+            libs[name] = version(name)
+        except PackageNotFoundError:
+            libs[name] = "not installed"
+    out: dict[str, object] = {"code_version": code_version(), "python": platform.python_version(), **libs,
+                              "node": platform.node()}
+    if device is not None:
+        out["device"] = device
+    return out

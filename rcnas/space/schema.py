@@ -81,6 +81,8 @@ class RcnasSection(StrictModel):
     teacher: Optional[str] = None
     task: Optional[str] = None
     metrics: dict[str, Any] = Field(default_factory=dict)
+    provenance: Optional[dict[str, Any]] = None
+    """what a searched file was made with (code version, library versions)"""
 
 
 class SubnetFile(StrictModel):
