@@ -130,10 +130,10 @@ def test_a_node_lost_mid_evaluation_loses_nothing(tmp_path, cluster):
     svc = start_service(tmp_path / "run", n_workers=1, cache_dir=tmp_path / "cache", name="svc-node-loss",
                         worker_spec={"num_cpus": 1})
     (where,) = ray.get(svc.placement.remote(), timeout=120)
-    task = tiny_task(proxy_epochs=5)  # seconds of work: the node goes while it runs
+    task = tiny_task(proxy_epochs=3)  # seconds of work: the node goes while it runs
     arch = _archs(task, 1)[0]
     ref = svc.evaluate.remote(task, arch)
-    time.sleep(3)
+    time.sleep(2)
     (doomed,) = [n for n in nodes if n.node_id == where["node_id"]]
     cluster.remove_node(doomed)
     result = ray.get(ref, timeout=600)

@@ -34,7 +34,7 @@ def model(seed: int = 0) -> nn.Module:
 
 def test_bf16_training_on_a_cpu_learns_and_keeps_fp32_weights():
     net = model()
-    res = adversarial_train(net, digits(), recipe(precision="bf16"), num_classes=10)
+    res = adversarial_train(net, digits(), recipe(precision="bf16", epochs=2), num_classes=10)
     losses = [h["train_loss"] for h in res.history]
     assert not res.diverged and losses[-1] < losses[0] * 0.8, losses
     assert all(p.dtype == torch.float32 for p in net.parameters())  # autocast, not a half-precision copy
@@ -42,8 +42,9 @@ def test_bf16_training_on_a_cpu_learns_and_keeps_fp32_weights():
 
 
 def test_fp16_with_loss_scaling_trains_on_a_cpu():
-    res = adversarial_train(model(), digits(), recipe(precision="fp16", epochs=2), num_classes=10)
-    assert not res.diverged and res.history[-1]["train_loss"] < res.history[0]["train_loss"]
+    # fp16 is emulated (slowly) on a CPU: one epoch, after which validation accuracy is far above chance (0.1)
+    res = adversarial_train(model(), digits(), recipe(precision="fp16", epochs=1), num_classes=10)
+    assert not res.diverged and res.history[-1]["val_clean"] > 0.5, res.history
 
 
 def test_precision_changes_the_computation_and_fp32_is_deterministic():
