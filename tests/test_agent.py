@@ -167,6 +167,10 @@ def test_baseline_searchers_run_through_train_py(tmp_path):
     summary = json.loads((tmp_path / "evo" / "summary.json").read_text())
     assert summary["searcher"] == "evolution" and summary["evaluated"] == 3 and summary["meta_checkpoint"] is None
     assert (tmp_path / "evo" / "reward.png").is_file() and not (tmp_path / "evo" / "tune").exists()
+
+
+@pytest.mark.slow  # 35 s; the rl searcher's fine-tuning stage (the same code path) runs in the default suite
+def test_ppo_from_scratch_runs_through_train_py(tmp_path):
     ppo = run_script("train.py", "--smoke-test", "--searcher", "ppo-scratch", "--no-final-eval",
                      "--out", str(tmp_path / "ppo"), timeout=900)
     assert ppo.returncode == 0, ppo.stderr[-3000:]

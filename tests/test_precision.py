@@ -144,7 +144,8 @@ def test_the_gpu_throughput_benchmark_runs_on_a_cpu(tmp_path):
 
     from tests.conftest import run_script
 
-    r = run_script("bench/gpu_throughput.py", "--batches", "1", "--modes", "fp32,bf16", "--attack-examples", "8",
+    r = run_script("bench/gpu_throughput.py", "--batches", "1", "--batch", "8", "--modes", "fp32,bf16",
+                   "--attack-examples", "8",
                    "--out", str(tmp_path / "t.json"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "train bf16" in r.stdout and "x1.00 vs fp32" in r.stdout and "attack cw40" in r.stdout

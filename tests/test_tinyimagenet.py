@@ -37,6 +37,7 @@ def test_the_real_layout_loads_and_is_decoded_once(tiny_root, tmp_path, monkeypa
     assert len(list((tmp_path / "cache" / "decoded").glob("tiny-imagenet-*.npz"))) == 2
 
 
+@pytest.mark.slow  # 80-90 s; the CIFAR path's end-to-end run stays in the default suite, and the loader test above
 def test_search_and_evaluation_run_on_tiny_imagenet(tiny_root, tmp_path):
     summary, final, result = search_then_evaluate("configs/experiments/tinyimagenet-smoke.yaml",
                                                   "configs/tasks/smoke-tinyimagenet/smoke-ti-target.yaml", tiny_root,
