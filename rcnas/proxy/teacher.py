@@ -40,8 +40,7 @@ def load_or_train_teacher(task: Task, data: DataSplits, cache: Path, device: tor
         (model in eval mode on ``device``, training seconds spent when it was trained).
     """
     cfg = task.config
-    key = teacher_key(task)
-    folder = cache / "teachers" / key
+    folder = teacher_folder(task, cache)
     with file_lock(folder / ".lock"):
         torch.manual_seed(cfg.training.seed)
         model = build_model(task.teacher.arch, task.shape).to(device)
@@ -125,7 +124,7 @@ def measure_teacher(task: Task, model: PreActResNet, data: DataSplits, cache: Pa
     """Teacher accuracy under the task's attack on the proxy's validation subset, and its LIPS; cached per attack."""
     cfg = task.config
     key = teacher_key(task)
-    path = cache / "teachers" / key / f"stats-{stats_key(cfg)}.json"
+    path = teacher_folder(task, cache) / f"stats-{stats_key(cfg)}.json"
     if path.is_file():
         try:
             return TeacherStats(**json.loads(path.read_text()))
