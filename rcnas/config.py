@@ -148,6 +148,9 @@ class ProxyConfig(StrictModel):
     recalibrate_bn: int = Field(0, ge=0)
     """training images to re-estimate BN statistics on before fine-tuning (0: keep the inherited ones, which are the
     full teacher's and do not fit a narrow slice: OFA's BN recalibration, needed when ``epochs`` is 0)"""
+    also_attacks: dict[str, AttackConfig] = {}
+    """further attacks run on the same fine-tuned sub-network, by label (a tabular benchmark's columns: one
+    fine-tuning, several attacks). They change neither the fine-tuning's seeds nor the task attack's value."""
 
     @model_validator(mode="after")
     def _trained(self) -> ProxyConfig:

@@ -39,6 +39,7 @@ def proxy_evaluate(task: Task, arch: ArchSpec, data: DataSplits, teacher: Option
                 steps=cfg.attack.steps, n_val=min(p.val_examples, len(data.val)), seed=seed, repeats=p.repeats,
                 fine_tune_epochs=p.epochs, device=str(device), node=platform.node(), code_version=code_version())
     robust, clean, counts = [], [], {"inherited": 0, "fresh": 0}
+    also: dict[str, list[float]] = {label: [] for label in p.also_attacks}
     try:
         for r in range(p.repeats):
             s = derive_seed(task_key(task), arch.key(), fidelity_key(cfg), seed, r)
@@ -56,17 +57,21 @@ def proxy_evaluate(task: Task, arch: ArchSpec, data: DataSplits, teacher: Option
                 if res.diverged:
                     return _failed(base, counts, f"fine-tuning diverged: {res.reason}", t0)
             # the same measurement as the teacher's (rcnas.proxy.teacher.measure_teacher), in one batch of <= 512
-            report = robust_accuracy(model, data.val.head(p.val_examples), {"task": cfg.attack},
+            # each attack draws from its own generator: the extra ones leave the task attack's value unchanged
+            report = robust_accuracy(model, data.val.head(p.val_examples), {"task": cfg.attack, **p.also_attacks},
                                      num_classes=shape.num_classes, seed=s, batch_size=512)
             clean.append(report.clean)
             robust.append(report.attacks[0].accuracy)
+            for a in report.attacks[1:]:
+                also[a.label].append(a.accuracy)
     except Exception as exc:  # noqa: BLE001 - any failure of one candidate must not stop the search
         # "error", not "failed": a crash (out of memory, a lost file) may not recur, so it is never stored
         return _failed(base, counts, f"{type(exc).__name__}: {exc}", t0, status="error")
     return ProxyMetrics(status="ok", reason="", robust_acc=statistics.fmean(robust),
                         robust_sd=statistics.pstdev(robust), clean_acc=statistics.fmean(clean),
                         inherited_blocks=counts["inherited"], fresh_blocks=counts["fresh"],
-                        seconds=time.perf_counter() - t0, **base)  # type: ignore[arg-type]
+                        seconds=time.perf_counter() - t0, also={k: statistics.fmean(v) for k, v in also.items()},
+                        **base)  # type: ignore[arg-type]
 
 
 def _failed(base: dict, counts: dict[str, int], reason: str, t0: float, status: str = "failed") -> ProxyMetrics:

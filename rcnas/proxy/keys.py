@@ -60,8 +60,13 @@ PROXY_VERSION = 1
 def store_fidelity(task: TaskConfig) -> str:
     """The fidelity part of a store key: the proxy settings and the scoring code's version (seeds stay derived from
     :func:`fidelity_key` alone, so bumping the version re-measures without changing any draw)."""
-    return f"{fidelity_key(task)}.v{PROXY_VERSION}"
+    key = f"{fidelity_key(task)}.v{PROXY_VERSION}"
+    if task.proxy.also_attacks:  # the same draws, but a record that carries more: stored apart
+        key += "." + content_key({k: a.model_dump() for k, a in task.proxy.also_attacks.items()})[:8]
+    return key
 
 
 def fidelity_key(task: TaskConfig) -> str:
-    return content_key(task.proxy.model_dump())
+    """The proxy settings that decide a measurement's draws (not ``also_attacks``: extra columns measured on the
+    same fine-tuned network leave the task attack's value as it is)."""
+    return content_key(task.proxy.model_dump(exclude={"also_attacks"}))

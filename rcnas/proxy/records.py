@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -45,6 +45,8 @@ class ProxyMetrics:
     device: str
     node: str
     code_version: str
+    also: dict[str, float] = field(default_factory=dict)
+    """robust accuracy under each of the proxy's ``also_attacks`` (by label), same fine-tuned network and split"""
 
     @property
     def ok(self) -> bool:
