@@ -38,6 +38,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--task", help="target task YAML (overrides the experiment's target_task)")
     p.add_argument("--M", type=int, help="sub-networks sampled per policy update")
     p.add_argument("--from", dest="from_checkpoint", help="meta-trained checkpoint: skip meta-training")
+    p.add_argument("--seed", type=int, help="the experiment's seed (PPO, baselines, final training)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any experiment key (ppo.lr=0.001, M=3) or task key for every task "
+                        "(training.epochs=2, proxy.epochs=0.5); repeatable")
     p.add_argument("--searcher", default="rl", choices=searcher_names(),
                    help="rl (meta-train + fine-tune, default), ppo-scratch, or a baseline on the same service")
     p.add_argument("--n", type=int, default=25, help="evaluations a baseline searcher may spend")
@@ -46,6 +50,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-tune", action="store_true", help="plain algo.train() loops instead of Tune")
     p.add_argument("--no-final-eval", action="store_true", help="stop after the search report")
     p.add_argument("--data-root", help="dataset folder, passed to every worker (default $RCNAS_DATA or ./data)")
+    p.add_argument("--storage", help="a URI that keeps the run beyond this machine (s3://..., gs://..., file://...): "
+                   "Tune writes there, the run folder is copied there after each phase, --resume pulls it back")
     p.add_argument("--ray-address", help="an existing Ray cluster (default $RAY_ADDRESS or a local one)")
     p.add_argument("--allow-pending-workers", action="store_true",
                    help="start even when the experiment's workers ask for GPUs no node has (they wait for one)")
@@ -60,7 +66,7 @@ def main() -> int:
     args = parse(sys.argv[1:])
     from agents.pipeline import run_pipeline
 
-    return run_pipeline(args)
+    return run_pipeline(args, sys.argv[1:])
 
 
 if __name__ == "__main__":

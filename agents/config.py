@@ -90,6 +90,10 @@ class ExperimentConfig(StrictModel):
     workers: WorkerSettings = WorkerSettings()
     """the evaluation workers (``workers: {count: 8, gpus: 1}`` on a GPU cluster)"""
     seed: int = 0
+    avoid_repeats: bool = True
+    """each env runner never finishes a sub-network it already finished for the same task while unfinished ones
+    remain (the action mask hides them): a repeat is answered by the store and adds nothing, so without this a
+    converging policy stops searching (measured on the tabular benchmark, BENCHMARKS.md)"""
     ppo: PPOSettings = PPOSettings()
     model: ModelSettings = ModelSettings()
     final_eval: FinalEvalSettings = FinalEvalSettings()

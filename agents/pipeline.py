@@ -1,14 +1,19 @@
-"""train.py's body: resolve the experiment and CLI overrides, run the search, then the final comparison."""
+"""The search as one keyword call (:func:`search`, also ``rcnas.run_search``), and train.py's body over it:
+resolve the experiment and overrides, run the search, then the final comparison."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from agents.comparison import final_comparison
 from agents.config import ExperimentConfig, load_experiment, task_path
+from agents.overrides import apply_overrides, parse_sets
 from agents.search import SearchOptions, run_search
 from agents.stages import check_layout, module_dir
 from rcnas.data.registry import load_splits
@@ -16,6 +21,7 @@ from rcnas.evaluation.tables import text_table
 from rcnas.infra.cli import RESUME_HINT
 from rcnas.infra.errors import ConfigError
 from rcnas.infra.locks import run_folder_lock
+from rcnas.search.searchers import searcher_names
 from rcnas.task import Task, load_task
 
 
@@ -23,45 +29,96 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def run_pipeline(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class SearchRun:
+    """What :func:`search` returns."""
+
+    out: Path
+    summary: dict[str, Any]
+    """what ``summary.json`` holds: the chosen sub-network, its YAML, reward, MACs, checkpoints, provenance"""
+    results: list[Any] = field(default_factory=list)
+    """the final comparison (``FinalResult`` per network; empty when the final evaluation did not run)"""
+
+
+def search(experiment: str | Path = "configs/experiments/digits.yaml", *, out: str | Path | None = None,
+           task: str | None = None, M: int | None = None, seed: int | None = None, searcher: str = "rl", n: int = 25,
+           from_checkpoint: str | None = None, resume: bool = False, no_tune: bool = False, final_eval: bool = True,
+           data_root: str | None = None, ray_address: str | None = None, storage: str | None = None,
+           allow_pending_workers: bool = False, overrides: list[str] | dict[str, Any] | None = None,
+           log: Callable[[str], None] = log) -> SearchRun:
+    """Run the search (meta-train, fine-tune, report) and the final comparison; the Python form of train.py, whose
+    flags are these keywords (``overrides`` is ``--set``: ``["training.epochs=2"]`` or ``{"ppo.lr": 0.001}``).
+
+    Raises:
+        ConfigError: any bad input, before Ray starts or anything is computed.
+    """
     import torch
 
     # the driver shares the machine with the evaluation workers: torch's default thread pool in every process
     # oversubscribes the cores (measured about 10x slower on 2 cores)
     torch.set_num_threads(1)
-    exp, metas, target = load_experiment(args.experiment)
-    if args.task:
-        target = task_path(args.task)
+    exp, metas, target = load_experiment(experiment)
+    if task:
+        target = task_path(task)
         metas = [m for m in metas if Path(m).resolve() != Path(target).resolve()]
-    if args.M is not None:
-        exp = exp.model_copy(update={"M": args.M})
+    if M is not None:
+        if M < 1:
+            raise ConfigError(f"--M {M}: the number of sub-networks per policy update must be >= 1")
+        exp = exp.model_copy(update={"M": M})
+    if seed is not None:
+        exp = exp.model_copy(update={"seed": seed})
+    out = Path(out or f"runs/{exp.name}")
+    if storage:
+        from agents.storage import check_storage, is_uri, pull
+
+        if not is_uri(storage):
+            raise ConfigError(f"--storage {storage}: not a URI; give e.g. s3://bucket/runs/{exp.name} (for a folder "
+                              "on this machine, --out is enough)")
+        check_storage(storage)
+        if resume and pull(storage, out):
+            log(f"run folder pulled from {storage} (a new head): resuming from it")
+    check_run_folder(out, resume)
+    exp, metas, target = apply_overrides(exp, metas, target, parse_sets(overrides), out / "config" / "overridden")
     # every user mistake is reported before Ray starts
-    task = load_task(target)
-    if args.from_checkpoint and not Path(module_dir(args.from_checkpoint)).is_dir():
-        raise ConfigError(f"--from {args.from_checkpoint}: not an algorithm checkpoint (no "
-                          f"{module_dir(args.from_checkpoint)}); pass a meta checkpoint folder from summary.json")
-    if args.from_checkpoint:
-        check_layout(args.from_checkpoint)
-    if args.from_checkpoint and args.searcher != "rl":
-        raise ConfigError(f"--from applies to the rl searcher, not --searcher {args.searcher}")
-    if not metas and args.searcher == "rl" and not args.from_checkpoint:
-        raise ConfigError(f"--task {args.task} was the experiment's only meta-training task: nothing is left to "
+    target_task = load_task(target)
+    if from_checkpoint and not Path(module_dir(from_checkpoint)).is_dir():
+        raise ConfigError(f"--from {from_checkpoint}: not an algorithm checkpoint (no "
+                          f"{module_dir(from_checkpoint)}); pass a meta checkpoint folder from summary.json")
+    if from_checkpoint:
+        check_layout(from_checkpoint)
+    if from_checkpoint and searcher != "rl":
+        raise ConfigError(f"--from applies to the rl searcher, not --searcher {searcher}")
+    if not metas and searcher == "rl" and not from_checkpoint:
+        raise ConfigError(f"--task {task} was the experiment's only meta-training task: nothing is left to "
                           "meta-train on; pass --from <meta checkpoint> or another --experiment")
-    if args.n < 1:
-        raise ConfigError(f"--n {args.n}: a searcher needs at least one evaluation")
-    if args.M is not None and args.M < 1:
-        raise ConfigError(f"--M {args.M}: the number of sub-networks per policy update must be >= 1")
-    out = Path(args.out or f"runs/{exp.name}")
-    check_run_folder(out, args.resume)
-    check_workers_can_run(exp, args.ray_address, args.allow_pending_workers)
+    if n < 1:
+        raise ConfigError(f"--n {n}: a searcher needs at least one evaluation")
+    if searcher not in searcher_names():
+        raise ConfigError(f"--searcher {searcher}: unknown; choose from {', '.join(searcher_names())}")
+    check_workers_can_run(exp, ray_address, allow_pending_workers)
     # every dataset the run needs, here and now: a missing one is one line before Ray starts, not minutes later
-    for cfg in {t.config.dataset.model_dump_json(): t.config.dataset for t in [task, *map(load_task, metas)]}.values():
-        load_splits(cfg, args.data_root)
-    opts = SearchOptions(out=out, no_tune=args.no_tune, resume=args.resume, from_checkpoint=args.from_checkpoint,
-                         ray_address=args.ray_address, searcher=args.searcher, n=args.n, data_root=args.data_root)
-    RESUME_HINT.append(" ".join(["python train.py", *sys.argv[1:], *([] if args.resume else ["--resume"])]))
+    tasks = [target_task, *map(load_task, metas)]
+    for cfg in {t.config.dataset.model_dump_json(): t.config.dataset for t in tasks}.values():
+        load_splits(cfg, data_root)
+    opts = SearchOptions(out=out, no_tune=no_tune, resume=resume, from_checkpoint=from_checkpoint,
+                         ray_address=ray_address, searcher=searcher, n=n, data_root=data_root, storage=storage)
     with run_folder_lock(out):
-        return _search_and_evaluate(args, exp, metas, target, task, out, opts)
+        return _search_and_evaluate(exp, metas, target, target_task, opts, final_eval, log)
+
+
+def run_pipeline(args: argparse.Namespace, argv: list[str]) -> int:
+    """train.py's body: its flags as :func:`search`'s keywords, the table printed, the resume hint set."""
+    RESUME_HINT.append(" ".join(["python train.py", *argv, *([] if args.resume else ["--resume"])]))
+    run = search(args.experiment, out=args.out, task=args.task, M=args.M, seed=args.seed, searcher=args.searcher,
+                 n=args.n, from_checkpoint=args.from_checkpoint, resume=args.resume, no_tune=args.no_tune,
+                 final_eval=not args.no_final_eval, data_root=args.data_root, ray_address=args.ray_address,
+                 storage=args.storage, allow_pending_workers=args.allow_pending_workers, overrides=args.set)
+    if run.results:
+        print(text_table(run.results))
+    tune_dir = f"{args.storage.rstrip('/')}/tune" if args.storage else run.out / "tune"
+    print(f"\nrun folder: {run.out}{f' (kept at {args.storage})' if args.storage else ''} (tensorboard --logdir "
+          f"{tune_dir})")
+    return 0
 
 
 def check_workers_can_run(exp: ExperimentConfig, ray_address: str | None, insist: bool = False) -> None:
@@ -91,21 +148,22 @@ def check_run_folder(out: Path, resume: bool) -> None:
                           "the folder, or drop --resume to start a new run")
 
 
-def _search_and_evaluate(args: argparse.Namespace, exp: ExperimentConfig, metas: list[str], target: str, task: Task,
-                         out: Path, opts: SearchOptions) -> int:
+def _search_and_evaluate(exp: ExperimentConfig, metas: list[str], target: str, task: Task, opts: SearchOptions,
+                         final_eval: bool, log: Callable[[str], None]) -> SearchRun:
     outcome = run_search(exp, metas, target, opts, log=log)
     summary = outcome.summary
     log(f"chosen: {summary['chosen']} (reward {summary['reward']:.4f}, val robust acc "
         f"{summary['val_robust_acc']:.4f}, {summary['macs']:,} MACs <= budget {summary['budget']:,.0f}); "
-        f"written {summary['yaml']} and {out / 'report.md'}")
-    if exp.final_eval.enabled and not args.no_final_eval:
+        f"written {summary['yaml']} and {opts.out / 'report.md'}")
+    results: list[Any] = []
+    if exp.final_eval.enabled and final_eval:
         from rcnas.space.schema import load_subnet
 
         chosen, _ = load_subnet(summary["yaml"])
-        results = final_comparison(exp, task, chosen, out / "final", data_root=args.data_root,
+        results = final_comparison(exp, task, chosen, opts.out / "final", data_root=opts.data_root,
                                    teacher_weights=outcome.teacher_weights)
-        print(text_table(results))
-    print(f"\nrun folder: {out} (tensorboard --logdir {out / 'tune'})")
-    return 0
+    if opts.storage:
+        from agents.storage import push
 
-
+        push(opts.out, opts.storage, include_tune=opts.no_tune)
+    return SearchRun(opts.out, summary, results)

@@ -18,6 +18,7 @@ from agents.config import ExperimentConfig
 from agents.ppo import build_ppo_config
 from agents.search_report import write_report
 from agents.stages import check_layout, module_dir, run_stage
+from agents.storage import Keeper
 from agents.summary import scored_rows
 from rcnas.distributed.resources import ensure_ray
 from rcnas.distributed.service import RayEvaluator, start_service
@@ -42,6 +43,9 @@ class SearchOptions:
     """evaluations a baseline searcher may spend"""
     data_root: Optional[str] = None
     """the dataset folder, handed to every evaluation worker (workers do not inherit the driver's environment)"""
+    storage: Optional[str] = None
+    """a URI (s3://, gs://, file://) that keeps the run: Tune's experiments directly, the rest of the run folder
+    after each phase (``agents/storage.py``)"""
 
 
 def save_resolved_configs(out: Path, exp: ExperimentConfig, tasks: list[Any]) -> None:
@@ -54,6 +58,24 @@ def save_resolved_configs(out: Path, exp: ExperimentConfig, tasks: list[Any]) ->
     for t in tasks:
         write_atomic(folder / "tasks" / f"{t.name}.yaml", yaml.safe_dump(
             {"source": t.source, **t.config.model_dump(mode="json")}, sort_keys=False))
+
+
+def _stage_folder(storage: Path | str, name: str, local_tune: Path) -> Path:
+    """A stage's Tune experiment on this disk (a copy of its progress files when Tune keeps it at a URI)."""
+    if isinstance(storage, Path):
+        return storage / name
+    from agents.storage import fetch_progress
+
+    return fetch_progress(f"{storage}/{name}", local_tune / name)
+
+
+def _keep(out: Path, opts: SearchOptions, log: Callable[[str], None]) -> None:
+    """Copy the run folder to ``--storage`` (when given) at the end of a phase."""
+    if opts.storage:
+        from agents.storage import push
+
+        push(out, opts.storage, include_tune=opts.no_tune)
+        log(f"run folder copied to {opts.storage}")
 
 
 @dataclass(frozen=True)
@@ -69,7 +91,8 @@ def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: Searc
     t0 = time.perf_counter()
     out = opts.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    storage = out / "tune"
+    storage: Path | str = f"{opts.storage.rstrip('/')}/tune" if opts.storage else out / "tune"
+    local_tune = out / "tune"
     ensure_ray(opts.ray_address)
     # one service per run folder: two runs whose folders share a base name never share a service or a store
     service_name = f"rcnas-eval-{out.name}-{content_key(str(out))[:8]}"
@@ -86,8 +109,35 @@ def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: Searc
     # one action space for meta-training and fine-tuning: the grid holding every task's teacher
     action_grid = shared_grid([load_task(m) for m in metas] + [task])
     grid = (action_grid.max_depth, action_grid.max_width)
-    meta_ckpt = ft_ckpt = None
     stages: dict[str, Path] = {}
+    with Keeper(out, opts.storage, include_tune=opts.no_tune):  # copies the run folder every 10 min meanwhile
+        meta_ckpt, ft_ckpt = _search(exp, metas, target, task, opts, service_name, grid, storage, local_tune, stages,
+                                     out, log)
+    # 4. the result: the best sub-network evaluated on the target task, its report and plots
+    space = task.on_grid(action_grid)
+    rows = scored_rows(task, client)
+    if not rows:
+        raise RuntimeError("no sub-network of the target task was evaluated: raise finetune_iterations")
+    chosen, yaml_path = write_report(out, task, space, rows, stages)
+    summary = {"experiment": exp.name, "searcher": opts.searcher, "target": task.name, "chosen": chosen.arch.short(),
+               "yaml": str(yaml_path), "reward": chosen.reward, "val_robust_acc": chosen.robust_acc,
+               "macs": chosen.macs, "budget": space.budget, "meta_checkpoint": meta_ckpt,
+               "finetune_checkpoint": ft_ckpt, "evaluated": len(rows), "search_seconds": time.perf_counter() - t0,
+               "provenance": environment()}
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    _keep(out, opts, log)
+    log(f"evaluation service: {client.stats()}")
+    teacher = client.teacher_weights(task)  # before the service goes: it owns the teachers it shipped
+    del service  # held until here: a named actor lives only as long as a handle to it does
+    return SearchOutcome(summary, teacher)
+
+
+def _search(exp: ExperimentConfig, metas: list[str], target: str, task: Any, opts: SearchOptions, service_name: str,
+            grid: tuple[int, int], storage: Path | str, local_tune: Path, stages: dict[str, Path], out: Path,
+            log: Callable[[str], None]) -> tuple[Optional[str], Optional[str]]:
+    """Phases 2 and 3 (a baseline searcher, or meta-training then fine-tuning); returns the meta and fine-tuning
+    checkpoints (None where a phase did not run) and fills ``stages`` with the Tune experiments' folders."""
+    meta_ckpt = ft_ckpt = None
     if opts.searcher in SEARCHERS:
         # 2'. a baseline searcher on the same service, store and budget wall
         log(f"searcher {opts.searcher}: {opts.n} evaluations on {task.name}")
@@ -101,9 +151,11 @@ def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: Searc
         elif opts.searcher == "rl":
             log(f"meta-training on {len(metas)} tasks, {exp.meta_iterations} iterations of M={exp.M}")
             meta_ckpt = run_stage("meta", build_ppo_config(exp, metas, service_name, grid=grid, client="rl-meta"),
-                                  exp.meta_iterations, storage, no_tune=opts.no_tune, resume=opts.resume, log=log)
+                                  exp.meta_iterations, storage, no_tune=opts.no_tune, resume=opts.resume, log=log,
+                                  local=local_tune)
             log(f"meta checkpoint: {meta_ckpt}")
-            stages["meta"] = storage / "meta"
+            stages["meta"] = _stage_folder(storage, "meta", local_tune)
+            _keep(out, opts, log)
         # 3. fine-tuning on the held-out task, starting from the meta-trained policy (or from scratch)
         log(f"fine-tuning on {task.name}, {exp.finetune_iterations} iterations"
             + ("" if meta_ckpt else " (no meta-training: PPO from scratch)"))
@@ -111,22 +163,6 @@ def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: Searc
                                      load_module_from=module_dir(meta_ckpt) if meta_ckpt else None,
                                      client=f"{opts.searcher}-finetune")
         ft_ckpt = run_stage("finetune", ft_config, exp.finetune_iterations, storage, no_tune=opts.no_tune,
-                            resume=opts.resume, log=log)
-        stages["finetune"] = storage / "finetune"
-    # 4. the result: the best sub-network evaluated on the target task, its report and plots
-    space = task.on_grid(action_grid)
-    rows = scored_rows(task, client)
-    if not rows:
-        raise RuntimeError("no sub-network of the target task was evaluated: raise finetune_iterations")
-    chosen, yaml_path = write_report(out, task, space, rows, stages)
-    summary = {"experiment": exp.name, "searcher": opts.searcher, "target": task.name, "chosen": chosen.arch.short(),
-               "yaml": str(yaml_path), "reward": chosen.reward, "val_robust_acc": chosen.robust_acc,
-               "macs": chosen.macs, "budget": space.budget, "meta_checkpoint": meta_ckpt,
-               "finetune_checkpoint": ft_ckpt, "evaluated": len(rows), "search_seconds": time.perf_counter() - t0,
-               "provenance": environment()}
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2))
-    log(f"evaluation service: {client.stats()}")
-    teacher = client.teacher_weights(task)  # before the service goes: it owns the teachers it shipped
-    del service  # held until here: a named actor lives only as long as a handle to it does
-    return SearchOutcome(summary, teacher)
-
+                            resume=opts.resume, log=log, local=local_tune)
+        stages["finetune"] = _stage_folder(storage, "finetune", local_tune)
+    return meta_ckpt, ft_ckpt

@@ -10,6 +10,7 @@ from typing import Any
 from ray import tune
 from ray.rllib.algorithms.ppo import PPO, PPOConfig
 
+from agents.storage import is_uri
 from envs import observation
 from rcnas.infra.errors import ConfigError, EvaluationFailed
 from rcnas.infra.files import write_atomic
@@ -47,24 +48,29 @@ def check_layout(checkpoint: str | Path) -> None:
                           "with this version")
 
 
-def run_stage(name: str, config: PPOConfig, iterations: int, storage: Path, *, no_tune: bool = False,
-              resume: bool = False, log: Callable[[str], None] = print) -> str:
+def run_stage(name: str, config: PPOConfig, iterations: int, storage: Path | str, *, no_tune: bool = False,
+              resume: bool = False, log: Callable[[str], None] = print, local: Path | None = None) -> str:
     """Train ``iterations`` PPO iterations; returns the final checkpoint folder.
 
     Under Tune, the experiment lives in ``storage/name`` (TensorBoard events, progress.csv, checkpoints);
     ``resume`` continues an interrupted experiment found there.
     """
+    remote = is_uri(storage)
+    if remote and local is None:
+        raise ValueError("a storage URI needs a local folder for the checkpoint the next stage loads")
     if no_tune:
-        return _plain_loop(name, config, iterations, storage, log)
-    path = storage / name
-    if resume and tune.Tuner.can_restore(str(path)):
+        return _plain_loop(name, config, iterations, local if remote else Path(storage), log)
+    path = f"{storage}/{name}" if remote else str(Path(storage) / name)
+    if resume and tune.Tuner.can_restore(path):
         log(f"resuming Tune experiment {path}")
         tuner = tune.Tuner.restore(str(path), trainable=PPO, resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(
             PPO, param_space=config,
             run_config=tune.RunConfig(
-                storage_path=str(storage.resolve()), name=name, stop={"training_iteration": iterations},
+                # a URI (s3://, gs://, file://): Tune writes there directly, so a lost head loses nothing
+                storage_path=storage if remote else str(Path(storage).resolve()), name=name,
+                stop={"training_iteration": iterations},
                 checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, checkpoint_at_end=True,
                                                         num_to_keep=2),
                 verbose=1,
@@ -76,8 +82,11 @@ def run_stage(name: str, config: PPOConfig, iterations: int, storage: Path, *, n
         raise EvaluationFailed.find(str(result.error)) or RuntimeError(f"{name} failed: {result.error}")
     if result.checkpoint is None or (result.metrics or {}).get("training_iteration", 0) < iterations:
         raise KeyboardInterrupt  # Tune returns early on Ctrl-C: end as an interruption, with the resume hint
-    save_layout(result.checkpoint.path)
-    return result.checkpoint.path
+    ckpt = result.checkpoint.path
+    if remote:  # the next stage and the report load it from this machine's disk
+        ckpt = result.checkpoint.to_directory(str((local / name / "checkpoint").resolve()))  # type: ignore[operator]
+    save_layout(ckpt)
+    return ckpt
 
 
 def train_iterations(algo: Any, iterations: int, name: str, log: Callable[[str], None],

@@ -35,15 +35,20 @@ class CompressionEnv(gym.Env):
         task: a :class:`rcnas.task.Task` or a task YAML path; or
         tasks: several (meta-training: one drawn per episode);
         evaluator: scores sub-networks (default: ``LocalEvaluator`` in this process);
-        grid: ``(max_depth, max_width)`` of the action grid (default: the smallest holding every task's teacher).
+        grid: ``(max_depth, max_width)`` of the action grid (default: the smallest holding every task's teacher);
+        avoid_repeats: never finish a sub-network this env has already finished for the same task while another
+            remains (the mask hides the actions that lead only to finished ones). Why: a repeat costs nothing (the
+            store answers it) and teaches nothing new, so a converged policy would otherwise spend every episode on
+            its favourite sub-network and stop searching.
     """
 
     metadata = {"render_modes": []}
 
     def __init__(self, config: Optional[Mapping[str, Any]] = None, *, task: Task | str | Path | None = None,
                  tasks: Sequence[Task | str | Path] | None = None, evaluator: Optional[Evaluator] = None,
-                 grid: Optional[Sequence[int]] = None) -> None:
+                 grid: Optional[Sequence[int]] = None, avoid_repeats: Optional[bool] = None) -> None:
         cfg = dict(config or {})
+        self.avoid_repeats = bool(avoid_repeats if avoid_repeats is not None else cfg.get("avoid_repeats", False))
         task, tasks = task or cfg.get("task"), tasks or cfg.get("tasks")
         evaluator, grid = evaluator or cfg.get("evaluator"), grid or cfg.get("grid")
         specs = [task] if task is not None else list(tasks or [])
@@ -66,6 +71,7 @@ class CompressionEnv(gym.Env):
         })
         self._teacher: dict[int, TeacherStats] = {}
         self._index, self._actions = 0, ()
+        self._repeats = [RepeatMask(s) for s in self.spaces]
 
     @property
     def task(self) -> Task:
@@ -83,8 +89,12 @@ class CompressionEnv(gym.Env):
     def _obs(self) -> dict[str, np.ndarray]:
         stats = self.teacher_stats(self._index)
         obs = observation.encode(self.space, self._actions, stats, observation.task_descriptor(self.task, self.space))
-        mask = self.space.mask(self._actions) if len(self._actions) < self.space.n_stages else \
-            np.zeros(self.grid.n, dtype=bool)
+        if len(self._actions) >= self.space.n_stages:
+            mask = np.zeros(self.grid.n, dtype=bool)
+        elif self.avoid_repeats:
+            mask = self._repeats[self._index].mask(self._actions)
+        else:
+            mask = self.space.mask(self._actions)
         return {"observations": obs, "action_mask": mask.astype(np.float32)}
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -101,6 +111,8 @@ class CompressionEnv(gym.Env):
         invalid = not self.space.mask(self._actions)[action]
         if invalid:  # a policy that ignores the mask still gets a within-budget sub-network, and is told so
             action = self.space.cheapest(self._actions)
+            if self.avoid_repeats:
+                action = int(np.flatnonzero(self._repeats[self._index].mask(self._actions))[0])
         self._actions += (action,)
         info: dict[str, Any] = {"task": self.task.name, "invalid_action": invalid}
         if len(self._actions) < self.space.n_stages:
@@ -109,6 +121,7 @@ class CompressionEnv(gym.Env):
 
     def _finish(self, info: dict[str, Any]) -> tuple[float, bool, bool, dict[str, Any]]:
         arch = self.space.arch(self._actions)
+        self._repeats[self._index].finished(self._actions)
         result = self.evaluator.evaluate(self.task, arch)
         m, teacher = result.metrics, self.teacher_stats(self._index)
         reward = task_reward(self.task, m, teacher)
@@ -121,3 +134,45 @@ class CompressionEnv(gym.Env):
                         "node": m.node, "device": m.device, "code_version": m.code_version},
         )
         return float(reward), True, False, info
+
+
+class RepeatMask:
+    """The budget wall of one space minus the actions whose every completion was already finished.
+
+    Counts, per decided prefix, its feasible completions (memoised) and the finished ones: a prefix is exhausted
+    when they are equal. When the whole space is exhausted, the plain budget wall is returned (repeats are then the
+    only choice left)."""
+
+    def __init__(self, space: CompressionSpace) -> None:
+        self.space = space
+        self._total: dict[tuple[int, ...], int] = {}
+        self._done: dict[tuple[int, ...], int] = {}
+        self._finished: set[tuple[int, ...]] = set()
+
+    def total(self, prefix: tuple[int, ...]) -> int:
+        if prefix not in self._total:
+            if len(prefix) == self.space.n_stages:
+                self._total[prefix] = 1
+            else:
+                self._total[prefix] = sum(self.total(prefix + (int(a),))
+                                          for a in np.flatnonzero(self.space.mask(prefix)))
+        return self._total[prefix]
+
+    def exhausted(self, prefix: tuple[int, ...]) -> bool:
+        return self._done.get(prefix, 0) >= self.total(prefix)
+
+    def finished(self, actions: tuple[int, ...]) -> None:
+        if actions in self._finished:
+            return
+        self._finished.add(actions)
+        for k in range(len(actions) + 1):
+            self._done[actions[:k]] = self._done.get(actions[:k], 0) + 1
+
+    def mask(self, prefix: tuple[int, ...]) -> np.ndarray:
+        wall = self.space.mask(prefix)
+        if self.exhausted(()):
+            return wall
+        out = wall.copy()
+        for a in np.flatnonzero(wall):
+            out[a] = not self.exhausted(prefix + (int(a),))
+        return out if out.any() else wall

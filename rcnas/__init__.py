@@ -6,6 +6,8 @@ The public API, imported lazily (``import rcnas`` loads neither torch nor Ray)::
     arch, _ = rcnas.load_subnet("configs/subnets/digits/tiny-444.yaml")   # a sub-network genotype (ArchSpec)
     model = rcnas.build_model(arch, task.shape)                            # its nn.Module
     metrics = rcnas.LocalEvaluator().evaluate(task, arch).metrics          # the search's proxy score
+    run = rcnas.run_search("configs/experiments/digits.yaml", out="runs/digits", overrides=["M=4"])  # train.py
+    results = rcnas.evaluate([run.summary["yaml"]], task, attacks=["clean", "pgd20"])  # evaluate.py
 
 The layers, bottom to top: ``infra`` (registries, errors, strict YAML), ``vocab`` (block types, attack kinds,
 the evaluation suite), ``config`` (schemas), ``space`` (genotype, MACs, the budget wall), ``data``, ``models``,
@@ -28,11 +30,15 @@ _API = {
     "adversarial_train": "rcnas.train", "robust_accuracy": "rcnas.evaluation.robustness",
     "LocalEvaluator": "rcnas.proxy.local", "EvalJob": "rcnas.evaluation.final",
     "evaluate_job": "rcnas.evaluation.final", "ConfigError": "rcnas.infra.errors",
+    "evaluate": "rcnas.evaluation.command",
+    # the agent (RLlib): imported only when called, so that `import rcnas` stays free of Ray
+    "run_search": "agents.pipeline:search",
 }
 __all__ = sorted(_API)
 
 
 def __getattr__(name: str) -> Any:
     if name in _API:
-        return getattr(import_module(_API[name]), name)
+        module, _, attr = _API[name].partition(":")
+        return getattr(import_module(module), attr or name)
     raise AttributeError(f"module 'rcnas' has no attribute {name!r}")

@@ -24,3 +24,35 @@ class FakeEvaluator:
         m = ProxyMetrics("ok", "", robust, 0.0, robust + 0.2, cost.macs, cost.params, attack.name,
                          attack.epsilon, attack.steps, 100, 0, 1, 0.0, 0, 0, 0.0, "cpu", "test", "test")
         return Evaluation(eval_key(task, arch), m, cached=False)
+
+
+def synthetic_table(path, tasks: list[Task]) -> None:
+    """A table file for ``tasks`` (as bench/build_table.py writes it) with made-up, deterministic accuracies: robust
+    accuracy grows with MACs, with a per-sub-network wiggle, so that searchers have a non-trivial optimum."""
+    import hashlib
+    from dataclasses import asdict
+
+    from rcnas.infra.provenance import code_version
+    from rcnas.proxy.keys import fidelity_key, teacher_key
+    from rcnas.search.table import Row, attack_column, every_subnet, table_task, write_table
+
+    tt = table_task(tasks)
+    space = tt.space
+    cols = [attack_column(tt.config.attack), *tt.config.proxy.also_attacks]
+    rows = []
+    for actions in every_subnet(space):
+        arch = space.arch(actions)
+        cost = space.cost(arch)
+        wiggle = int(hashlib.sha256(arch.key().encode()).hexdigest()[:6], 16) / 16**6
+        base = 0.2 + 0.4 * (cost.macs / space.teacher_macs) ** 0.5 + 0.1 * wiggle
+        rows.append(Row(arch, cost.macs, cost.params, "ok", base + 0.2,
+                        {c: base - 0.05 * k for k, c in enumerate(cols)}, 1.0))
+    teacher = {c: asdict(TeacherStats("fake", 0.95, 0.7 - 0.05 * k, 12.0, 359, 0.0)) for k, c in enumerate(cols)}
+    header = {"teacher": tt.teacher.name, "teacher_key": teacher_key(tt), "fidelity_key": fidelity_key(tt.config),
+              "proxy": tt.config.proxy.model_dump(exclude={"also_attacks"}), "ratio": tt.config.budget.ratio,
+              "attacks": {cols[0]: tt.config.attack.model_dump(),
+                          **{c: a.model_dump() for c, a in tt.config.proxy.also_attacks.items()}},
+              "teacher_stats": teacher, "base_channels": list(tt.teacher.base_channels), "n_val": 359,
+              "tasks": [t.name for t in tasks], "code_version": code_version(), "rows": len(rows),
+              "command": "tests/fakes.py synthetic_table"}
+    write_table(path, header, rows, ["synthetic: made-up accuracies for unit tests"])

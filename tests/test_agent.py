@@ -79,7 +79,9 @@ def test_finetuning_starts_from_the_meta_trained_weights(ray_local, tmp_path):
 
 @pytest.mark.ray
 def test_train_smoke_writes_every_output(tmp_path):
-    proc = run_script("train.py", "--smoke-test", "--out", str(tmp_path / "run"), timeout=900)
+    kept = tmp_path / "kept"  # --storage: a URI that outlives the head (file:// here; s3:// or gs:// on a cluster)
+    proc = run_script("train.py", "--smoke-test", "--out", str(tmp_path / "run"), "--storage", kept.as_uri(),
+                      timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
@@ -95,7 +97,11 @@ def test_train_smoke_writes_every_output(tmp_path):
     for name in ("report.md", "reward.png", "candidates.png", "topology.png", "final/results.json",
                  "final/comparison.txt", "evaluations.sqlite"):
         assert (run / name).is_file(), name
-    events = list((run / "tune" / "meta").rglob("events.out.tfevents*"))
+    # Tune wrote its experiments to the storage URI; the run folder was copied there too
+    for name in ("summary.json", "report.md", "final/results.json", "evaluations.sqlite", "config/experiment.yaml"):
+        assert (kept / name).is_file(), name
+    assert not (kept / ".rcnas.lock").exists()
+    events = list((kept / "tune" / "meta").rglob("events.out.tfevents*"))
     assert events, "TensorBoard events for meta-training"
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -109,6 +115,16 @@ def test_train_smoke_writes_every_output(tmp_path):
     results = json.loads((run / "final" / "results.json").read_text())
     assert {r["name"] for r in results} == {"rl-chosen", "uniform-shrink", "teacher-tiny-222"}
     assert "rl-chosen" in proc.stdout
+
+    # the head is lost: a new one resumes from the storage URI alone, computing nothing again
+    import shutil
+
+    shutil.rmtree(run)
+    again = run_script("train.py", "--smoke-test", "--out", str(run), "--storage", kept.as_uri(), "--resume",
+                       timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "pulled from" in again.stderr and "'computed': 0" in again.stderr
+    assert json.loads((run / "summary.json").read_text())["chosen"] == summary["chosen"]
 
     # the downstream run of the original README: fine-tune only, from the saved meta checkpoint
     down = run_script("train.py", "--experiment", "configs/experiments/smoke.yaml", "--task",

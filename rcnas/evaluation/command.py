@@ -8,7 +8,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -173,11 +173,36 @@ def teacher_job(args: EvaluateArgs, task: Task, attacks: tuple[str, ...], out: P
                    args.n_examples, args.seed, args.data_root, w.format)
 
 
+def evaluate(subnets: Sequence[str | Path] = (), task: str | Path | None = None, *,
+             attacks: str | Sequence[str] = "clean,fgsm,pgd20,cw40,aa", epochs: Optional[float] = None,
+             checkpoint: Optional[str] = None, teacher: bool = False, n_examples: Optional[int] = None, seed: int = 0,
+             out: str | Path | None = None, data_root: Optional[str] = None, no_ray: bool = False,
+             ray_address: Optional[str] = None) -> list[FinalResult]:
+    """Train (or load) each sub-network config and attack it on the test split; the Python form of evaluate.py,
+    whose flags are these keywords (``rcnas.evaluate``). Results are also written under ``out``.
+
+    Raises:
+        ConfigError: any bad input, before any training starts.
+    """
+    labels = attacks if isinstance(attacks, str) else ",".join(attacks)
+    return _evaluate(EvaluateArgs([str(p) for p in subnets], None if task is None else str(task), labels, epochs,
+                                  checkpoint, n_examples, seed, None if out is None else str(out), data_root, False,
+                                  no_ray, ray_address, teacher))
+
+
 def run_evaluate(args: EvaluateArgs) -> int:
+    """evaluate.py's body."""
+    if args.profile:
+        parse_attacks(args.attacks)
+        check_values(args)
+        return profile(args)
+    print(text_table(_evaluate(args)))
+    return 0
+
+
+def _evaluate(args: EvaluateArgs) -> list[FinalResult]:
     attacks = parse_attacks(args.attacks)
     check_values(args)
-    if args.profile:
-        return profile(args)
     if not args.task:
         raise ConfigError("--task is required (it gives the dataset, the attack's epsilon and the training recipe)")
     task = load_task(args.task)
@@ -207,6 +232,5 @@ def run_evaluate(args: EvaluateArgs) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "task.yaml", yaml.safe_dump(task.config.model_dump(mode="json"), sort_keys=False))
     results = run_jobs(jobs, out, no_ray=args.no_ray, ray_address=args.ray_address)
-    print(text_table(results))
-    print(f"\nwritten: {out / 'results.json'}, {out / 'results.md'}")
-    return 0
+    log(f"written: {out / 'results.json'}, {out / 'results.md'}")
+    return results

@@ -115,7 +115,7 @@ class Table:
 
     @property
     def columns(self) -> list[str]:
-        return list(self.header["attacks"])
+        return list(self.header["columns"])
 
     def teacher(self, column: str) -> TeacherStats:
         return TeacherStats(**self.header["teacher_stats"][column])
@@ -131,7 +131,7 @@ class Table:
             raise ConfigError(f"{task.name}: budget {task.config.budget.model_dump(exclude_none=True)} exceeds the "
                               f"table's MACs ratio {h['ratio']}; use a task with ratio <= {h['ratio']}")
         for col, attack in h["attacks"].items():
-            if AttackConfig(**attack) == task.config.attack:
+            if attack == task.config.attack.model_dump(mode="json"):
                 return col
         raise ConfigError(f"{task.name}: attack {task.config.attack.model_dump()} is not a column of the table "
                           f"({', '.join(self.columns)})")
@@ -145,8 +145,10 @@ class Table:
 
 
 def write_table(path: str | Path, header: dict[str, Any], rows: list[Row], comments: list[str]) -> None:
-    """Write ``rows`` (sorted by MACs then label, so the file is stable) with ``header`` as gzip'd CSV."""
+    """Write ``rows`` (sorted by MACs then label, so the file is stable) with ``header`` as gzip'd CSV; the columns
+    follow ``header["attacks"]``'s order (the first is the one the live proxy of its task returns)."""
     cols = list(header["attacks"])
+    header = {**header, "columns": cols}  # the JSON header's keys are sorted: the order is kept apart
     buf = io.StringIO()
     buf.write("#json " + json.dumps(header, sort_keys=True) + "\n")
     for c in comments:
@@ -184,23 +186,46 @@ def read_table(path: str | Path, task: Task) -> Table:
                                        tuple(int(x) for x in rec["widths"].split("-")),
                                        tuple(rec["blocks"].split("-")))
             table.rows[arch.key()] = Row(arch, int(rec["macs"]), int(rec["params"]), rec["status"],
-                                         float(rec["clean"]), {c: float(rec[c]) for c in header["attacks"]},
+                                         float(rec["clean"]), {c: float(rec[c]) for c in header["columns"]},
                                          float(rec["seconds"]))
     except (OSError, EOFError, ValueError, KeyError, gzip.BadGzipFile) as exc:
         raise ConfigError(f"{path}: not a readable rcnas table ({type(exc).__name__}: {exc}); regenerate it with "
-                          "bench/tabulate.py") from None
+                          "bench/build_table.py") from None
     return table
+
+
+_OPEN: dict[tuple[str, str], Table] = {}
+REQUESTS: dict[str, list[dict[str, Any]]] = {}
+"""every table evaluator's requests by client, in this process: RLlib builds the env (and its evaluator) deep inside
+an algorithm, so this is how a benchmark reads what a search asked for (the store's request log, for tables)"""
+
+
+def requests_of(client: str, pop: bool = False) -> list[dict[str, Any]]:
+    """``client``'s requests to table evaluators of this process, in order (``pop``: and forget them)."""
+    return REQUESTS.pop(client, []) if pop else REQUESTS.get(client, [])
+
+
+def open_table(path: str | Path, task: Task | str) -> Table:
+    """:func:`read_table`, once per process and file (envs of one process share the parsed table)."""
+    from rcnas.task import load_task
+
+    task = task if isinstance(task, Task) else load_task(task)
+    k = (str(Path(path).resolve()), task.teacher.name)
+    if k not in _OPEN:
+        _OPEN[k] = read_table(path, task)
+    return _OPEN[k]
 
 
 class TableEvaluator:
     """The :class:`rcnas.proxy.protocol.Evaluator` of a table: answers in microseconds, never computes.
 
     A sub-network outside the table (or a task the table does not serve) is an error, never a silent live
-    evaluation. Keeps every request in order (``requests``), as the service's store does, for the benchmark."""
+    evaluation. Keeps every request in order (``requests``; also in ``REQUESTS[client]`` when a client is named),
+    as the service's store does, for the benchmark."""
 
-    def __init__(self, table: Table) -> None:
+    def __init__(self, table: Table, client: str = "") -> None:
         self.table = table
-        self.requests: list[dict[str, Any]] = []
+        self.requests: list[dict[str, Any]] = REQUESTS.setdefault(client, []) if client else []
         self._cols: dict[int, tuple[Task, str]] = {}
         self._seen: set[tuple[str, str]] = set()
 

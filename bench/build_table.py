@@ -4,7 +4,7 @@ proxy (one fine-tuning, every task's attack), through the evaluation service and
 Resumable: the store in ``--out`` keeps every finished evaluation, so an interrupted run picks up where it stopped
 (kill it at any time; run the same command again). The table file is written when every row is in.
 
-    python bench/tabulate.py [--tasks digits-pgd-e20-t444-r35,digits-fgsm-e20-t444-r50,digits-cw-e20-t444-r30]
+    python bench/build_table.py [--tasks digits-pgd-e20-t444-r35,digits-fgsm-e20-t444-r50,digits-cw-e20-t444-r30]
         [--out runs/table/digits-e20-t444] [--table bench/tables/digits-e20-t444.csv.gz] [--workers 2] [--limit N]
 """
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                     **{c: a.model_dump() for c, a in ttask.config.proxy.also_attacks.items()}},
         "teacher_stats": teacher, "base_channels": list(ttask.teacher.base_channels), "n_val": n_val,
         "tasks": [t.name for t in tasks], "code_version": code_version(), "rows": len(rows),
-        "command": "python bench/tabulate.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "command": "python bench/build_table.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
     }
     write_table(args.table, header, rows, [
         f"{len(rows)} sub-networks of {ttask.teacher.name} within {ttask.config.budget.ratio:.0%} of its MACs, "

@@ -1,0 +1,192 @@
+"""The tabular benchmark: the proxy's extra attacks, building and reading a table, the table-backed evaluator, the
+env's repeat mask, the benchmark script on a synthetic table, and the committed table against live evaluations."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.config import task_path
+from envs.compression_env import CompressionEnv, RepeatMask
+from rcnas.config import AttackConfig, BudgetConfig
+from rcnas.infra.errors import ConfigError, EvaluationFailed
+from rcnas.proxy.keys import fidelity_key, store_fidelity, task_key
+from rcnas.search.searchers import run_searcher
+from rcnas.search.table import (
+    TableEvaluator,
+    attack_column,
+    every_subnet,
+    read_table,
+    table_task,
+    task_for_column,
+)
+from rcnas.task import load_task
+from tests.conftest import run_script
+from tests.fakes import synthetic_table
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE_TASKS = ["digits-pgd-e20-t444-r35", "digits-fgsm-e20-t444-r50", "digits-cw-e20-t444-r30"]
+COMMITTED = ROOT / "bench" / "tables" / "digits-e20-t444.csv.gz"
+
+
+def task(name: str):
+    return load_task(task_path(name))
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("table") / "synth.csv.gz"
+    synthetic_table(path, [task(t) for t in TABLE_TASKS])
+    return path
+
+
+def test_table_task_one_fine_tuning_every_attack():
+    tt = table_task([task(t) for t in TABLE_TASKS])
+    assert attack_column(tt.config.attack) == "pgd20"
+    assert list(tt.config.proxy.also_attacks) == ["fgsm", "cw20"]
+    assert tt.config.budget.ratio == 0.5
+    first = task(TABLE_TASKS[0])
+    # the first attack's draws are the live task's: same task and seed keys, a store key of its own
+    assert task_key(tt) == task_key(first) and fidelity_key(tt.config) == fidelity_key(first.config)
+    assert store_fidelity(tt.config) != store_fidelity(first.config)
+    assert store_fidelity(first.config).endswith(".v1")  # tasks without extra attacks keep their store keys
+    assert task_for_column(tt, "cw20").config.attack == task("digits-cw-e20-t444-r30").config.attack
+
+
+def test_table_task_refuses_tasks_one_fine_tuning_cannot_serve():
+    with pytest.raises(ConfigError, match="differ from"):
+        table_task([task("digits-pgd-e20-t444-r35"), task("digits-cw-e20-t332-r35")])
+
+
+def test_every_subnet_is_the_whole_space_within_budget():
+    t = task("digits-cw-e20-t444-r30")
+    seen = [t.space.arch(a) for a in every_subnet(t.space)]
+    assert len(seen) == len({a.key() for a in seen}) == 2460
+    assert all(t.space.cost(a).macs <= t.budget for a in seen)
+
+
+def test_table_round_trip_and_evaluator_answers(synth):
+    cw = task("digits-cw-e20-t444-r30")
+    table = read_table(synth, cw)
+    assert len(table.rows) == 3697 and table.columns == ["pgd20", "fgsm", "cw20"]
+    ev = TableEvaluator(table)
+    arch = cw.space.arch(cw.space.smallest())
+    row = table.rows[arch.key()]
+    got = ev.evaluate(cw, arch)
+    assert got.metrics.robust_acc == pytest.approx(row.robust["cw20"], abs=1e-6) and not got.cached
+    assert got.metrics.macs == row.macs and got.metrics.attack == "cw"
+    assert ev.evaluate(cw, arch).cached  # a repeat is what a store would answer
+    assert ev.teacher_stats(cw).robust_acc == pytest.approx(0.6)
+    pgd = task("digits-pgd-e20-t444-r35")
+    assert ev.evaluate(pgd, arch).metrics.robust_acc == pytest.approx(row.robust["pgd20"], abs=1e-6)
+    assert [r["task_name"] for r in ev.requests] == [cw.name, cw.name, pgd.name]
+
+
+def test_table_evaluator_never_evaluates_live(synth):
+    cw = task("digits-cw-e20-t444-r30")
+    ev = TableEvaluator(read_table(synth, cw))
+    teacher = cw.teacher.arch
+    with pytest.raises(EvaluationFailed, match="not in the table"):
+        ev.evaluate(cw, teacher)  # the teacher itself is over every budget: not a row
+    with pytest.raises(ConfigError, match="not this table's"):
+        ev.evaluate(task("digits-cw-e20-t332-r35"), teacher)
+    pgd10 = task("digits-pgd-e20-t444-r35").replace(attack=AttackConfig(name="pgd", epsilon="1/5", steps=10))
+    with pytest.raises(ConfigError, match="not a column"):
+        ev.teacher_stats(pgd10)
+    over = task("digits-pgd-e20-t444-r35").replace(budget=BudgetConfig(ratio=0.6))
+    with pytest.raises(ConfigError, match="exceeds the table's MACs ratio"):
+        ev.teacher_stats(over)
+
+
+def test_damaged_table_is_one_clear_error(tmp_path, synth):
+    bad = tmp_path / "bad.csv.gz"
+    bad.write_bytes(gzip.compress(b"depths,widths\n1,2\n"))
+    with pytest.raises(ConfigError, match="not a readable rcnas table"):
+        read_table(bad, task(TABLE_TASKS[0]))
+    bad.write_bytes(b"not gzip")
+    with pytest.raises(ConfigError, match="regenerate"):
+        read_table(bad, task(TABLE_TASKS[0]))
+
+
+def test_searchers_run_unchanged_on_the_table(synth):
+    cw = task("digits-cw-e20-t444-r30")
+    ev = TableEvaluator(read_table(synth, cw))
+    for name in ("random", "evolution", "compound", "uniform"):
+        steps = run_searcher(name, cw, ev, 20, seed=3)
+        assert 1 <= len(steps) <= 20 and len({s.arch for s in steps}) == len(steps)
+
+
+def test_repeat_mask_makes_every_episode_new_until_the_space_is_exhausted(synth):
+    cw = task("digits-fgsm-e20-t444-r30")
+    env = CompressionEnv(task=cw, evaluator=TableEvaluator(read_table(synth, cw)), avoid_repeats=True)
+    rng = np.random.default_rng(0)
+    seen = set()
+    total = RepeatMask(env.space).total(())
+    for _ in range(total + 3):
+        obs, _ = env.reset(seed=int(rng.integers(1 << 30)))
+        done = False
+        while not done:
+            # the policy's worst case: always the first allowed action (it would repeat forever without the mask)
+            obs, _, done, _, info = env.step(int(np.flatnonzero(obs["action_mask"])[0]))
+        seen.add(info["arch_key"])
+    assert len(seen) == total  # every sub-network once, then repeats only when nothing new is left
+
+
+def test_without_the_mask_a_greedy_policy_repeats(synth):
+    cw = task("digits-fgsm-e20-t444-r30")
+    env = CompressionEnv(task=cw, evaluator=TableEvaluator(read_table(synth, cw)), avoid_repeats=False)
+    keys = set()
+    for _ in range(5):
+        obs, _ = env.reset(seed=0)
+        done = False
+        while not done:
+            obs, _, done, _, info = env.step(int(np.flatnonzero(obs["action_mask"])[0]))
+        keys.add(info["arch_key"])
+    assert len(keys) == 1
+
+
+def test_table_benchmark_smoke(synth, tmp_path):
+    """The benchmark end to end on a synthetic table: meta-training, PPO fine-tuning and baselines, report + plot."""
+    out = tmp_path / "tq"
+    res = run_script("bench/table_quality.py", "--table", str(synth), "--seeds", "2", "--n", "3,6",
+                     "--held-out", "digits-fgsm-e20-t444-r30", "--searchers", "rl,random,uniform",
+                     "--meta-iterations", "2", "--out", str(out), timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    assert "| rl |" in report and "| random |" in report and "regret N=6" in report
+    assert (out / "regret.png").stat().st_size > 1000
+
+
+def test_table_benchmark_refuses_a_task_the_table_cannot_answer(synth, tmp_path):
+    res = run_script("bench/table_quality.py", "--table", str(synth), "--held-out", "digits-pgd-e10-t444-r25",
+                     "--out", str(tmp_path / "x"), timeout=120)
+    assert res.returncode == 2 and "not this table's" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.skipif(not COMMITTED.is_file(), reason="the committed table is generated by bench/build_table.py")
+def test_committed_table_equals_live_evaluations():
+    """A handful of rows evaluated live again equal the table: the proxy's seeds are derived from the task, the
+    sub-network and the fidelity, so they must (on one thread, as the table's workers ran)."""
+    import torch
+
+    from rcnas.proxy.local import ProxyRunner
+
+    tasks = [task(t) for t in TABLE_TASKS]
+    tt = table_task(tasks)
+    table = read_table(COMMITTED, tt)
+    assert len(table.rows) == sum(1 for _ in every_subnet(tt.space))
+    rows = sorted(table.rows.values(), key=lambda r: r.macs)[:: len(table.rows) // 3][:3]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runner = ProxyRunner()
+        for row in rows:
+            m = runner.compute(tt, row.arch)
+            assert m.macs == row.macs and m.status == row.status
+            live = {"pgd20": m.robust_acc, **m.also}
+            assert live == pytest.approx(row.robust, abs=1e-6) and m.clean_acc == pytest.approx(row.clean, abs=1e-6)
+    finally:
+        torch.set_num_threads(threads)
