@@ -84,8 +84,9 @@ def test_train_py_set_and_seed_flags_reach_the_run(tmp_path):
 
 
 def test_evaluate_api_returns_results(tmp_path):
-    results = rcnas.evaluate(["configs/subnets/digits/tiny-444-half.yaml"], "configs/tasks/digits-pgd-e20-t444-r35.yaml",
-                             attacks=["clean", "fgsm"], epochs=0.3, n_examples=32, out=tmp_path, no_ray=True)
+    results = rcnas.evaluate(["configs/subnets/digits/tiny-444-half.yaml"],
+                             "configs/tasks/digits-pgd-e20-t444-r35.yaml", attacks=["clean", "fgsm"], epochs=0.3,
+                             n_examples=32, out=tmp_path, no_ray=True)
     (r,) = results
     assert r.name == "tiny-444-half" and r.n_examples == 32 and r.accuracy("fgsm") <= r.clean
     assert (tmp_path / "results.json").is_file()
