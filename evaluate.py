@@ -12,6 +12,7 @@ How to run:
     python evaluate.py A.yaml B.yaml --task T.yaml --epochs 5 --attacks clean,pgd20,aa_compact --n-examples 200
     python evaluate.py --teacher --task my-published-teacher.yaml           # a published checkpoint, as imported
     python evaluate.py configs/subnets/cifar10/WRN-A1.yaml --profile        # params and MACs as JSON, no training
+    python evaluate.py RL_5G.yaml --task T.yaml --attacks clean,aa --export robustbench exported/   # for RobustBench
     python evaluate.py --smoke-test                                          # seconds, for CI
 
 Results to expect:
@@ -40,6 +41,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", help="load these weights instead of training (one config only)")
     p.add_argument("--teacher", action="store_true",
                    help="evaluate the task's teacher as imported from its teacher_weights (no training, no config)")
+    p.add_argument("--export", nargs=2, metavar=("FORMAT", "DIR"),
+                   help="also export each network: 'robustbench DIR' writes weights loadable into RobustBench's "
+                        "class, model_info.json and a model card per network under DIR")
     p.add_argument("--n-examples", type=int, help="attack only the first N test examples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder (default runs/eval/<time>)")
@@ -52,6 +56,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.smoke_test:  # the smoke settings first, so that flags given on the command line win
         args = p.parse_args(SMOKE + [a for a in argv if a != "--smoke-test"])
+    if args.export and args.export[0] != "robustbench":
+        p.error(f"--export {args.export[0]}: the export format is robustbench")
     if not args.configs and not args.teacher:
         p.error("give at least one sub-network config (or --teacher, or --smoke-test)")
     return args
@@ -62,7 +68,8 @@ def main() -> int:
 
     a = parse()
     return run_evaluate(EvaluateArgs(a.configs, a.task, a.attacks, a.epochs, a.checkpoint, a.n_examples, a.seed,
-                                     a.out, a.data_root, a.profile, a.no_ray, a.ray_address, a.teacher))
+                                     a.out, a.data_root, a.profile, a.no_ray, a.ray_address, a.teacher,
+                                     a.export[1] if a.export else None))
 
 
 if __name__ == "__main__":

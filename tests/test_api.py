@@ -101,3 +101,14 @@ def test_run_search_is_train_py():
     assert rcnas.run_search is search
     with pytest.raises(ConfigError, match="--searcher nope"):
         rcnas.run_search(SMOKE, searcher="nope", out="/nonexistent-never-created")
+
+
+def test_pareto_frontier_and_plot(tmp_path):
+    from rcnas.evaluation.plots import frontier
+
+    pts = [(1.0, 50.0, "a"), (2.0, 45.0, "b"), (3.0, 60.0, "c"), (0.5, 40.0, "d"), (3.0, 55.0, "e")]
+    assert [p[2] for p in frontier(pts)] == ["d", "a", "c"]
+    results = rcnas.evaluate(["configs/subnets/digits/tiny-444-half.yaml", "configs/subnets/digits/tiny-444.yaml"],
+                             "configs/tasks/digits-pgd-e20-t444-r35.yaml", attacks=["clean", "fgsm", "pgd20"],
+                             epochs=0.2, n_examples=16, out=tmp_path, no_ray=True)
+    assert len(results) == 2 and (tmp_path / "pareto.png").stat().st_size > 1000

@@ -43,6 +43,8 @@ class EvaluateArgs:
     ray_address: Optional[str]
     teacher: bool = False
     """evaluate the task's imported teacher (its ``teacher_weights``) instead of configs"""
+    export: Optional[str] = None
+    """a folder: each evaluated network is also exported for RobustBench there (``rcnas.evaluation.export``)"""
 
 
 def log(msg: str) -> None:
@@ -91,6 +93,8 @@ def check_values(args: EvaluateArgs) -> None:
         raise ConfigError(f"--n-examples {args.n_examples}: attack at least one example")
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out}: a file, not a folder; pick a folder for the results")
+    if args.export and Path(args.export).exists() and not Path(args.export).is_dir():
+        raise ConfigError(f"--export robustbench {args.export}: a file, not a folder; pick a folder for the export")
 
 
 def profile(args: EvaluateArgs) -> int:
@@ -177,7 +181,7 @@ def evaluate(subnets: Sequence[str | Path] = (), task: str | Path | None = None,
              attacks: str | Sequence[str] = "clean,fgsm,pgd20,cw40,aa", epochs: Optional[float] = None,
              checkpoint: Optional[str] = None, teacher: bool = False, n_examples: Optional[int] = None, seed: int = 0,
              out: str | Path | None = None, data_root: Optional[str] = None, no_ray: bool = False,
-             ray_address: Optional[str] = None) -> list[FinalResult]:
+             ray_address: Optional[str] = None, export_robustbench: str | Path | None = None) -> list[FinalResult]:
     """Train (or load) each sub-network config and attack it on the test split; the Python form of evaluate.py,
     whose flags are these keywords (``rcnas.evaluate``). Results are also written under ``out``.
 
@@ -187,7 +191,31 @@ def evaluate(subnets: Sequence[str | Path] = (), task: str | Path | None = None,
     labels = attacks if isinstance(attacks, str) else ",".join(attacks)
     return _evaluate(EvaluateArgs([str(p) for p in subnets], None if task is None else str(task), labels, epochs,
                                   checkpoint, n_examples, seed, None if out is None else str(out), data_root, False,
-                                  no_ray, ray_address, teacher))
+                                  no_ray, ray_address, teacher,
+                                  None if export_robustbench is None else str(export_robustbench)))
+
+
+def export_job(job: EvalJob, result: FinalResult, test_size: int, folder: Path) -> list[Path]:
+    """Export one evaluated network for RobustBench: its weights as evaluated (trained here, or its checkpoint)."""
+    from rcnas.evaluation.export import export_robustbench
+    from rcnas.models.builder import build_model
+    from rcnas.models.imports import load_weights
+    from rcnas.space.schema import dump_subnet, from_arch
+
+    model = build_model(job.arch, job.task.shape)
+    trained = Path(job.out_dir) / job.name / "model.pt"
+    if trained.is_file():
+        load_weights(model, trained, "rcnas", job.name)
+    elif job.checkpoint:
+        load_weights(model, job.checkpoint, job.checkpoint_format, job.name)
+    else:
+        raise ConfigError(f"--export: no weights of {job.name} to export (no {trained})")
+    path = folder / "architecture.yaml"
+    folder.mkdir(parents=True, exist_ok=True)
+    dump_subnet(from_arch(job.arch, job.task.shape.num_classes, task=job.task.name), path)
+    arch_yaml = path.read_text()
+    return [path, *export_robustbench(result, job.arch, job.task.shape, model.state_dict(), arch_yaml, test_size,
+                                      folder)]
 
 
 def run_evaluate(args: EvaluateArgs) -> int:
@@ -232,5 +260,14 @@ def _evaluate(args: EvaluateArgs) -> list[FinalResult]:
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "task.yaml", yaml.safe_dump(task.config.model_dump(mode="json"), sort_keys=False))
     results = run_jobs(jobs, out, no_ray=args.no_ray, ray_address=args.ray_address)
-    log(f"written: {out / 'results.json'}, {out / 'results.md'}")
+    written = [out / "results.json", out / "results.md"]
+    if len(results) > 1:
+        from rcnas.evaluation.plots import pareto_plot
+
+        if pareto_plot(results, out / "pareto.png"):
+            written.append(out / "pareto.png")
+    if args.export:
+        for job, result in zip(jobs, results):
+            written += export_job(job, result, test_size, Path(args.export) / job.name)
+    log(f"written: {', '.join(map(str, written))}")
     return results
