@@ -4,7 +4,7 @@ and encoder settings, and the final evaluation of the chosen sub-network."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
@@ -75,6 +75,29 @@ class WorkerSettings(StrictModel):
                                                                  else {})}
 
 
+class MlflowSettings(StrictModel):
+    tracking_uri: Optional[str] = None
+    """MLflow's tracking URI; default: a local file store in the run folder (``<out>/mlflow``: ``mlflow ui
+    --backend-store-uri <out>/mlflow``, which listens on 127.0.0.1)"""
+    experiment_name: Optional[str] = None
+    """default: ``rcnas-<experiment name>``"""
+
+
+class WandbSettings(StrictModel):
+    project: str = "rcnas"
+    entity: Optional[str] = None
+    mode: Literal["offline", "online"] = "offline"
+    """offline by default: nothing leaves the machine until you ``wandb sync <out>/wandb/offline-run-*``"""
+
+
+class TrackerSettings(StrictModel):
+    """Experiment trackers that receive every Tune result (PPO's and the search's ``rcnas/*`` metrics); none by
+    default."""
+
+    mlflow: Optional[MlflowSettings] = None
+    wandb: Optional[WandbSettings] = None
+
+
 class ExperimentConfig(StrictModel):
     name: str
     meta_tasks: list[str]
@@ -94,6 +117,8 @@ class ExperimentConfig(StrictModel):
     """each env runner never finishes a sub-network it already finished for the same task while unfinished ones
     remain (the action mask hides them): a repeat is answered by the store and adds nothing, so without this a
     converging policy stops searching (measured on the tabular benchmark, BENCHMARKS.md)"""
+    trackers: TrackerSettings = TrackerSettings()
+    """``trackers: {mlflow: {}}`` and/or ``{wandb: {project: x}}`` (or ``--set trackers.mlflow={}``)"""
     ppo: PPOSettings = PPOSettings()
     model: ModelSettings = ModelSettings()
     final_eval: FinalEvalSettings = FinalEvalSettings()

@@ -45,7 +45,7 @@ def search(experiment: str | Path = "configs/experiments/digits.yaml", *, out: s
            from_checkpoint: str | None = None, resume: bool = False, no_tune: bool = False, final_eval: bool = True,
            data_root: str | None = None, ray_address: str | None = None, storage: str | None = None,
            allow_pending_workers: bool = False, overrides: list[str] | dict[str, Any] | None = None,
-           log: Callable[[str], None] = log) -> SearchRun:
+           verbose: bool = False, log: Callable[[str], None] = log) -> SearchRun:
     """Run the search (meta-train, fine-tune, report) and the final comparison; the Python form of train.py, whose
     flags are these keywords (``overrides`` is ``--set``: ``["training.epochs=2"]`` or ``{"ppo.lr": 0.001}``).
 
@@ -93,6 +93,8 @@ def search(experiment: str | Path = "configs/experiments/digits.yaml", *, out: s
                           "meta-train on; pass --from <meta checkpoint> or another --experiment")
     if n < 1:
         raise ConfigError(f"--n {n}: a searcher needs at least one evaluation")
+    if no_tune and (exp.trackers.mlflow or exp.trackers.wandb):
+        raise ConfigError("trackers: MLflow and W&B receive Tune's results; drop --no-tune or the trackers section")
     if searcher not in searcher_names():
         raise ConfigError(f"--searcher {searcher}: unknown; choose from {', '.join(searcher_names())}")
     check_workers_can_run(exp, ray_address, allow_pending_workers)
@@ -101,7 +103,8 @@ def search(experiment: str | Path = "configs/experiments/digits.yaml", *, out: s
     for cfg in {t.config.dataset.model_dump_json(): t.config.dataset for t in tasks}.values():
         load_splits(cfg, data_root)
     opts = SearchOptions(out=out, no_tune=no_tune, resume=resume, from_checkpoint=from_checkpoint,
-                         ray_address=ray_address, searcher=searcher, n=n, data_root=data_root, storage=storage)
+                         ray_address=ray_address, searcher=searcher, n=n, data_root=data_root, storage=storage,
+                         verbose=verbose)
     with run_folder_lock(out):
         return _search_and_evaluate(exp, metas, target, target_task, opts, final_eval, log)
 
@@ -112,7 +115,8 @@ def run_pipeline(args: argparse.Namespace, argv: list[str]) -> int:
     run = search(args.experiment, out=args.out, task=args.task, M=args.M, seed=args.seed, searcher=args.searcher,
                  n=args.n, from_checkpoint=args.from_checkpoint, resume=args.resume, no_tune=args.no_tune,
                  final_eval=not args.no_final_eval, data_root=args.data_root, ray_address=args.ray_address,
-                 storage=args.storage, allow_pending_workers=args.allow_pending_workers, overrides=args.set)
+                 storage=args.storage, allow_pending_workers=args.allow_pending_workers, overrides=args.set,
+                 verbose=args.verbose)
     if run.results:
         print(text_table(run.results))
     tune_dir = f"{args.storage.rstrip('/')}/tune" if args.storage else run.out / "tune"

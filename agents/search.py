@@ -20,6 +20,7 @@ from agents.search_report import write_report
 from agents.stages import check_layout, module_dir, run_stage
 from agents.storage import Keeper
 from agents.summary import scored_rows
+from agents.trackers import tracker_callbacks
 from rcnas.distributed.resources import ensure_ray
 from rcnas.distributed.service import RayEvaluator, start_service
 from rcnas.infra.files import write_atomic
@@ -43,6 +44,8 @@ class SearchOptions:
     """evaluations a baseline searcher may spend"""
     data_root: Optional[str] = None
     """the dataset folder, handed to every evaluation worker (workers do not inherit the driver's environment)"""
+    verbose: bool = False
+    """Tune's status tables and the libraries' known-harmless warnings (hidden by default)"""
     storage: Optional[str] = None
     """a URI (s3://, gs://, file://) that keeps the run: Tune's experiments directly, the rest of the run folder
     after each phase (``agents/storage.py``)"""
@@ -93,7 +96,7 @@ def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: Searc
     out.mkdir(parents=True, exist_ok=True)
     storage: Path | str = f"{opts.storage.rstrip('/')}/tune" if opts.storage else out / "tune"
     local_tune = out / "tune"
-    ensure_ray(opts.ray_address)
+    ensure_ray(opts.ray_address, verbose=opts.verbose)
     # one service per run folder: two runs whose folders share a base name never share a service or a store
     service_name = f"rcnas-eval-{out.name}-{content_key(str(out))[:8]}"
     # 1. the evaluation service: workers pinned to GPUs (or fractional CPUs), the run's store in out/;
@@ -152,7 +155,8 @@ def _search(exp: ExperimentConfig, metas: list[str], target: str, task: Any, opt
             log(f"meta-training on {len(metas)} tasks, {exp.meta_iterations} iterations of M={exp.M}")
             meta_ckpt = run_stage("meta", build_ppo_config(exp, metas, service_name, grid=grid, client="rl-meta"),
                                   exp.meta_iterations, storage, no_tune=opts.no_tune, resume=opts.resume, log=log,
-                                  local=local_tune)
+                                  local=local_tune, verbose=opts.verbose,
+                                  callbacks=tracker_callbacks(exp, out, "meta"))
             log(f"meta checkpoint: {meta_ckpt}")
             stages["meta"] = _stage_folder(storage, "meta", local_tune)
             _keep(out, opts, log)
@@ -163,6 +167,7 @@ def _search(exp: ExperimentConfig, metas: list[str], target: str, task: Any, opt
                                      load_module_from=module_dir(meta_ckpt) if meta_ckpt else None,
                                      client=f"{opts.searcher}-finetune")
         ft_ckpt = run_stage("finetune", ft_config, exp.finetune_iterations, storage, no_tune=opts.no_tune,
-                            resume=opts.resume, log=log, local=local_tune)
+                            resume=opts.resume, log=log, local=local_tune, verbose=opts.verbose,
+                            callbacks=tracker_callbacks(exp, out, "finetune"))
         stages["finetune"] = _stage_folder(storage, "finetune", local_tune)
     return meta_ckpt, ft_ckpt

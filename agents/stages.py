@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 from ray import tune
 from ray.rllib.algorithms.ppo import PPO, PPOConfig
 
+from agents.progress import ProgressLine, progress_line
 from agents.storage import is_uri
 from envs import observation
 from rcnas.infra.errors import ConfigError, EvaluationFailed
@@ -48,8 +51,16 @@ def check_layout(checkpoint: str | Path) -> None:
                           "with this version")
 
 
+STATUS_COLUMNS = {"training_iteration": "iter", "rcnas/best_reward": "best reward",
+                  "rcnas/best_robust_acc": "best val robust acc", "rcnas/best_macs": "best MACs",
+                  "rcnas/computed": "computed", "rcnas/from_store": "from store", "rcnas/failed": "failed",
+                  "time_total_s": "seconds"}
+"""--verbose's Tune status table: the search's figures, not PPO's internals"""
+
+
 def run_stage(name: str, config: PPOConfig, iterations: int, storage: Path | str, *, no_tune: bool = False,
-              resume: bool = False, log: Callable[[str], None] = print, local: Path | None = None) -> str:
+              resume: bool = False, log: Callable[[str], None] = print, local: Path | None = None,
+              verbose: bool = False, callbacks: list[Any] | None = None) -> str:
     """Train ``iterations`` PPO iterations; returns the final checkpoint folder.
 
     Under Tune, the experiment lives in ``storage/name`` (TensorBoard events, progress.csv, checkpoints);
@@ -60,10 +71,13 @@ def run_stage(name: str, config: PPOConfig, iterations: int, storage: Path | str
         raise ValueError("a storage URI needs a local folder for the checkpoint the next stage loads")
     if no_tune:
         return _plain_loop(name, config, iterations, local if remote else Path(storage), log)
+    # Tune's classic console output: silent at verbose 0, and its status table takes our columns (the newer engine
+    # prints an experiment banner and a TensorBoard hint to a temporary folder whatever the verbosity)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     path = f"{storage}/{name}" if remote else str(Path(storage) / name)
     if resume and tune.Tuner.can_restore(path):
         log(f"resuming Tune experiment {path}")
-        tuner = tune.Tuner.restore(str(path), trainable=PPO, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(path, trainable=PPO, resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(
             PPO, param_space=config,
@@ -73,7 +87,11 @@ def run_stage(name: str, config: PPOConfig, iterations: int, storage: Path | str
                 stop={"training_iteration": iterations},
                 checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, checkpoint_at_end=True,
                                                         num_to_keep=2),
-                verbose=1,
+                # Tune's status table (with the search's columns) only with --verbose: the progress line says what
+                # matters; the config dump never (the run's config/ folder holds it)
+                verbose=1 if verbose else 0,
+                progress_reporter=tune.CLIReporter(metric_columns=STATUS_COLUMNS, max_report_frequency=30),
+                callbacks=[ProgressLine(name, iterations, log), *(callbacks or [])],
             ),
         )
     result = tuner.fit().get_best_result(metric="training_iteration", mode="max")
@@ -93,10 +111,10 @@ def train_iterations(algo: Any, iterations: int, name: str, log: Callable[[str],
                      stop: Callable[[dict[str, Any]], bool] | None = None) -> int:
     """``algo.train()`` up to ``iterations`` times, logging each; ``stop(result)`` ends it early. Returns the
     iterations run."""
+    t0 = time.perf_counter()
     for i in range(iterations):
         res: dict[str, Any] = algo.train()
-        log(f"[{name}] iteration {i + 1}/{iterations}: return {res['env_runners'].get('episode_return_mean')}"
-            f" {res.get('rcnas', {})}")
+        log(progress_line(name, i + 1, iterations, res.get("rcnas", {}), time.perf_counter() - t0, i + 1))
         if stop is not None and stop(res):
             return i + 1
     return iterations

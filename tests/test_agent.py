@@ -81,7 +81,7 @@ def test_finetuning_starts_from_the_meta_trained_weights(ray_local, tmp_path):
 def test_train_smoke_writes_every_output(tmp_path):
     kept = tmp_path / "kept"  # --storage: a URI that outlives the head (file:// here; s3:// or gs:// on a cluster)
     proc = run_script("train.py", "--smoke-test", "--out", str(tmp_path / "run"), "--storage", kept.as_uri(),
-                      timeout=900)
+                      "--set", "trackers.mlflow={}", "--set", "trackers.wandb={}", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
@@ -115,6 +115,16 @@ def test_train_smoke_writes_every_output(tmp_path):
     results = json.loads((run / "final" / "results.json").read_text())
     assert {r["name"] for r in results} == {"rl-chosen", "uniform-shrink", "teacher-tiny-222"}
     assert "rl-chosen" in proc.stdout
+    # the console says how the search goes, one line per iteration, without Tune's config dump or library noise
+    console = proc.stdout + proc.stderr
+    assert "[meta] iteration 1/1 | best reward" in console and "[finetune] iteration 1/1 |" in console
+    for noise in ("Configuration for experiment", "Trial status", "DeprecationWarning", "Install gputil"):
+        assert noise not in console, noise
+    assert f"tensorboard --logdir {kept.as_uri()}/tune" in console
+
+    # the trackers, offline: MLflow's file store in the run folder, W&B offline runs, one per PPO stage
+    assert len(list((run / "mlflow").rglob("metrics/rcnas/best_reward"))) == 2
+    assert len(list((run / "wandb").rglob("offline-run-*"))) == 2
 
     # the head is lost: a new one resumes from the storage URI alone, computing nothing again
     import shutil

@@ -112,3 +112,13 @@ def test_pareto_frontier_and_plot(tmp_path):
                              "configs/tasks/digits-pgd-e20-t444-r35.yaml", attacks=["clean", "fgsm", "pgd20"],
                              epochs=0.2, n_examples=16, out=tmp_path, no_ray=True)
     assert len(results) == 2 and (tmp_path / "pareto.png").stat().st_size > 1000
+
+
+def test_progress_line_reads_like_a_search():
+    from agents.progress import progress_line
+
+    line = progress_line("meta", 3, 6, {"best_reward": 0.9123, "best_robust_acc": 0.615, "best_macs": 878_000,
+                                        "computed": 12, "from_store": 3, "failed": 0}, 72.0, 3)
+    assert line == ("[meta] iteration 3/6 | best reward 0.912: val robust acc 61.5% at 878K MACs | evaluations 12 "
+                    "computed, 3 from store, 0 failed | 1m12s elapsed, ETA 1m12s")
+    assert progress_line("finetune", 1, 4, {}, 5.0, 1).endswith("0m05s elapsed, ETA 0m15s")

@@ -35,9 +35,11 @@ def cw_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AttackCon
 
 def autoattack_standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig, ctx: AttackContext,
                         ) -> torch.Tensor:
-    return autoattack(model, x, y, eps=cfg.epsilon, version="standard", seed=ctx.seed, num_classes=ctx.num_classes)
+    return autoattack(model, x, y, eps=cfg.epsilon, version="standard", seed=ctx.seed, num_classes=ctx.num_classes,
+                      progress=ctx.progress)
 
 
 def autoattack_compact(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig, ctx: AttackContext,
                        ) -> torch.Tensor:
-    return autoattack(model, x, y, eps=cfg.epsilon, version="compact", seed=ctx.seed, num_classes=ctx.num_classes)
+    return autoattack(model, x, y, eps=cfg.epsilon, version="compact", seed=ctx.seed, num_classes=ctx.num_classes,
+                      progress=ctx.progress)

@@ -21,6 +21,8 @@ class AttackContext:
     num_classes: int
     seed: int = 0
     generator: Optional[torch.Generator] = None
+    progress: Optional[Callable[[str], None]] = None
+    """lines about a long attack's progress (AutoAttack's sub-attacks), when the caller shows them"""
 
 
 AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, AttackConfig, AttackContext], torch.Tensor]

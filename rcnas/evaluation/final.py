@@ -24,6 +24,7 @@ from rcnas.evaluation.robustness import AttackAccuracy, local_lipschitz, robust_
 from rcnas.infra.configio import eps_label
 from rcnas.infra.devices import pick_device
 from rcnas.infra.errors import ConfigError
+from rcnas.infra.progress import eta
 from rcnas.infra.provenance import code_version, content_key, environment
 from rcnas.models.builder import build_model
 from rcnas.models.imports import load_weights
@@ -131,8 +132,10 @@ def _train_or_load(job: EvalJob, model: nn.Module, data: DataSplits, out: Path, 
     res = adversarial_train(
         model, data, recipe, num_classes=job.task.shape.num_classes, **augmentation(cfg.dataset),
         checkpoint=out / "train_state.pt",
-        progress=lambda r: log(f"[{job.name}] epoch {r['epoch']}: loss {r['train_loss']:.3f} "
-                               f"val clean {r['val_clean']:.3f} val robust {r['val_robust']:.3f}"),
+        progress=lambda r: log(f"[{job.name}] epoch {r['epoch']}/{r['epochs']}: loss {r['train_loss']:.3f} "
+                               f"val clean {r['val_clean']:.3f} val robust {r['val_robust']:.3f} "
+                               f"{eta(r['epoch'], r['epochs'], r['seconds'])}".rstrip()),
+        desc=f"{job.name} training",
     )
     if res.diverged and res.best_epoch == 0:
         raise ConfigError(f"[{job.name}] training diverged before its first epoch ended ({res.reason}); lower "
@@ -159,7 +162,7 @@ def evaluate_job(job: EvalJob, log: Callable[[str], None] = print, device: torch
     test = data.test if job.n_examples is None else data.test.head(job.n_examples)
     attacks = {label: AttackConfig.suite(label, eps) for label in job.attacks if label != "clean"}
     report = robust_accuracy(model, test, attacks, num_classes=shape.num_classes, seed=job.seed,
-                             progress=lambda m: log(f"[{job.name}] {m}"))
+                             progress=lambda m: log(f"[{job.name}] {m}"), desc=job.name)
     lips = local_lipschitz(model, test.head(256), AttackConfig.suite("pgd20", eps), num_classes=shape.num_classes,
                            seed=job.seed)
     cost = arch_cost(job.arch, shape)

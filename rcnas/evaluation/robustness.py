@@ -15,6 +15,7 @@ from rcnas.config import AttackConfig
 from rcnas.data.tensors import TensorData, batches, to_float
 from rcnas.evaluation.checks import check_model
 from rcnas.infra.configio import eps_label
+from rcnas.infra.progress import Progress
 from rcnas.vocab import ATTACK_KINDS
 
 
@@ -61,10 +62,13 @@ def robust_accuracy(
     seed: int = 0,
     batch_size: int = 256,
     progress: Callable[[str], None] | None = None,
+    desc: str | None = None,
 ) -> RobustnessReport:
     """Clean accuracy, accuracy under each attack, and the pointwise worst case, on all of ``data``.
 
-    The model is put in eval mode and checked (deterministic, logits) before anything is reported.
+    The model is put in eval mode and checked (deterministic, logits) before anything is reported. ``desc`` shows a
+    progress bar per attack on a terminal; ``progress`` gets a line per finished attack (and AutoAttack's own
+    per-sub-attack lines).
     """
     device = next(model.parameters()).device
     model.eval()
@@ -78,9 +82,12 @@ def robust_accuracy(
         ok = []
         # AutoAttack batches and tracks robust points itself: hand it the whole set at once
         size = 10_000 if ATTACK_KINDS.get(cfg.name).whole_set else batch_size
-        for x, y in batches(data, size, device):
-            ctx = AttackContext(num_classes=num_classes, seed=seed, generator=g)
-            ok.append(_correct(model, run_attack(model, x, y, cfg, ctx), y).cpu())
+        with Progress(len(data), f"{desc} {label}", unit="img", enabled=None if desc else False) as bar:
+            for x, y in batches(data, size, device):
+                ctx = AttackContext(num_classes=num_classes, seed=seed, generator=g,
+                                    progress=(lambda m, lb=label: progress(f"{lb}: {m}")) if progress else None)
+                ok.append(_correct(model, run_attack(model, x, y, cfg, ctx), y).cpu())
+                bar.update(len(y))
         correct = torch.cat(ok) & clean  # a misclassified clean point is not robust
         survive &= correct
         seconds = time.perf_counter() - t0

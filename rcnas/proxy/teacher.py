@@ -22,6 +22,7 @@ from rcnas.evaluation.robustness import local_lipschitz, robust_accuracy
 from rcnas.infra.errors import ConfigError
 from rcnas.infra.files import write_atomic
 from rcnas.infra.locks import file_lock
+from rcnas.infra.progress import eta
 from rcnas.infra.provenance import derive_seed
 from rcnas.models.builder import PreActResNet, build_model
 from rcnas.models.imports import load_weights
@@ -92,8 +93,13 @@ def _train(task: Task, model: PreActResNet, data: DataSplits, folder: Path, log:
         f"{cfg.training.loss}{', sandwich rule' if sandwich else ''}); cached as {folder}")
     objective = (sandwich_objective(model, task.teacher, LOSSES.get(cfg.training.loss),
                                     cfg.proxy.sandwich_random) if sandwich else None)
+    name = task.teacher.name
     res = adversarial_train(model, data, cfg.training, num_classes=task.shape.num_classes,
-                            **augmentation(cfg.dataset), checkpoint=folder / "train_state.pt", objective=objective)
+                            **augmentation(cfg.dataset), checkpoint=folder / "train_state.pt", objective=objective,
+                            progress=lambda r: log(f"teacher {name} epoch {r['epoch']}/{r['epochs']}: loss "
+                                                   f"{r['train_loss']:.3f} val robust {r['val_robust']:.3f} "
+                                                   f"{eta(r['epoch'], r['epochs'], r['seconds'])}".rstrip()),
+                            desc=f"teacher {name}")
     if res.diverged:
         raise RuntimeError(f"teacher {task.teacher.name} diverged: {res.reason}; lower training.lr")
     return {"seconds": res.seconds, "best_epoch": res.best_epoch, "best_val_robust": res.best_val_robust}

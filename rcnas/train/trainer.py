@@ -31,6 +31,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from rcnas.attacks import AttackContext, run_attack
 from rcnas.config import TrainConfig
 from rcnas.data.tensors import DataSplits, TensorData, batches
+from rcnas.infra.progress import Progress
 from rcnas.train.losses import LOSSES, LossFn
 
 SYNC_EVERY = 50
@@ -164,7 +165,7 @@ def _forward_backward(step: _Step, loss_fn: LossFn, x: torch.Tensor, y: torch.Te
 
 def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, train: TensorData, loss_fn: LossFn, cfg: TrainConfig,
                  g: torch.Generator, state: dict[str, Any], total: int, crop_padding: int, flip: bool,
-                 step: Optional[_Step] = None) -> tuple[float, int, int] | str:
+                 step: Optional[_Step] = None, bar: Optional[Progress] = None) -> tuple[float, int, int] | str:
     """One pass over ``train`` (stopping at ``total`` steps); returns (loss sum, correct, seen), or why it
     diverged. Advances ``state["step"]``."""
     device = next(model.parameters()).device
@@ -195,6 +196,8 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, train: TensorData
         loss_sum += loss.detach().double() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
+        if bar is not None:
+            bar.update()
         if (state["step"] - first) % SYNC_EVERY == 0 and bad.item():
             return f"non-finite loss within steps {state['step'] - SYNC_EVERY}..{state['step']}"
     if bad.item():
@@ -214,6 +217,7 @@ def adversarial_train(
     checkpoint: Optional[Path] = None,
     progress: Optional[Callable[[dict[str, float]], None]] = None,
     objective: Optional[LossFn] = None,
+    desc: Optional[str] = None,
 ) -> TrainResult:
     """Adversarially train ``model`` in place with recipe ``cfg``; returns what happened.
 
@@ -222,6 +226,7 @@ def adversarial_train(
         checkpoint: resumable state file; an existing one is continued from its last finished epoch.
         progress: called with each epoch's metrics.
         objective: the loss of one batch; default ``cfg.loss`` (weight-sharing training passes its sandwich here).
+        desc: shows a progress bar with this name over the training steps, when the output is a terminal.
 
     Returns:
         a :class:`TrainResult`; the model holds the selected weights (best validation PGD when
@@ -242,8 +247,18 @@ def adversarial_train(
     if step.ema is not None and state.get("ema") is not None:
         step.ema.load_state_dict(state["ema"])
     shown = step.evaluated(model)
+    with Progress(total - state["step"], desc or "", enabled=None if desc else False) as bar:
+        return _epochs(model, opt, train, val, loss_fn, cfg, g, state, total, n_epochs, steps_per_epoch, crop_padding,
+                       flip, step, shown, checkpoint, progress, num_classes, device, t0, bar)
+
+
+def _epochs(model: nn.Module, opt: torch.optim.Optimizer, train: TensorData, val: TensorData, loss_fn: LossFn,
+            cfg: TrainConfig, g: torch.Generator, state: dict[str, Any], total: int, n_epochs: int,
+            steps_per_epoch: int, crop_padding: int, flip: bool, step: _Step, shown: nn.Module,
+            checkpoint: Optional[Path], progress: Optional[Callable[[dict[str, float]], None]], num_classes: int,
+            device: torch.device, t0: float, bar: Progress) -> TrainResult:
     for epoch in range(state["epoch"], n_epochs):
-        sums = _train_epoch(model, opt, train, loss_fn, cfg, g, state, total, crop_padding, flip, step)
+        sums = _train_epoch(model, opt, train, loss_fn, cfg, g, state, total, crop_padding, flip, step, bar)
         if isinstance(sums, str):
             if state["best"] is not None:  # keep the best finished epoch, never the diverged weights
                 model.load_state_dict(state["best"])
@@ -253,7 +268,7 @@ def adversarial_train(
         val_rob = val_robust_accuracy(shown, val, cfg, device, num_classes) if cfg.select_on_val else -1.0
         row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                "val_clean": _accuracy(shown, val, device), "val_robust": val_rob,
-               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0, "epochs": n_epochs}
         state["history"].append(row)
         if not cfg.select_on_val or val_rob > state["best_acc"]:
             state.update(best_acc=val_rob, best_epoch=epoch + 1, best=copy.deepcopy(shown.state_dict()))
