@@ -8,7 +8,6 @@ each other up, and everything downstream (environment, evaluators, searchers, fi
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +16,7 @@ from rcnas.config import TaskConfig, TeacherWeights, is_file_reference
 from rcnas.data.registry import DATASETS
 from rcnas.infra.configio import load_config
 from rcnas.infra.errors import ConfigError
+from rcnas.infra.files import sha256_file
 from rcnas.models.teachers import get_teacher
 from rcnas.space.arch import InputShape, TeacherSpec
 from rcnas.space.cost import arch_cost
@@ -163,14 +163,11 @@ def _weights(config: TaskConfig, source: str) -> TeacherWeights:
     path = _beside(w.path, source)
     if not path.is_file():
         raise ConfigError(f"{source or config.name}: teacher_weights.path: {path} is not a file")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    if w.sha256 is not None and w.sha256 != digest.hexdigest():
-        raise ConfigError(f"{source or config.name}: teacher_weights.sha256: {path} has sha256 {digest.hexdigest()}, "
+    digest = sha256_file(path)
+    if w.sha256 is not None and w.sha256 != digest:
+        raise ConfigError(f"{source or config.name}: teacher_weights.sha256: {path} has sha256 {digest}, "
                           f"not {w.sha256}; the file changed")
-    return w.model_copy(update={"path": str(path), "sha256": digest.hexdigest()})
+    return w.model_copy(update={"path": str(path), "sha256": digest})
 
 
 def load_task(path: str | Path) -> Task:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -163,3 +164,33 @@ def test_a_gpu_experiment_on_a_machine_that_cannot_get_a_gpu_is_refused_before_a
     check_workers_can_run(exp, None, insist=True)
     check_workers_can_run(exp.model_copy(update={"workers": exp.workers.model_copy(update={"gpus": 0})}), None)
     assert exp.workers.spec() == {"num_gpus": 1, "num_cpus": 1.0}
+
+
+def test_evaluate_jobs_ship_checkpoints_so_workers_never_need_the_file(tmp_path, cluster):
+    """evaluate.py on a cluster: a checkpoint (or a published teacher) that exists only where the command runs
+    reaches the worker through the object store. Here the file is deleted before any worker starts."""
+    import torch
+
+    from agents.config import task_path
+    from rcnas.distributed.final_jobs import evaluate_jobs, ship_checkpoints
+    from rcnas.evaluation.final import EvalJob
+    from rcnas.models.builder import build_model
+    from rcnas.task import load_task
+
+    cluster.add_node(num_cpus=2)
+    task = load_task(task_path("digits-pgd-e20-t444-r35"))
+    archs = _archs(task, 2)
+    jobs = []
+    for i, arch in enumerate(archs):
+        torch.manual_seed(i)
+        path = tmp_path / f"w{i}.pt"
+        torch.save(build_model(arch, task.shape).state_dict(), path)
+        jobs.append(EvalJob(f"net{i}", arch, task, ("clean", "fgsm"), str(tmp_path / "out"), checkpoint=str(path),
+                            n_examples=16))
+    shipped = ship_checkpoints(jobs)
+    for j in jobs:
+        Path(j.checkpoint).unlink()  # gone from this disk: a worker that opened it would fail
+    results = []
+    evaluate_jobs(shipped, lambda m: None, results.append)
+    assert sorted(r.name for r in results) == ["net0", "net1"]
+    assert all(r.train["source"] == "object store" and "sha256" in r.train["weights"] for r in results)

@@ -29,6 +29,28 @@ def longest_first(jobs: list[EvalJob]) -> list[EvalJob]:
     return sorted(jobs, key=lambda j: -arch_cost(j.arch, j.task.shape).macs)
 
 
+def ship_checkpoints(jobs: list[EvalJob]) -> list[EvalJob]:
+    """Jobs whose weights come from a file, with the weights read here (checked as usual) and put in the object
+    store: the worker node that runs a job may not have the file (a checkpoint or a published teacher downloaded on
+    the head), so it loads them from Ray instead."""
+    from dataclasses import replace
+
+    from rcnas.infra.files import sha256_file
+    from rcnas.models.builder import build_model
+    from rcnas.models.imports import load_weights
+
+    out = []
+    for job in jobs:
+        if job.checkpoint and not job.weights:
+            model = build_model(job.arch, job.task.shape)
+            load_weights(model, job.checkpoint, job.checkpoint_format, job.name)
+            ref = ray.put({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            job = replace(job, weights=(ref,),
+                          weights_key=f"{job.checkpoint_format} {job.checkpoint} sha256 {sha256_file(job.checkpoint)}")
+        out.append(job)
+    return out
+
+
 def evaluate_jobs(
     jobs: list[EvalJob],
     log: Callable[[str], None],
@@ -42,7 +64,7 @@ def evaluate_jobs(
     """
     ensure_ray(address)
     remote = ray.remote(_evaluate_remote).options(max_retries=2, **worker_resources())
-    refs = {remote.remote(job): job.name for job in longest_first(jobs)}
+    refs = {remote.remote(job): job.name for job in longest_first(ship_checkpoints(jobs))}
     pending = list(refs)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
