@@ -44,6 +44,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--export", nargs=2, metavar=("FORMAT", "DIR"),
                    help="also export each network: 'robustbench DIR' writes weights loadable into RobustBench's "
                         "class, model_info.json and a model card per network under DIR")
+    p.add_argument("--data-parallel", type=int, default=1, metavar="N",
+                   help="train each network on N data-parallel workers (Ray Train: a GPU each when the cluster has "
+                        "N GPUs, else CPU processes); for large networks")
     p.add_argument("--n-examples", type=int, help="attack only the first N test examples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder (default runs/eval/<time>)")
@@ -69,7 +72,7 @@ def main() -> int:
     a = parse()
     return run_evaluate(EvaluateArgs(a.configs, a.task, a.attacks, a.epochs, a.checkpoint, a.n_examples, a.seed,
                                      a.out, a.data_root, a.profile, a.no_ray, a.ray_address, a.teacher,
-                                     a.export[1] if a.export else None))
+                                     a.export[1] if a.export else None, a.data_parallel))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ class EvaluateArgs:
     """evaluate the task's imported teacher (its ``teacher_weights``) instead of configs"""
     export: Optional[str] = None
     """a folder: each evaluated network is also exported for RobustBench there (``rcnas.evaluation.export``)"""
+    data_parallel: int = 1
+    """train each network on this many data-parallel workers (Ray Train); 1: one process each"""
 
 
 def log(msg: str) -> None:
@@ -93,6 +95,8 @@ def check_values(args: EvaluateArgs) -> None:
         raise ConfigError(f"--n-examples {args.n_examples}: attack at least one example")
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out}: a file, not a folder; pick a folder for the results")
+    if args.data_parallel < 1:
+        raise ConfigError(f"--data-parallel {args.data_parallel}: train on at least one worker")
     if args.export and Path(args.export).exists() and not Path(args.export).is_dir():
         raise ConfigError(f"--export robustbench {args.export}: a file, not a folder; pick a folder for the export")
 
@@ -152,6 +156,11 @@ def run_jobs(jobs: list[EvalJob], out: Path, no_ray: bool = False, ray_address: 
         write_atomic(out / "results.md", markdown_table(results))
 
     out.mkdir(parents=True, exist_ok=True)
+    for job in [j for j in todo if j.data_parallel > 1]:  # one at a time: each takes several workers
+        from rcnas.distributed.data_parallel import evaluate_data_parallel
+
+        keep(evaluate_data_parallel(job, log))
+    todo = [j for j in todo if j.data_parallel <= 1]
     if len(todo) > 1 and not no_ray:
         from rcnas.distributed.final_jobs import evaluate_jobs
 
@@ -181,7 +190,8 @@ def evaluate(subnets: Sequence[str | Path] = (), task: str | Path | None = None,
              attacks: str | Sequence[str] = "clean,fgsm,pgd20,cw40,aa", epochs: Optional[float] = None,
              checkpoint: Optional[str] = None, teacher: bool = False, n_examples: Optional[int] = None, seed: int = 0,
              out: str | Path | None = None, data_root: Optional[str] = None, no_ray: bool = False,
-             ray_address: Optional[str] = None, export_robustbench: str | Path | None = None) -> list[FinalResult]:
+             ray_address: Optional[str] = None, export_robustbench: str | Path | None = None,
+             data_parallel: int = 1) -> list[FinalResult]:
     """Train (or load) each sub-network config and attack it on the test split; the Python form of evaluate.py,
     whose flags are these keywords (``rcnas.evaluate``). Results are also written under ``out``.
 
@@ -192,7 +202,7 @@ def evaluate(subnets: Sequence[str | Path] = (), task: str | Path | None = None,
     return _evaluate(EvaluateArgs([str(p) for p in subnets], None if task is None else str(task), labels, epochs,
                                   checkpoint, n_examples, seed, None if out is None else str(out), data_root, False,
                                   no_ray, ray_address, teacher,
-                                  None if export_robustbench is None else str(export_robustbench)))
+                                  None if export_robustbench is None else str(export_robustbench), data_parallel))
 
 
 def export_job(job: EvalJob, result: FinalResult, test_size: int, folder: Path) -> list[Path]:
@@ -253,7 +263,8 @@ def _evaluate(args: EvaluateArgs) -> list[FinalResult]:
         if macs > budget:
             log(f"note: {path} has {macs:,} MACs, over the task's budget of {budget:,.0f} (evaluated anyway)")
         jobs.append(EvalJob(Path(path).stem, arch, task, attacks, str(out), args.epochs, args.checkpoint,
-                            args.n_examples, args.seed, args.data_root))
+                            args.n_examples, args.seed, args.data_root,
+                            data_parallel=1 if args.checkpoint else args.data_parallel))
     names = [j.name for j in jobs]
     if len(set(names)) != len(names):
         raise ConfigError(f"two configs share a file name ({names}); results are stored by name, rename one")

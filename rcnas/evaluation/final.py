@@ -56,6 +56,8 @@ class EvalJob:
     node runs the job), instead of a file or training"""
     weights_key: str = ""
     """what ``weights`` are (e.g. the teacher's cache key), for :meth:`key`"""
+    data_parallel: int = 1
+    """workers of one data-parallel training (Ray Train; ``rcnas.distributed.data_parallel``); 1: one process"""
 
     def key(self) -> str:
         """What the result depends on: a finished result with the same key is reused instead of recomputed. The code
@@ -65,6 +67,7 @@ class EvalJob:
                             "attacks": self.attacks, "epochs": self.epochs, "checkpoint": self.checkpoint,
                             **({"format": self.checkpoint_format} if self.checkpoint_format != "rcnas" else {}),
                             **({"weights": self.weights_key} if self.weights else {}),
+                            **({"data_parallel": self.data_parallel} if self.data_parallel > 1 else {}),
                             "n_examples": self.n_examples, "seed": self.seed, "code": code_version()})
 
 

@@ -32,6 +32,7 @@ from rcnas.attacks import AttackContext, run_attack
 from rcnas.config import TrainConfig
 from rcnas.data.tensors import DataSplits, TensorData, batches
 from rcnas.infra.progress import Progress
+from rcnas.train.data_parallel import Shard, average_gradients
 from rcnas.train.losses import LOSSES, LossFn
 
 SYNC_EVERY = 50
@@ -165,7 +166,8 @@ def _forward_backward(step: _Step, loss_fn: LossFn, x: torch.Tensor, y: torch.Te
 
 def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, train: TensorData, loss_fn: LossFn, cfg: TrainConfig,
                  g: torch.Generator, state: dict[str, Any], total: int, crop_padding: int, flip: bool,
-                 step: Optional[_Step] = None, bar: Optional[Progress] = None) -> tuple[float, int, int] | str:
+                 step: Optional[_Step] = None, bar: Optional[Progress] = None,
+                 shard: Optional[Shard] = None) -> tuple[float, int, int] | str:
     """One pass over ``train`` (stopping at ``total`` steps); returns (loss sum, correct, seen), or why it
     diverged. Advances ``state["step"]``."""
     device = next(model.parameters()).device
@@ -178,6 +180,8 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, train: TensorData
     for x, y in batches(train, cfg.batch_size, device, shuffle=True, generator=g, padding=crop_padding, flip=flip):
         if state["step"] >= total:
             break
+        if shard is not None:  # every worker drew the same global batch: this one trains on its part
+            x, y = shard.take(x, y)
         if step.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         for group in opt.param_groups:
@@ -185,6 +189,8 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, train: TensorData
         opt.zero_grad(set_to_none=True)
         loss, logits = _forward_backward(step, loss_fn, x, y, cfg, g)
         bad |= ~torch.isfinite(loss.detach())
+        if shard is not None:
+            average_gradients(model, shard.world)  # the global batch's gradient, before clipping as one process
         if cfg.grad_clip is not None:
             step.scaler.unscale_(opt)
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -218,6 +224,7 @@ def adversarial_train(
     progress: Optional[Callable[[dict[str, float]], None]] = None,
     objective: Optional[LossFn] = None,
     desc: Optional[str] = None,
+    shard: Optional[Shard] = None,
 ) -> TrainResult:
     """Adversarially train ``model`` in place with recipe ``cfg``; returns what happened.
 
@@ -227,6 +234,8 @@ def adversarial_train(
         progress: called with each epoch's metrics.
         objective: the loss of one batch; default ``cfg.loss`` (weight-sharing training passes its sandwich here).
         desc: shows a progress bar with this name over the training steps, when the output is a terminal.
+        shard: data-parallel training: this worker's part of every global batch (``rcnas.train.data_parallel``; the
+            model's BatchNorms made global and the process group set up by the caller).
 
     Returns:
         a :class:`TrainResult`; the model holds the selected weights (best validation PGD when
@@ -249,16 +258,16 @@ def adversarial_train(
     shown = step.evaluated(model)
     with Progress(total - state["step"], desc or "", enabled=None if desc else False) as bar:
         return _epochs(model, opt, train, val, loss_fn, cfg, g, state, total, n_epochs, steps_per_epoch, crop_padding,
-                       flip, step, shown, checkpoint, progress, num_classes, device, t0, bar)
+                       flip, step, shown, checkpoint, progress, num_classes, device, t0, bar, shard)
 
 
 def _epochs(model: nn.Module, opt: torch.optim.Optimizer, train: TensorData, val: TensorData, loss_fn: LossFn,
             cfg: TrainConfig, g: torch.Generator, state: dict[str, Any], total: int, n_epochs: int,
             steps_per_epoch: int, crop_padding: int, flip: bool, step: _Step, shown: nn.Module,
             checkpoint: Optional[Path], progress: Optional[Callable[[dict[str, float]], None]], num_classes: int,
-            device: torch.device, t0: float, bar: Progress) -> TrainResult:
+            device: torch.device, t0: float, bar: Progress, shard: Optional[Shard]) -> TrainResult:
     for epoch in range(state["epoch"], n_epochs):
-        sums = _train_epoch(model, opt, train, loss_fn, cfg, g, state, total, crop_padding, flip, step, bar)
+        sums = _train_epoch(model, opt, train, loss_fn, cfg, g, state, total, crop_padding, flip, step, bar, shard)
         if isinstance(sums, str):
             if state["best"] is not None:  # keep the best finished epoch, never the diverged weights
                 model.load_state_dict(state["best"])
