@@ -98,6 +98,17 @@ class TrackerSettings(StrictModel):
     wandb: Optional[WandbSettings] = None
 
 
+class RerankSettings(StrictModel):
+    """Re-rank the best ``top_k`` candidates at a higher proxy fidelity before choosing (0: off, the pick is the
+    best proxy score)."""
+
+    top_k: int = Field(0, ge=0)
+    epochs: float = Field(4.0, gt=0)
+    """the proxy's fine-tuning epochs for the re-ranking (the task's proxy uses fewer)"""
+    repeats: int = Field(2, ge=1)
+    """independent seeds averaged per re-ranked candidate"""
+
+
 class ExperimentConfig(StrictModel):
     name: str
     meta_tasks: list[str]
@@ -117,6 +128,8 @@ class ExperimentConfig(StrictModel):
     """each env runner never finishes a sub-network it already finished for the same task while unfinished ones
     remain (the action mask hides them): a repeat is answered by the store and adds nothing, so without this a
     converging policy stops searching (measured on the tabular benchmark, BENCHMARKS.md)"""
+    rerank: RerankSettings = RerankSettings()
+    """``rerank: {top_k: 5, epochs: 4, repeats: 2}``: the pick survives a more faithful measurement"""
     trackers: TrackerSettings = TrackerSettings()
     """``trackers: {mlflow: {}}`` and/or ``{wandb: {project: x}}`` (or ``--set trackers.mlflow={}``)"""
     ppo: PPOSettings = PPOSettings()

@@ -121,12 +121,21 @@ def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: Searc
     rows = scored_rows(task, client)
     if not rows:
         raise RuntimeError("no sub-network of the target task was evaluated: raise finetune_iterations")
-    chosen, yaml_path = write_report(out, task, space, rows, stages)
+    reranked = None
+    if exp.rerank.top_k:
+        from rcnas.search.rerank import rerank
+
+        r = exp.rerank
+        log(f"re-ranking the top {r.top_k} at {r.epochs:g} fine-tuning epochs x {r.repeats} seeds")
+        reranked = rerank(task, rows, RayEvaluator(service_name, client="rerank"), r.top_k, r.epochs, r.repeats)
+    chosen, yaml_path = write_report(out, task, space, rows, stages, reranked)
     summary = {"experiment": exp.name, "searcher": opts.searcher, "target": task.name, "chosen": chosen.arch.short(),
                "yaml": str(yaml_path), "reward": chosen.reward, "val_robust_acc": chosen.robust_acc,
                "macs": chosen.macs, "budget": space.budget, "meta_checkpoint": meta_ckpt,
                "finetune_checkpoint": ft_ckpt, "evaluated": len(rows), "search_seconds": time.perf_counter() - t0,
-               "provenance": environment()}
+               "provenance": environment(),
+               **({"rerank": [{"arch": lo.arch.short(), "search_reward": lo.reward, "rerank_reward": hi.reward,
+                               "rerank_robust_acc": hi.robust_acc} for lo, hi in reranked]} if reranked else {})}
     write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     _keep(out, opts, log)
     log(f"evaluation service: {client.stats()}")

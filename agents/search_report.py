@@ -100,10 +100,12 @@ def plot_topology(chosen: Candidate, space: CompressionSpace, path: Path) -> Non
 
 
 def write_report(out: Path, task: Task, space: CompressionSpace, rows: list[Candidate],
-                 stages: dict[str, Path]) -> tuple[Candidate, Path]:
+                 stages: dict[str, Path], reranked: list[tuple[Candidate, Candidate]] | None = None
+                 ) -> tuple[Candidate, Path]:
     """Write the chosen sub-network, its metrics, the plots and ``report.md``; returns the chosen candidate and the
-    path of its YAML."""
-    chosen = best(rows)[0]
+    path of its YAML. With ``reranked`` ((search's candidate, its higher-fidelity evaluation) pairs, best first), the
+    pick is the re-ranking's best, reported with its higher-fidelity figures."""
+    chosen = reranked[0][1] if reranked else best(rows)[0]
     attack = task.config.attack
     yaml_path = subnet_path(out, task)
     metrics = {"reward": chosen.reward, "robust_acc": chosen.robust_acc, "macs": chosen.macs, "budget": chosen.budget,
@@ -131,5 +133,13 @@ def write_report(out: Path, task: Task, space: CompressionSpace, rows: list[Cand
     ]
     lines += [f"| {i + 1} | `{r.arch.short()}` | {r.reward:.4f} | {100 * r.robust_acc:.2f} | "
               f"{human(r.macs)} |" for i, r in enumerate(top)]
+    if reranked:
+        first = reranked[0][1].metrics
+        lines += ["", f"Re-ranked: the top {len(reranked)} by the search's reward, measured again with "
+                  f"{first.fine_tune_epochs:g} fine-tuning epochs x {first.repeats} seeds (the pick is the best "
+                  "here):", "", "| re-rank | sub-network | search reward | re-ranked reward | val robust acc |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {i + 1} | `{lo.arch.short()}` | {lo.reward:.4f} | {hi.reward:.4f} | "
+                  f"{100 * hi.robust_acc:.2f} |" for i, (lo, hi) in enumerate(reranked)]
     write_atomic(out / "report.md", "\n".join(lines) + "\n")
     return chosen, yaml_path

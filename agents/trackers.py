@@ -30,9 +30,9 @@ def tracker_callbacks(exp: ExperimentConfig, out: Path, stage: str) -> list[Any]
         cbs.append(MLflowLoggerCallback(tracking_uri=uri, experiment_name=t.mlflow.experiment_name
                                         or f"rcnas-{exp.name}", tags={"rcnas.stage": stage}))
     if t.wandb is not None:
-        from ray.air.integrations.wandb import WandbLoggerCallback
-
         import os
+
+        from ray.air.integrations.wandb import WandbLoggerCallback
 
         # Ray's callback asks for an API key unless W&B's own variable says offline; the config decides it
         os.environ["WANDB_MODE"] = t.wandb.mode

@@ -70,7 +70,8 @@ def test_train_py_set_and_seed_flags_reach_the_run(tmp_path):
     assert "Traceback" not in bad.stderr
     out = tmp_path / "run"
     ok = run_script("train.py", "--smoke-test", "--searcher", "random", "--n", "2", "--no-final-eval", "--seed", "7",
-                    "--set", "proxy.epochs=0.25", "--set", "final_eval.epochs=0.2", "--out", str(out), timeout=600)
+                    "--set", "proxy.epochs=0.25", "--set", "final_eval.epochs=0.2", "--set", "rerank.top_k=2",
+                    "--set", "rerank.epochs=0.5", "--set", "rerank.repeats=1", "--out", str(out), timeout=600)
     assert ok.returncode == 0, ok.stderr[-3000:]
     resolved = yaml.safe_load((out / "config" / "experiment.yaml").read_text())
     assert resolved["seed"] == 7 and resolved["final_eval"]["epochs"] == 0.2
@@ -79,8 +80,12 @@ def test_train_py_set_and_seed_flags_reach_the_run(tmp_path):
 
     rows = EvaluationStore(out / "evaluations.sqlite").rows()
     # measured by the evaluation workers: the override reached them, not only the driver
-    assert rows and {r["metrics"]["fine_tune_epochs"] for r in rows} == {0.25}
-    assert json.loads((out / "summary.json").read_text())["searcher"] == "random"
+    # measured by the evaluation workers: the override reached them, not only the driver; the re-ranking's two
+    # evaluations at 0.5 epochs are stored beside the search's
+    assert rows and sorted(r["metrics"]["fine_tune_epochs"] for r in rows) == [0.25, 0.25, 0.5, 0.5]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["searcher"] == "random" and len(summary["rerank"]) == 2
+    assert summary["chosen"] == summary["rerank"][0]["arch"] and "Re-ranked" in (out / "report.md").read_text()
 
 
 def test_evaluate_api_returns_results(tmp_path):
