@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -77,6 +78,10 @@ def run_stage(name: str, config: PPOConfig, iterations: int, storage: Path | str
     path = f"{storage}/{name}" if remote else str(Path(storage) / name)
     if resume and tune.Tuner.can_restore(path):
         log(f"resuming Tune experiment {path}")
+        # a restored experiment brings back the tracker callbacks it was started with (agents/trackers.py): their
+        # offline settings, which live in this process's environment, are given again
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        os.environ.setdefault("WANDB_MODE", "offline")
         tuner = tune.Tuner.restore(path, trainable=PPO, resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(
@@ -128,5 +133,25 @@ def _plain_loop(name: str, config: PPOConfig, iterations: int, storage: Path, lo
         algo.save_to_path(str(out))
         save_layout(out)
         return str(out)
+    finally:
+        algo.stop()
+
+
+def train_until_distinct(config: PPOConfig, n: int, M: int, distinct: Callable[[], int], name: str,
+                         patience: int = 5) -> None:
+    """PPO until ``distinct()`` (the search's distinct evaluations so far) reaches ``n``, or ``patience`` iterations in
+    a row bring no new sub-network (the policy has converged: it repeats itself, and repeats add nothing), or
+    ``4 n / M`` iterations. The benchmarks' budget rule: cost is counted in distinct evaluations."""
+    progress = {"made": 0, "idle": 0}
+
+    def enough(_: dict[str, Any]) -> bool:
+        now = distinct()
+        progress["idle"] = 0 if now > progress["made"] else progress["idle"] + 1
+        progress["made"] = now
+        return now >= n or progress["idle"] >= patience
+
+    algo = config.build_algo()
+    try:
+        train_iterations(algo, math.ceil(4 * n / M), name, lambda m: None, stop=enough)
     finally:
         algo.stop()

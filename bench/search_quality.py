@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +28,7 @@ import ray
 
 from agents.config import load_experiment, task_path
 from agents.ppo import build_ppo_config
-from agents.stages import module_dir, run_stage, train_iterations
+from agents.stages import module_dir, run_stage, train_until_distinct
 from rcnas.distributed.resources import ensure_ray
 from rcnas.distributed.service import RayEvaluator, start_service
 from rcnas.evaluation.command import run_jobs
@@ -73,19 +72,8 @@ def run_ppo(exp: Any, target: str, task: Task, grid: tuple[int, int], client: st
     and repeats cost nothing and add nothing), or ``4 n / M`` iterations."""
     config = build_ppo_config(exp, [target], SERVICE, grid=grid, client=client,
                               load_module_from=module_dir(meta_checkpoint) if meta_checkpoint else None)
-    progress = {"made": 0, "idle": 0}
-
-    def enough(_: dict[str, Any]) -> bool:
-        now = len(distinct(client_requests(client), task.name))
-        progress["idle"] = 0 if now > progress["made"] else progress["idle"] + 1
-        progress["made"] = now
-        return now >= n or progress["idle"] >= patience
-
-    algo = config.build_algo()
-    try:
-        train_iterations(algo, math.ceil(4 * n / exp.M), client, lambda m: None, stop=enough)
-    finally:
-        algo.stop()
+    train_until_distinct(config, n, exp.M, lambda: len(distinct(client_requests(client), task.name)), client,
+                         patience)
 
 
 def agent_tag(exp: Any) -> str:

@@ -32,7 +32,7 @@ import ray
 
 from agents.config import load_experiment, task_path
 from agents.ppo import build_ppo_config
-from agents.stages import module_dir, train_iterations
+from agents.stages import module_dir, train_iterations, train_until_distinct
 from rcnas.distributed.resources import ensure_ray
 from rcnas.infra.errors import RcnasError
 from rcnas.reward import compression_reward
@@ -116,19 +116,8 @@ def run_ppo(exp: Any, target: str, grid: tuple[int, int], table: str, client: st
     policy), or ``4 n / M`` iterations."""
     config = build_ppo_config(exp.model_copy(update={"avoid_repeats": avoid_repeats}), [target], "", grid=grid,
                               client=client, table=table, load_module_from=module_dir(meta) if meta else None)
-    progress = {"made": 0, "idle": 0}
-
-    def enough(_: dict[str, Any]) -> bool:
-        now = len({r["arch_key"] for r in requests_of(client)})
-        progress["idle"] = 0 if now > progress["made"] else progress["idle"] + 1
-        progress["made"] = now
-        return now >= n or progress["idle"] >= patience
-
-    algo = config.build_algo()
-    try:
-        train_iterations(algo, math.ceil(4 * n / exp.M), client, lambda m: None, stop=enough)
-    finally:
-        algo.stop()
+    train_until_distinct(config, n, exp.M, lambda: len({r["arch_key"] for r in requests_of(client)}), client,
+                         patience)
 
 
 def one_search(s: str, task_file: str, seed: int, exp: Any, grid: tuple[int, int], table: str, n: int,
