@@ -45,7 +45,7 @@ class ProxyMetrics:
     device: str
     node: str
     code_version: str
-    also: dict[str, float] = field(default_factory=dict)
+    also: dict[str, float] = field(default_factory=dict, hash=False)  # a dict: compared, not hashed
     """robust accuracy under each of the proxy's ``also_attacks`` (by label), same fine-tuned network and split"""
 
     @property
