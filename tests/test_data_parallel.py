@@ -89,6 +89,7 @@ def test_two_workers_train_what_one_process_trains(tmp_path):
     assert worst < 1e-4 < moved, (worst, moved)
 
 
+@pytest.mark.slow
 def test_evaluate_py_data_parallel(tmp_path):
     import json
 

@@ -12,10 +12,12 @@ import logging
 import warnings
 
 NOISY_LOGGERS = ("ray.rllib", "ray._common.deprecation", "ray.tune.logger", "ray.tune.utils.util",
-                 "ray.tune.trainable", "ray.tune.tune", "ray.train._internal.storage")
+                 "ray.tune.trainable", "ray.tune.tune", "ray.tune.execution.experiment_state",
+                 "ray.train._internal.storage")
 """loggers whose WARNING-level messages are migration notes (``You are running PPO on the new API stack``,
 ``RLModule(config=...) has been deprecated``), hints that do not apply (``Install gputil``, ``Trainable.setup took
-11 s``: a PPO trial is built once per stage) or bookkeeping (``Wrote the latest version of all result files``);
+11 s``: a PPO trial is built once per stage; ``Experiment state snapshotting has been triggered multiple times``:
+a stage checkpoints every iteration on purpose) or bookkeeping (``Wrote the latest version of all result files``);
 their errors still show"""
 
 
