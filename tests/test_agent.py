@@ -136,7 +136,14 @@ def test_train_smoke_writes_every_output(tmp_path):
     assert "pulled from" in again.stderr and "'computed': 0" in again.stderr
     assert json.loads((run / "summary.json").read_text())["chosen"] == summary["chosen"]
 
-    # the downstream run of the original README: fine-tune only, from the saved meta checkpoint
+
+
+@pytest.mark.slow
+def test_downstream_run_fine_tunes_from_a_saved_meta_checkpoint(tmp_path):
+    """The original README's downstream run: fine-tune only (--from), on a task given with --task and --M."""
+    first = run_script("train.py", "--smoke-test", "--no-final-eval", "--out", str(tmp_path / "run"), timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     down = run_script("train.py", "--experiment", "configs/experiments/smoke.yaml", "--task",
                       "configs/tasks/smoke/smoke-target.yaml", "--M", "2", "--from", summary["meta_checkpoint"],
                       "--out", str(tmp_path / "down"), "--no-final-eval", timeout=900)
@@ -185,6 +192,7 @@ def test_resume_continues_a_killed_run_and_keeps_its_evaluations(tmp_path):
     assert (run / "summary.json").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_baseline_searchers_run_through_train_py(tmp_path):
     evo = run_script("train.py", "--smoke-test", "--searcher", "evolution", "--n", "3", "--no-final-eval",

@@ -111,6 +111,7 @@ def _evil_pickle(path, marker):
     path.write_bytes(pickle.dumps({"stem.weight": Evil()}))
 
 
+@pytest.mark.slow
 def test_evaluate_cli_drill(tmp_path):
     out = tmp_path / "out"
     cases = [
@@ -143,6 +144,7 @@ def test_evaluate_cli_drill(tmp_path):
     assert not marker.exists(), "a pickle given as a checkpoint must never run"
 
 
+@pytest.mark.slow
 def test_train_cli_drill(tmp_path):
     empty = tmp_path / "empty"
     _one_line_error(run_script("train.py", "--resume", "--out", str(empty)), "holds no run to resume")

@@ -79,6 +79,7 @@ def test_bad_inputs_each_get_one_line_and_exit_2(tmp_path):
                                "--data-root", str(tmp_path)), "cifar10", "not found", str(tmp_path))
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_several_configs_run_in_parallel_on_ray_workers(tmp_path):
     proc = run_script("evaluate.py", SUB, "configs/subnets/digits/tiny-444-deep-narrow.yaml", "--task", TASK,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from rcnas.evaluation.export import export_robustbench, model_info, robustbench_kwargs
@@ -59,6 +60,7 @@ def test_what_robustbench_cannot_hold_says_why():
     assert "robust-block" in robustbench_kwargs(robust, InputShape())[1]
 
 
+@pytest.mark.slow
 def test_evaluate_py_exports(tmp_path):
     res = run_script("evaluate.py", "--smoke-test", "--attacks", "clean,fgsm", "--out", str(tmp_path / "o"),
                      "--export", "robustbench", str(tmp_path / "rb"), "--no-ray", timeout=600)

@@ -41,6 +41,7 @@ def test_bf16_training_on_a_cpu_learns_and_keeps_fp32_weights():
     assert res.history[-1]["val_clean"] > 0.5
 
 
+@pytest.mark.slow
 def test_fp16_with_loss_scaling_trains_on_a_cpu():
     # fp16 is emulated (slowly) on a CPU: one epoch, after which validation accuracy is far above chance (0.1)
     res = adversarial_train(model(), digits(), recipe(precision="fp16", epochs=1), num_classes=10)
@@ -139,6 +140,7 @@ def test_the_new_recipe_settings_leave_existing_teacher_keys_alone():
     assert recipe_dump(TrainConfig(precision="bf16"))["precision"] == "bf16"
 
 
+@pytest.mark.slow
 def test_the_gpu_throughput_benchmark_runs_on_a_cpu(tmp_path):
     import json
 

@@ -66,6 +66,7 @@ def _slice_accuracy(supernet, arch, data):
     return (view(data.x.float() / 255 if data.x.dtype == torch.uint8 else data.x).argmax(1) == data.y).float().mean()
 
 
+@pytest.mark.slow
 def test_sandwich_training_trains_the_smallest_slice_and_is_reproducible(digits):
     plain, sandwich = _train(digits, False), _train(digits, True)
     arch = get_teacher("tiny-444").subnet((1, 1, 1), (1, 1, 1), ("basic_block",) * 3)

@@ -52,6 +52,7 @@ def test_concurrent_identical_requests_compute_once(ray_local, service):
     assert sum(not r.cached for r in results) == 1 and len({r.metrics for r in results}) == 1
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_replaced_and_the_request_retried(ray_local, service):
     svc, base = service
     task = tiny_task(proxy_epochs=20)  # long enough to be killed mid-way on a fast machine
