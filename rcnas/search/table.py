@@ -136,13 +136,6 @@ class Table:
         raise ConfigError(f"{task.name}: attack {task.config.attack.model_dump()} is not a column of the table "
                           f"({', '.join(self.columns)})")
 
-    def best(self, task: Task, reward: Any) -> tuple[float, list[float]]:
-        """The best reward in the table within ``task``'s budget, and every feasible row's reward (for ranks)."""
-        col = self.column_for(task)
-        rewards = sorted((reward(r.robust[col], r.macs, r.status == "ok") for r in self.rows.values()
-                          if r.macs <= task.budget), reverse=True)
-        return rewards[0], rewards
-
 
 def write_table(path: str | Path, header: dict[str, Any], rows: list[Row], comments: list[str]) -> None:
     """Write ``rows`` (sorted by MACs then label, so the file is stable) with ``header`` as gzip'd CSV; the columns
