@@ -16,6 +16,7 @@ from agents.config import ExperimentConfig, load_experiment, task_path
 from agents.overrides import apply_overrides, parse_sets
 from agents.search import SearchOptions, run_search
 from agents.stages import check_layout, module_dir
+from agents.storage import tune_uri
 from rcnas.data.registry import load_splits
 from rcnas.evaluation.tables import text_table
 from rcnas.infra.cli import RESUME_HINT
@@ -119,7 +120,7 @@ def run_pipeline(args: argparse.Namespace, argv: list[str]) -> int:
                  verbose=args.verbose)
     if run.results:
         print(text_table(run.results))
-    tune_dir = f"{args.storage.rstrip('/')}/tune" if args.storage else run.out / "tune"
+    tune_dir = tune_uri(args.storage) if args.storage else run.out / "tune"
     print(f"\nrun folder: {run.out}{f' (kept at {args.storage})' if args.storage else ''} (tensorboard --logdir "
           f"{tune_dir})")
     return 0

@@ -18,7 +18,7 @@ from agents.config import ExperimentConfig
 from agents.ppo import build_ppo_config
 from agents.search_report import write_report
 from agents.stages import check_layout, module_dir, run_stage
-from agents.storage import Keeper
+from agents.storage import Keeper, tune_uri
 from agents.summary import scored_rows
 from agents.trackers import tracker_callbacks
 from rcnas.distributed.resources import ensure_ray
@@ -94,7 +94,7 @@ def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: Searc
     t0 = time.perf_counter()
     out = opts.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    storage: Path | str = f"{opts.storage.rstrip('/')}/tune" if opts.storage else out / "tune"
+    storage: Path | str = tune_uri(opts.storage) if opts.storage else out / "tune"
     local_tune = out / "tune"
     ensure_ray(opts.ray_address, verbose=opts.verbose)
     # one service per run folder: two runs whose folders share a base name never share a service or a store

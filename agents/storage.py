@@ -35,6 +35,11 @@ def _fs(uri: str) -> tuple[Any, str]:
                           "gs://bucket/runs/x or file:///shared/runs/x") from None
 
 
+def tune_uri(uri: str) -> str:
+    """Where Tune keeps the run's experiments under the storage URI."""
+    return f"{uri.rstrip('/')}/tune"
+
+
 def check_storage(uri: str) -> None:
     """Open ``uri`` and write under it, before any work starts: a typo or missing credentials are one line now, not
     a failed upload after hours."""

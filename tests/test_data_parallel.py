@@ -60,7 +60,7 @@ def test_shards_split_every_batch():
 def test_two_workers_train_what_one_process_trains(tmp_path):
     import ray
 
-    from rcnas.distributed.data_parallel import recipe_of, train_data_parallel
+    from rcnas.distributed.data_parallel import train_data_parallel
 
     task = load_task(task_path("digits-pgd-e20-t444-r35"))
     cfg = task.config.training
@@ -80,7 +80,7 @@ def test_two_workers_train_what_one_process_trains(tmp_path):
         ray.shutdown()
     torch.manual_seed(job.seed)
     one = build_model(arch, task.shape)
-    adversarial_train(one, load_splits(task.config.dataset), recipe_of(job), num_classes=task.shape.num_classes)
+    adversarial_train(one, load_splits(task.config.dataset), job.recipe(), num_classes=task.shape.num_classes)
     ref = one.state_dict()
     assert state.keys() == ref.keys() and info["data_parallel"] == 2
     worst = max((state[k].float() - ref[k].float()).abs().max().item() for k in ref)

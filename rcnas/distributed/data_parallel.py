@@ -21,11 +21,6 @@ from rcnas.models.builder import build_model
 from rcnas.train import adversarial_train, save_atomic
 
 
-def recipe_of(job: EvalJob) -> Any:
-    cfg = job.task.config
-    return cfg.training.model_copy(update={"seed": job.seed, **({"epochs": job.epochs} if job.epochs else {})})
-
-
 def _worker_loop(config: dict[str, Any]) -> None:
     """One worker: the same seeded start and batches everywhere, its shard of each batch, gradients averaged."""
     import ray.train
@@ -43,7 +38,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     same_start(model)
     log = (lambda m: print(m, flush=True)) if rank == 0 else (lambda m: None)
     res = adversarial_train(
-        model, data, recipe_of(job), num_classes=job.task.shape.num_classes, **augmentation(job.task.config.dataset),
+        model, data, job.recipe(), num_classes=job.task.shape.num_classes, **augmentation(job.task.config.dataset),
         shard=Shard(rank, world),
         progress=lambda r: log(f"[{job.name}] epoch {r['epoch']}/{r['epochs']} on {world} workers: loss (worker 0's "
                                f"share) {r['train_loss']:.3f} val robust {r['val_robust']:.3f}"))

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from rcnas.config import AttackConfig
+from rcnas.config import AttackConfig, TrainConfig
 from rcnas.data.registry import augmentation, load_splits
 from rcnas.data.tensors import DataSplits
 from rcnas.evaluation.robustness import AttackAccuracy, local_lipschitz, robust_accuracy
@@ -58,6 +58,11 @@ class EvalJob:
     """what ``weights`` are (e.g. the teacher's cache key), for :meth:`key`"""
     data_parallel: int = 1
     """workers of one data-parallel training (Ray Train; ``rcnas.distributed.data_parallel``); 1: one process"""
+
+    def recipe(self) -> TrainConfig:
+        """The task's training recipe with this job's seed and, when given, its training length."""
+        return self.task.config.training.model_copy(
+            update={"seed": self.seed, **({"epochs": self.epochs} if self.epochs is not None else {})})
 
     def key(self) -> str:
         """What the result depends on: a finished result with the same key is reused instead of recomputed. The code
@@ -127,9 +132,7 @@ def _train_or_load(job: EvalJob, model: nn.Module, data: DataSplits, out: Path, 
         info = load_weights(model, job.checkpoint, job.checkpoint_format, job.name)
         return {"checkpoint": job.checkpoint, "format": info["format"]}
     cfg = job.task.config
-    recipe = cfg.training.model_copy(
-        update={"seed": job.seed, **({"epochs": job.epochs} if job.epochs is not None else {})}
-    )
+    recipe = job.recipe()
     log(f"[{job.name}] training {recipe.epochs:g} epochs ({recipe.loss}, eps {eps_label(recipe.attack.epsilon)}) "
         f"on {len(data.train)} examples, device {device}")
     res = adversarial_train(

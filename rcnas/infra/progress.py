@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
 from typing import Any, Optional
 
 
@@ -47,14 +46,3 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def log_to(log: Optional[Callable[[str], None]]) -> Callable[[str], None]:
-    """A log function that writes above a running bar instead of through it."""
-    if log is None:
-        return lambda m: None
-    if not on_terminal():
-        return log
-    from tqdm import tqdm
-
-    return lambda m: tqdm.write(m, file=sys.stderr)
