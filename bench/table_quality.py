@@ -35,10 +35,9 @@ from agents.ppo import build_ppo_config
 from agents.stages import module_dir, train_iterations, train_until_distinct
 from rcnas.distributed.resources import ensure_ray
 from rcnas.infra.errors import RcnasError
-from rcnas.reward import compression_reward
 from rcnas.search.quality import best_so_far, text_chart
 from rcnas.search.searchers import run_searcher
-from rcnas.search.table import TableEvaluator, open_table, requests_of
+from rcnas.search.table import Scorer, TableEvaluator, open_table, requests_of
 from rcnas.task import Task, load_task, shared_grid
 
 PPO_VARIANTS = {"rl": (True, True), "ppo-scratch": (False, True), "rl-repeats": (True, False),
@@ -60,23 +59,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/bench/table-quality")
     p.add_argument("--jobs", type=int, default=None, help="searches at once (default: one per CPU)")
     return p.parse_args(argv)
-
-
-class Scorer:
-    """A task's rewards from the table: the best one (for regret) and every feasible one (for ranks)."""
-
-    def __init__(self, task: Task, ev: TableEvaluator) -> None:
-        self.task = task
-        self.teacher = ev.teacher_stats(task)
-        col = ev.table.column_for(task)
-        self.all = sorted((self.reward(r.robust[col], r.macs, r.status == "ok") for r in ev.table.rows.values()
-                           if r.macs <= task.budget), reverse=True)
-
-    def reward(self, robust: float, macs: int, ok: bool) -> float:
-        return compression_reward(robust, self.teacher.robust_acc, macs, self.task.budget, self.task.config.reward, ok)
-
-    def rank(self, reward: float) -> int:
-        return 1 + sum(1 for r in self.all if r > reward + 1e-12)
 
 
 def distinct_rewards(requests: list[dict[str, Any]], scorer: Scorer) -> list[float]:

@@ -190,3 +190,26 @@ def test_committed_table_equals_live_evaluations():
             assert live == pytest.approx(row.robust, abs=1e-6) and m.clean_acc == pytest.approx(row.clean, abs=1e-6)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_rerank_benchmark_refuses_tasks_that_train_differently(synth, tmp_path):
+    """Its full trainings are shared between tasks: a task with another recipe is refused before any work."""
+    res = run_script("bench/rerank_quality.py", "--table", str(synth), "--tasks",
+                     "digits-cw-e20-t444-r30,digits-pgd-e10-t444-r25", "--out", str(tmp_path / "x"), timeout=120)
+    assert res.returncode == 2 and "trains or attacks differently" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_rerank_benchmark_smoke(synth, tmp_path):
+    """The live re-ranking benchmark end to end at toy size: the table's top 2, re-ranked live, both trained from
+    scratch and attacked on the test split; a rerun answers from the store and the finished results."""
+    out = tmp_path / "rr"
+    cmd = ["bench/rerank_quality.py", "--table", str(synth), "--tasks", "digits-fgsm-e20-t444-r30", "--top-k", "2",
+           "--epochs", "0.3", "--repeats", "2", "--train-seeds", "1", "--out", str(out)]
+    res = run_script(*cmd, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    assert "| digits-fgsm-e20-t444-r30 | fgsm eps 51/255 |" in report and "Re-ranked minus plain pick" in report
+    again = run_script(*cmd, timeout=600)
+    assert again.returncode == 0 and "reusing 2 finished result(s)" in again.stdout + again.stderr

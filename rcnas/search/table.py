@@ -32,6 +32,7 @@ from rcnas.config import AttackConfig
 from rcnas.infra.errors import ConfigError, EvaluationFailed
 from rcnas.proxy.keys import fidelity_key, store_fidelity, task_key, teacher_key
 from rcnas.proxy.records import EvalKey, Evaluation, ProxyMetrics, TeacherStats
+from rcnas.reward import compression_reward
 from rcnas.space.arch import ArchSpec
 from rcnas.space.space import CompressionSpace
 from rcnas.task import Task
@@ -251,3 +252,23 @@ class TableEvaluator:
         self._seen.add((task.name, key.arch))
         self.requests.append({"task_name": task.name, "arch_key": key.arch, "arch": arch, "metrics": metrics})
         return Evaluation(key, metrics, cached=cached)
+
+
+class Scorer:
+    """A task's rewards from a table: the best one (for regret), every feasible one (for ranks), the top rows."""
+
+    def __init__(self, task: Task, ev: TableEvaluator) -> None:
+        self.task = task
+        self.teacher = ev.teacher_stats(task)
+        col = ev.table.column_for(task)
+        self.ranked = sorted(((self.reward(r.robust[col], r.macs, r.status == "ok"), r)
+                              for r in ev.table.rows.values() if r.macs <= task.budget),
+                             key=lambda p: p[0], reverse=True)
+        """(reward, row) of every sub-network within the task's budget, best first"""
+        self.all = [reward for reward, _ in self.ranked]
+
+    def reward(self, robust: float, macs: int, ok: bool) -> float:
+        return compression_reward(robust, self.teacher.robust_acc, macs, self.task.budget, self.task.config.reward, ok)
+
+    def rank(self, reward: float) -> int:
+        return 1 + sum(1 for r in self.all if r > reward + 1e-12)
