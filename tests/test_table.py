@@ -172,11 +172,17 @@ def test_committed_table_equals_live_evaluations():
     sub-network and the fidelity, so they must (on one thread, as the table's workers ran)."""
     import torch
 
+    from rcnas.infra.provenance import cpu_model
     from rcnas.proxy.local import ProxyRunner
 
     tasks = [task(t) for t in TABLE_TASKS]
     tt = table_task(tasks)
     table = read_table(COMMITTED, tt)
+    here = f"{cpu_model()}, torch kernels {torch.backends.cpu.get_cpu_capability()}"
+    if (table.header.get("cpu"), table.header.get("torch")) != (here, torch.__version__):
+        pytest.skip(f"the table's figures are those of {table.header.get('cpu')} with torch "
+                    f"{table.header.get('torch')}; this is {here} with torch {torch.__version__}, which rounds "
+                    "differently: equal only in distribution")
     assert len(table.rows) == sum(1 for _ in every_subnet(tt.space))
     rows = sorted(table.rows.values(), key=lambda r: r.macs)[:: len(table.rows) // 3][:3]
     threads = torch.get_num_threads()

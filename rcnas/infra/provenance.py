@@ -41,6 +41,20 @@ def code_version() -> str:
     return f"{v}+{commit}{'.dirty' if dirty else ''}" if commit else v
 
 
+def cpu_model() -> str:
+    """The CPU's model name: floating-point kernels, and so the last digits of a CPU result, differ between models."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 LIBRARIES = ("torch", "torchvision", "ray", "pyautoattack", "gymnasium", "numpy")
 
 
@@ -57,7 +71,7 @@ def environment(device: str | None = None) -> dict[str, object]:
         except PackageNotFoundError:
             libs[name] = "not installed"
     out: dict[str, object] = {"code_version": code_version(), "python": platform.python_version(), **libs,
-                              "node": platform.node()}
+                              "node": platform.node(), "cpu": cpu_model()}
     if device is not None:
         out["device"] = device
     return out
