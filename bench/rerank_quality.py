@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    ensure_ray()
+    ensure_ray(verbose=False)  # library noise silenced in every worker
     service = start_service(out, n_workers=args.workers, name=SERVICE)  # noqa: F841 (held: the actor lives with it)
     evaluator = RayEvaluator(SERVICE, client="rerank")
     t0 = time.perf_counter()

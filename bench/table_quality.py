@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     g = shared_grid([*tasks, *(load_task(m) for m in metas)])
     grid = (g.max_depth, g.max_width)
-    ensure_ray(num_cpus=args.jobs)
+    ensure_ray(num_cpus=args.jobs, verbose=False)  # library noise silenced in every worker
     meta = None
     if any(PPO_VARIANTS.get(s, (False,))[0] for s in searchers):
         meta = meta_train(exp, metas, grid, table_file, out)
