@@ -18,15 +18,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict
 
-import torch
-
 from agents.config import task_path
 from rcnas.distributed.resources import ensure_ray
 from rcnas.distributed.service import RayEvaluator, start_service
 from rcnas.infra.errors import RcnasError
-from rcnas.infra.provenance import code_version, cpu_model
+from rcnas.infra.provenance import code_version
 from rcnas.proxy.keys import fidelity_key, teacher_key
-from rcnas.search.table import Row, attack_column, every_subnet, table_task, task_for_column, write_table
+from rcnas.search.table import Row, attack_column, every_subnet, numerics, table_task, task_for_column, write_table
 from rcnas.task import load_task
 
 SERVICE = "bench-tabulate"
@@ -92,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                     **{c: a.model_dump() for c, a in ttask.config.proxy.also_attacks.items()}},
         "teacher_stats": teacher, "base_channels": list(ttask.teacher.base_channels), "n_val": n_val,
         "tasks": [t.name for t in tasks], "code_version": code_version(), "rows": len(rows),
-        # the rows are this CPU model's and this torch's figures: another rounds differently (tests compare only here)
-        "cpu": f"{cpu_model()}, torch kernels {torch.backends.cpu.get_cpu_capability()}", "torch": torch.__version__,
+        **numerics(),  # the rows are this CPU's and this torch's figures: another rounds differently
         "command": "python bench/build_table.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
     }
     write_table(args.table, header, rows, [

@@ -19,6 +19,7 @@ from rcnas.search.table import (
     TableEvaluator,
     attack_column,
     every_subnet,
+    numerics,
     read_table,
     table_task,
     task_for_column,
@@ -172,16 +173,15 @@ def test_committed_table_equals_live_evaluations():
     sub-network and the fidelity, so they must (on one thread, as the table's workers ran)."""
     import torch
 
-    from rcnas.infra.provenance import cpu_model
     from rcnas.proxy.local import ProxyRunner
 
     tasks = [task(t) for t in TABLE_TASKS]
     tt = table_task(tasks)
     table = read_table(COMMITTED, tt)
-    here = f"{cpu_model()}, torch kernels {torch.backends.cpu.get_cpu_capability()}"
-    if (table.header.get("cpu"), table.header.get("torch")) != (here, torch.__version__):
-        pytest.skip(f"the table's figures are those of {table.header.get('cpu')} with torch "
-                    f"{table.header.get('torch')}; this is {here} with torch {torch.__version__}, which rounds "
+    here = numerics()
+    made = {k: table.header.get(k) for k in here}
+    if made != here:
+        pytest.skip(f"the table's figures are those of {made}; this machine is {here}, whose kernels round "
                     "differently: equal only in distribution")
     assert len(table.rows) == sum(1 for _ in every_subnet(tt.space))
     rows = sorted(table.rows.values(), key=lambda r: r.macs)[:: len(table.rows) // 3][:3]

@@ -138,6 +138,17 @@ class Table:
                           f"({', '.join(self.columns)})")
 
 
+def numerics() -> dict[str, str]:
+    """What the last digits of this machine's CPU figures depend on, for a table's header: the CPU model and torch's
+    CPU kernels, and torch's version. Figures are bit-equal only where these are."""
+    import torch
+
+    from rcnas.infra.provenance import cpu_model
+
+    return {"cpu": f"{cpu_model()}, torch kernels {torch.backends.cpu.get_cpu_capability()}",
+            "torch": torch.__version__}
+
+
 def write_table(path: str | Path, header: dict[str, Any], rows: list[Row], comments: list[str]) -> None:
     """Write ``rows`` (sorted by MACs then label, so the file is stable) with ``header`` as gzip'd CSV; the columns
     follow ``header["attacks"]``'s order (the first is the one the live proxy of its task returns)."""
