@@ -95,6 +95,10 @@ def kendall_tau(a: list[float], b: list[float]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if min(args.top_k, args.repeats, args.train_seeds) < 1 or args.epochs <= 0:
+        print("error: --top-k, --repeats and --train-seeds must be at least 1 and --epochs above 0 "
+              f"(got {args.top_k}, {args.repeats}, {args.train_seeds}, {args.epochs:g})", file=sys.stderr)
+        return 2
     t_start = time.perf_counter()
     table_file = str(Path(args.table).resolve())
     try:
@@ -121,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     same: list[bool] = []
     noise: list[float] = []
     for t in tasks:
-        first = open_table(table_file, t).columns[0] == open_table(table_file, t).column_for(t)
+        table = open_table(table_file, t)
+        first = table.columns[0] == table.column_for(t)
         for m, c in zip(live[t.name], tops[t.name]):
             if first:
                 same.append(abs(m.robust_acc - c.metrics.robust_acc) < 1e-6)

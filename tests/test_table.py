@@ -204,6 +204,9 @@ def test_rerank_benchmark_refuses_tasks_that_train_differently(synth, tmp_path):
                      "digits-cw-e20-t444-r30,digits-pgd-e10-t444-r25", "--out", str(tmp_path / "x"), timeout=120)
     assert res.returncode == 2 and "trains or attacks differently" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "x").exists()
+    res = run_script("bench/rerank_quality.py", "--table", str(synth), "--top-k", "0", "--out", str(tmp_path / "y"),
+                     timeout=120)
+    assert res.returncode == 2 and "--top-k" in res.stderr and "Traceback" not in res.stderr
 
 
 @pytest.mark.slow
