@@ -67,12 +67,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main() -> int:
-    from rcnas.evaluation.command import EvaluateArgs, run_evaluate
+    from rcnas.evaluation.command import evaluate
+    from rcnas.evaluation.tables import text_table
 
     a = parse()
-    return run_evaluate(EvaluateArgs(a.configs, a.task, a.attacks, a.epochs, a.checkpoint, a.n_examples, a.seed,
-                                     a.out, a.data_root, a.profile, a.no_ray, a.ray_address, a.teacher,
-                                     a.export[1] if a.export else None, a.data_parallel))
+    results = evaluate(a.configs, a.task, attacks=a.attacks, epochs=a.epochs, checkpoint=a.checkpoint,
+                       teacher=a.teacher, n_examples=a.n_examples, seed=a.seed, out=a.out, data_root=a.data_root,
+                       no_ray=a.no_ray, ray_address=a.ray_address, export_robustbench=a.export[1] if a.export else None,
+                       data_parallel=a.data_parallel, profile=a.profile)
+    if results:
+        print(text_table(results))
+    return 0
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from agents.config import ExperimentConfig
-from rcnas.evaluation.command import run_jobs
 from rcnas.evaluation.final import EvalJob, FinalResult
+from rcnas.evaluation.jobs import run_jobs
 from rcnas.evaluation.tables import text_table
 from rcnas.infra.files import write_atomic
 from rcnas.proxy.keys import teacher_key

@@ -4,45 +4,80 @@ and encoder settings, and the final evaluation of the chosen sub-network."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from rcnas.infra.configio import StrictModel, load_config
+from rcnas.config import MAX_EPOCHS, MAX_EXAMPLES, MAX_REPEATS, Float, Int, Seed
+from rcnas.infra.configio import Identifier, StrictModel, load_config
 from rcnas.infra.errors import ConfigError
 from rcnas.vocab import SUITE
 
+# Upper limits of the experiment's sizes and counts (the task's are in rcnas.config): far above any real run, so
+# that a typo (``M=1e9``, ``env_runners=100000``) is one line naming the key and the limit before Ray starts, not
+# 100,000 processes or a terabyte allocation after it did.
+MAX_M = 100_000
+"""sub-networks per policy update: 5 in the paper; each one is an evaluation (a fine-tuning) per iteration"""
+MAX_ITERATIONS = 100_000
+"""PPO iterations of a stage: 200 meta + 40 fine-tuning on the CIFAR cluster; tabular benchmarks run thousands"""
+MAX_EVALUATIONS = 10_000_000
+"""(meta_iterations + finetune_iterations) x M: 1,200 on the CIFAR cluster; 10M evaluations would be over a
+hundred days at one second each"""
+MAX_ENV_RUNNERS = 1024
+"""env runners (processes, one Ray actor each) each wait on one evaluation: more than the evaluation workers
+only queue"""
+MAX_WORKERS = 4096
+"""evaluation workers (processes, a GPU each on a cluster): 8 on the CIFAR cluster; 4096 GPUs is a supercomputer"""
+MAX_GPUS_PER_WORKER = 64.0
+"""one worker's GPUs: a node holds 8 or 16"""
+MAX_CPUS_PER_WORKER = 1024.0
+"""one worker's CPUs: the largest nodes have a few hundred"""
+MAX_MODEL_WIDTH = 4096
+"""the policy's layer widths (32 to 64 by default): a 4096-wide bidirectional LSTM is already 268M parameters"""
+MAX_PPO_EPOCHS = 1000
+"""SGD passes over each batch (8 to 10 by default)"""
+MAX_TOP_K = 1000
+"""re-ranked candidates: each is ``repeats`` fine-tunings at a higher fidelity (5 is typical)"""
+MAX_TASKS = 1000
+"""meta-training tasks: every one is resolved (and its teacher trained or loaded) before the run"""
+MAX_ATTACK_LABELS = 32
+"""labels of the final evaluation suite (the suite itself has a handful)"""
+
 
 class PPOSettings(StrictModel):
-    lr: float = Field(3e-4, gt=0)
-    num_epochs: int = Field(8, ge=1)
-    """SGD passes over each batch"""
-    minibatch_episodes: Optional[int] = Field(None, ge=1)
+    lr: Float = Field(3e-4, gt=0, le=1)
+    """Adam's step size (3e-4 to 1e-3; 1 only bounds typos)"""
+    num_epochs: Int = Field(8, ge=1, le=MAX_PPO_EPOCHS)
+    """SGD passes over each batch; at most MAX_PPO_EPOCHS"""
+    minibatch_episodes: Optional[Int] = Field(None, ge=1, le=MAX_M)
     """episodes per minibatch (default: the whole batch)"""
-    clip_param: float = Field(0.2, gt=0)
-    entropy_coeff: float = Field(0.01, ge=0)
-    vf_loss_coeff: float = Field(0.5, ge=0)
-    gamma: float = Field(1.0, gt=0, le=1)
+    clip_param: Float = Field(0.2, gt=0, le=10)
+    entropy_coeff: Float = Field(0.01, ge=0, le=100)
+    vf_loss_coeff: Float = Field(0.5, ge=0, le=1000)
+    gamma: Float = Field(1.0, gt=0, le=1)
     """episodes are one step per stage with the reward at the end: no discounting by default"""
-    lambda_: float = Field(0.95, ge=0, le=1)
+    lambda_: Float = Field(0.95, ge=0, le=1)
 
 
 class ModelSettings(StrictModel):
-    embed: int = Field(32, ge=1)
-    lstm: int = Field(32, ge=1)
-    hidden: int = Field(64, ge=1)
-    task_embed: int = Field(16, ge=1)
+    """Widths of the policy network (the stage encoder); each at most MAX_MODEL_WIDTH."""
+
+    embed: Int = Field(32, ge=1, le=MAX_MODEL_WIDTH)
+    lstm: Int = Field(32, ge=1, le=MAX_MODEL_WIDTH)
+    hidden: Int = Field(64, ge=1, le=MAX_MODEL_WIDTH)
+    task_embed: Int = Field(16, ge=1, le=MAX_MODEL_WIDTH)
 
 
 class FinalEvalSettings(StrictModel):
     """evaluate.py on the chosen sub-network, next to the teacher and a uniformly shrunk one of the same budget."""
 
     enabled: bool = True
-    epochs: Optional[float] = Field(None, gt=0)
+    epochs: Optional[Float] = Field(None, gt=0, le=MAX_EPOCHS)
     """training length; default: the target task's recipe"""
-    attacks: list[str] = ["clean", "fgsm", "pgd20", "cw40", "aa_compact"]
+    attacks: list[str] = Field(["clean", "fgsm", "pgd20", "cw40", "aa_compact"], max_length=MAX_ATTACK_LABELS)
     """labels of the evaluation suite (rcnas.vocab.SUITE)"""
-    n_examples: Optional[int] = Field(None, ge=1)
+    n_examples: Optional[Int] = Field(None, ge=1, le=MAX_EXAMPLES)
+    """test examples attacked (default: the whole test split)"""
 
     @field_validator("attacks")
     @classmethod
@@ -57,14 +92,14 @@ class FinalEvalSettings(StrictModel):
 class WorkerSettings(StrictModel):
     """The evaluation workers: how many, and what each asks Ray for."""
 
-    count: Optional[int] = Field(None, ge=1)
+    count: Optional[Int] = Field(None, ge=1, le=MAX_WORKERS)
     """workers in the pool (default: one per GPU the cluster has when the run starts, else one per CPU)"""
-    gpus: Optional[float] = Field(None, ge=0)
+    gpus: Optional[Float] = Field(None, ge=0, le=MAX_GPUS_PER_WORKER)
     """GPUs per worker. Unset: a GPU each when the cluster has GPUs when the run starts, else CPUs only. Set: asked
     for as given, whether or not such nodes exist yet (an autoscaler launches them; the pool grows as they join)"""
-    cpus: float = Field(1.0, gt=0)
+    cpus: Float = Field(1.0, gt=0, le=MAX_CPUS_PER_WORKER)
     """CPUs per worker when ``gpus`` is set"""
-    resources: dict[str, float] = Field(default_factory=dict)
+    resources: dict[str, Annotated[Float, Field(ge=0, le=1e9)]] = Field(default_factory=dict, max_length=64)
     """custom Ray resources per worker when ``gpus`` is set (e.g. ``{"accelerator_type:A10G": 0.001}``)"""
 
     def spec(self) -> Optional[dict]:
@@ -102,28 +137,28 @@ class RerankSettings(StrictModel):
     """Re-rank the best ``top_k`` candidates at a higher proxy fidelity before choosing (0: off, the pick is the
     best proxy score)."""
 
-    top_k: int = Field(0, ge=0)
-    epochs: float = Field(4.0, gt=0)
+    top_k: Int = Field(0, ge=0, le=MAX_TOP_K)
+    epochs: Float = Field(4.0, gt=0, le=MAX_EPOCHS)
     """the proxy's fine-tuning epochs for the re-ranking (the task's proxy uses fewer)"""
-    repeats: int = Field(2, ge=1)
+    repeats: Int = Field(2, ge=1, le=MAX_REPEATS)
     """independent seeds averaged per re-ranked candidate"""
 
 
 class ExperimentConfig(StrictModel):
-    name: str
-    meta_tasks: list[str]
+    name: Identifier
+    meta_tasks: list[str] = Field(max_length=MAX_TASKS)
     """task names (``configs/tasks/<name>.yaml``) or YAML paths: the meta-training set"""
     target_task: str
     """the held-out task to fine-tune on (never in meta_tasks)"""
-    M: int = Field(5, ge=1)
+    M: Int = Field(5, ge=1, le=MAX_M)
     """sub-networks sampled per policy update (the original README's --M)"""
-    meta_iterations: int = Field(10, ge=1)
-    finetune_iterations: int = Field(6, ge=1)
-    env_runners: int = Field(2, ge=0)
+    meta_iterations: Int = Field(10, ge=1, le=MAX_ITERATIONS)
+    finetune_iterations: Int = Field(6, ge=1, le=MAX_ITERATIONS)
+    env_runners: Int = Field(2, ge=0, le=MAX_ENV_RUNNERS)
     """parallel env runners (each waits on one evaluation at a time; they hold no CPU reservation)"""
     workers: WorkerSettings = WorkerSettings()
     """the evaluation workers (``workers: {count: 8, gpus: 1}`` on a GPU cluster)"""
-    seed: int = 0
+    seed: Seed = 0
     avoid_repeats: bool = True
     """each env runner never finishes a sub-network it already finished for the same task while unfinished ones
     remain (the action mask hides them): a repeat is answered by the store and adds nothing, so without this a
@@ -142,6 +177,10 @@ class ExperimentConfig(StrictModel):
             raise ValueError(f"target_task {self.target_task!r} is also a meta-training task: hold it out")
         if not self.meta_tasks:
             raise ValueError("meta_tasks is empty")
+        total = (self.meta_iterations + self.finetune_iterations) * self.M
+        if total > MAX_EVALUATIONS:
+            raise ValueError(f"(meta_iterations + finetune_iterations) x M = {total:,} evaluations is more than "
+                             f"{MAX_EVALUATIONS:,}; lower M or the iterations")
         return self
 
 

@@ -11,17 +11,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents import rerun
 from agents.comparison import final_comparison
 from agents.config import ExperimentConfig, load_experiment, task_path
 from agents.overrides import apply_overrides, parse_sets
 from agents.search import SearchOptions, run_search
+from agents.size import run_size
 from agents.stages import check_layout, module_dir
-from agents.storage import tune_uri
+from agents.storage import pull, tune_uri
 from rcnas.data.registry import load_splits
+from rcnas.evaluation.jobs import read_results
 from rcnas.evaluation.tables import text_table
 from rcnas.infra.cli import RESUME_HINT
+from rcnas.infra.configio import validate
 from rcnas.infra.errors import ConfigError
+from rcnas.infra.files import inside
 from rcnas.infra.locks import run_folder_lock
+from rcnas.proxy.store import check_store
 from rcnas.search.searchers import searcher_names
 from rcnas.task import Task, load_task
 
@@ -65,22 +71,22 @@ def search(experiment: str | Path = "configs/experiments/digits.yaml", *, out: s
     if M is not None:
         if M < 1:
             raise ConfigError(f"--M {M}: the number of sub-networks per policy update must be >= 1")
-        exp = exp.model_copy(update={"M": M})
+        exp = validate(ExperimentConfig, {**exp.model_dump(mode="json"), "M": M}, f"--M {M}")
     if seed is not None:
-        exp = exp.model_copy(update={"seed": seed})
+        exp = validate(ExperimentConfig, {**exp.model_dump(mode="json"), "seed": seed}, f"--seed {seed}")
     out = Path(out or f"runs/{exp.name}")
+    if from_checkpoint and "://" not in from_checkpoint:
+        from_checkpoint = str(Path(from_checkpoint).resolve())  # Ray reads a relative path as a URI without scheme
+    sets = parse_sets(overrides)
+    # 1. every check that writes nothing, before the run folder is touched
     if storage:
-        from agents.storage import check_storage, is_uri, pull
+        from agents.storage import check_storage, is_uri
 
         if not is_uri(storage):
             raise ConfigError(f"--storage {storage}: not a URI; give e.g. s3://bucket/runs/{exp.name} (for a folder "
                               "on this machine, --out is enough)")
         check_storage(storage)
-        if resume and pull(storage, out):
-            log(f"run folder pulled from {storage} (a new head): resuming from it")
-    check_run_folder(out, resume)
-    exp, metas, target = apply_overrides(exp, metas, target, parse_sets(overrides), out / "config" / "overridden")
-    # every user mistake is reported before Ray starts
+    check_run_folder(out, resume and not storage)  # with --storage, a new head's folder is pulled under the lock
     target_task = load_task(target)
     if from_checkpoint and not Path(module_dir(from_checkpoint)).is_dir():
         raise ConfigError(f"--from {from_checkpoint}: not an algorithm checkpoint (no "
@@ -98,16 +104,83 @@ def search(experiment: str | Path = "configs/experiments/digits.yaml", *, out: s
         raise ConfigError("trackers: MLflow and W&B receive Tune's results; drop --no-tune or the trackers section")
     if searcher not in searcher_names():
         raise ConfigError(f"--searcher {searcher}: unknown; choose from {', '.join(searcher_names())}")
+    check_tasks([target_task, *map(load_task, metas)], data_root)
+    if ray_address:
+        check_ray_address(ray_address)
     check_workers_can_run(exp, ray_address, allow_pending_workers)
-    # every dataset the run needs, here and now: a missing one is one line before Ray starts, not minutes later
-    tasks = [target_task, *map(load_task, metas)]
-    for cfg in {t.config.dataset.model_dump_json(): t.config.dataset for t in tasks}.values():
-        load_splits(cfg, data_root)
     opts = SearchOptions(out=out, no_tune=no_tune, resume=resume, from_checkpoint=from_checkpoint,
                          ray_address=ray_address, searcher=searcher, n=n, data_root=data_root, storage=storage,
                          verbose=verbose)
+    # 2. the lock before any write or pull: a second run on a live folder changes nothing in it
     with run_folder_lock(out):
-        return _search_and_evaluate(exp, metas, target, target_task, opts, final_eval, log)
+        if storage and resume and pull(storage, out):
+            log(f"run folder pulled from {storage} (a new head): resuming from it")
+        check_run_folder(out, resume)
+        check_store(out / "evaluations.sqlite")  # a planted or damaged store: one line now, not tracebacks from Ray
+        exp, metas, target = apply_overrides(exp, metas, target, sets, inside(out, "config/overridden"))
+        if sets:
+            target_task = load_task(target)
+            check_tasks([target_task, *map(load_task, metas)], data_root)
+            check_workers_can_run(exp, ray_address, allow_pending_workers)
+        fp = rerun.fingerprint(exp, [target_task, *map(load_task, metas)], searcher=searcher, n=n,
+                               from_checkpoint=from_checkpoint, no_tune=no_tune)
+        need_final = final_eval and exp.final_eval.enabled
+        done = rerun.finished_summary(out, fp, need_final)
+        if done is not None:
+            log(f"{out} holds this run, finished: nothing is computed again (for a new run, pick another --out or "
+                "other settings)")
+            results = sorted(read_results(out / "final") if need_final else [], key=_comparison_order)
+            return SearchRun(out, rerun.absolute_paths(out, done), results)
+        if resume:
+            rerun.check_resume(out, fp)
+        elif (moved := rerun.set_aside(out)) is not None:
+            log(f"{out} held an earlier search (other settings, or interrupted and not resumed): its Tune "
+                f"experiments and reports moved to {moved}; stored evaluations are reused")
+        rerun.mark(out, fp, finished=False)
+        log(run_size(exp, [target_task, *map(load_task, metas)], searcher=searcher, n=n, meta=not from_checkpoint,
+                     final_eval=final_eval))
+        run = _search_and_evaluate(exp, metas, target, target_task, opts, final_eval, log)
+        rerun.mark(out, fp, finished=True)
+        return run
+
+
+def _comparison_order(result: Any) -> int:
+    """The comparison table's row order (results.json keeps them in the order they finished)."""
+    return {"rl-chosen": 0, "uniform-shrink": 1}.get(result.name, 2)
+
+
+def check_tasks(tasks: list[Task], data_root: str | None) -> None:
+    """Every dataset and every imported teacher's weights the run needs, here and now: a missing dataset or a file
+    that is not the teacher it claims is one line before Ray starts, not a worker's traceback minutes later."""
+    for cfg in {t.config.dataset.model_dump_json(): t.config.dataset for t in tasks}.values():
+        load_splits(cfg, data_root)
+    seen: set[tuple[str, str]] = set()
+    for t in tasks:
+        w = t.config.teacher_weights
+        if w is None or (w.path, w.format) in seen:
+            continue
+        seen.add((w.path, w.format))
+        from rcnas.evaluation.command import check_checkpoint
+
+        check_checkpoint(w.path, t.teacher.arch, t, w.format, f"{t.source or t.name}: teacher_weights.path",
+                         t.teacher.name)
+
+
+def check_ray_address(address: str, timeout_s: float = 10.0) -> None:
+    """An explicit Ray address must answer: an unreachable one would otherwise hang in ``ray.init`` for minutes."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--ray-address {address}: give host:port (e.g. 10.0.0.5:6379, the head's GCS address) "
+                          "or ray://host:10001")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(f"--ray-address {address}: nothing answers there ({exc.strerror or exc}); is the cluster "
+                          "up (ray status on the head) and the port open to this machine?") from None
 
 
 def run_pipeline(args: argparse.Namespace, argv: list[str]) -> int:

@@ -13,7 +13,7 @@ from agents.env_factory import register
 from agents.rl_module import StageEncoderModule
 
 
-def build_ppo_config(exp: ExperimentConfig, tasks: list[str], service: str, n_stages: int = 3,
+def build_ppo_config(exp: ExperimentConfig, tasks: list[str], service: str,
                      grid: Optional[tuple[int, int]] = None, load_module_from: Optional[str] = None,
                      client: str = "", table: Optional[str] = None) -> PPOConfig:
     """PPO over the compression env: ``M`` episodes (sub-networks) per policy update.
@@ -22,6 +22,10 @@ def build_ppo_config(exp: ExperimentConfig, tasks: list[str], service: str, n_st
         load_module_from: an RLModule checkpoint folder to start from (fine-tuning after meta-training).
         table: a tabular benchmark's file: the envs answer from it instead of the service (``bench/``).
     """
+    from rcnas.task import load_task
+
+    # an episode is one step per stage: M episodes are M x (the tasks' stage count) steps, read from the teachers
+    n_stages = max(load_task(t).space.n_stages for t in tasks)
     batch = exp.M * n_stages
     minibatch = (exp.ppo.minibatch_episodes or exp.M) * n_stages
     env_config: dict[str, Any] = {"tasks": tasks, "service": service, "grid": list(grid) if grid else None,

@@ -23,8 +23,6 @@ from torch import nn
 
 from envs import observation
 
-CURRENT_FLAG = 5  # index of the "this stage is being decided" flag in a stage's features
-
 
 class StageEncoderModule(TorchRLModule, ValueFunctionAPI):
     """``model_config`` keys: ``embed`` (stage encoding size), ``lstm`` (hidden size per direction), ``hidden``
@@ -61,7 +59,7 @@ class StageEncoderModule(TorchRLModule, ValueFunctionAPI):
         obs, mask = batch[Columns.OBS]["observations"], batch[Columns.OBS]["action_mask"]
         per_stage, _ = self._encode(obs)
         n = observation.MAX_STAGES * observation.STAGE_FEATURES
-        current = obs[:, :n].reshape(-1, observation.MAX_STAGES, observation.STAGE_FEATURES)[..., CURRENT_FLAG]
+        current = obs[:, :n].reshape(-1, observation.MAX_STAGES, observation.STAGE_FEATURES)[..., observation.CURRENT]
         stage = current.argmax(dim=1)
         all_heads = torch.stack([head(per_stage[:, i]) for i, head in enumerate(self.heads)], dim=1)
         logits = all_heads[torch.arange(len(stage)), stage]

@@ -8,12 +8,58 @@ which resolves a config into a :class:`rcnas.task.Task`."""
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+import re
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from rcnas.infra.configio import Count, Epsilon, StrictModel
+from rcnas.infra.configio import Count, Epsilon, Identifier, StrictModel
 from rcnas.vocab import ATTACK_KINDS, BLOCK_KINDS, SUITE, WEIGHTS_FORMATS
+
+# Upper limits of every size and count (issue: "no upper limits"). A value past one is a typo or a unit mistake
+# (``1e12`` epochs, a batch of a terabyte), refused with one line naming the key and the limit before Ray starts.
+# Each is far above any real CIFAR / Tiny-ImageNet run, so a genuine setting never meets it.
+MAX_EPOCHS = 10_000
+"""training, proxy, re-ranking and final-evaluation epochs: 100 is the paper's protocol, 400 the longest
+published CIFAR recipes; 10,000 epochs of CIFAR-10 would be years of GPU time"""
+MAX_BATCH_SIZE = 65_536
+"""examples per step: large-batch ImageNet training peaks at 64K; a 64K batch of 64x64 RGB images is already 3 GiB
+of float32 input before any activation"""
+MAX_EXAMPLES = 10_000_000
+"""example counts (validation, evaluation and BN-recalibration subsets): a subset never exceeds its split (100,000
+images for Tiny-ImageNet, the largest dataset here); 10M leaves room for a larger one, not for 1e12"""
+MAX_ATTACK_STEPS = 10_000
+"""attack iterations: AutoAttack's APGD uses 100, the longest published PGD evaluations 1,000"""
+MAX_REPEATS = 100
+"""independent seeds averaged per score: 1 to 5 in practice; each repeat is a whole fine-tuning"""
+MAX_SEED = 2**31 - 1
+"""seeds are non-negative and fit a signed 32-bit int (numpy's and CUDA's generators take them as such)"""
+MAX_MACS = 1e15
+"""a MACs budget: the largest teachers here (WRN-70-16) are ~40 GMACs; 1 PMAC per image is no network"""
+MAX_LIST = 64
+"""entries of a list-valued setting (milestones, extra attacks, normalisation channels, block kinds)"""
+
+_NUMBER = re.compile(r"^\s*[+-]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9][0-9_]*)(?:[eE][+-]?[0-9]+)?\s*$")
+
+
+def spelled_number(value: Any) -> Any:
+    """A number spelled as a string read as the number: YAML 1.1 (PyYAML, ``--set``) reads ``1e12`` (no dot) and
+    ``1_000`` as strings, and an int field would refuse them as unparsable instead of naming its limit.
+    true/false is refused: ``M: true`` is not 1."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number")
+    if isinstance(value, str) and _NUMBER.match(value):
+        f = float(value.replace("_", ""))
+        return int(f) if f.is_integer() else f
+    return value
+
+
+Int = Annotated[int, BeforeValidator(spelled_number)]
+"""an int setting that reads ``1e3`` as 1000 and refuses true/false; its bounds are the field's ``Field(ge, le)``"""
+Float = Annotated[float, BeforeValidator(spelled_number)]
+"""a float setting that refuses true/false; its bounds are the field's ``Field(gt/ge, le)``"""
+Seed = Annotated[int, BeforeValidator(spelled_number), Field(ge=0, le=MAX_SEED)]
+"""a random seed: 0 <= seed < 2**31"""
 
 
 class AttackConfig(StrictModel):
@@ -24,7 +70,7 @@ class AttackConfig(StrictModel):
     aa (AutoAttack standard) | aa_compact"""
     epsilon: Epsilon
     """perturbation bound with its unit, e.g. "8/255" """
-    steps: int = Field(20, ge=1, le=10_000)
+    steps: Int = Field(20, ge=1, le=MAX_ATTACK_STEPS)
     """iterations (pgd, cw)"""
     step_size: Optional[Epsilon] = None
     """per-step size; default epsilon / 4 (training) or the suite's epsilon / 10"""
@@ -48,9 +94,15 @@ class AttackConfig(StrictModel):
         if entry.kind is None:
             raise ValueError(f"{label!r} is not an attack")
         step = None if entry.step_fraction is None else epsilon * entry.step_fraction
-        return cls.model_validate({"epsilon": "1/1"}).model_copy(update={
-            "name": entry.kind, "epsilon": epsilon, "steps": entry.steps, "step_size": step,
-            "random_start": entry.random_start})
+
+        def exact(value: float) -> str:  # the unit-carrying form the validator reads, equal to ``value`` bit for bit
+            num, den = float(value).as_integer_ratio()
+            return f"{num}/{den}"
+
+        # validated like any config: a suite entry never skips the checks a user's attack gets
+        return cls.model_validate({"name": entry.kind, "epsilon": exact(epsilon), "steps": entry.steps,
+                                   "step_size": None if step is None else exact(step),
+                                   "random_start": entry.random_start})
 
 
 class TrainConfig(StrictModel):
@@ -61,25 +113,28 @@ class TrainConfig(StrictModel):
     """pgd_at (Madry) or trades"""
     attack: AttackConfig = AttackConfig(epsilon="8/255", steps=10, step_size="2/255")  # type: ignore[arg-type]
     """the attack that makes training examples"""
-    beta: float = Field(6.0, ge=0)
-    """TRADES trade-off"""
-    epochs: float = Field(100, gt=0)
-    """training length; fractions allowed (the schedule is per step)"""
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(2e-4, ge=0)
+    beta: Float = Field(6.0, ge=0, le=1000)
+    """TRADES trade-off (1 to 6 in the literature; 1000 only bounds typos)"""
+    epochs: Float = Field(100, gt=0, le=MAX_EPOCHS)
+    """training length; fractions allowed (the schedule is per step); at most MAX_EPOCHS"""
+    batch_size: Int = Field(128, ge=1, le=MAX_BATCH_SIZE)
+    """examples per step; at most MAX_BATCH_SIZE"""
+    lr: Float = Field(0.1, gt=0, le=100)
+    """learning rate (0.1 for SGD from scratch; 100 only bounds typos)"""
+    momentum: Float = Field(0.9, ge=0, lt=1)
+    weight_decay: Float = Field(2e-4, ge=0, le=1)
     schedule: Literal["multistep", "cosine", "constant"] = "multistep"
-    milestones: tuple[float, ...] = (0.75, 0.9)
+    milestones: tuple[float, ...] = Field((0.75, 0.9), max_length=MAX_LIST)
     """multistep: fractions of the epochs at which the lr is multiplied by gamma"""
-    gamma: float = Field(0.1, gt=0)
-    grad_clip: Optional[float] = Field(5.0, gt=0)
+    gamma: Float = Field(0.1, gt=0, le=10)
+    """multistep: the lr's factor at each milestone"""
+    grad_clip: Optional[Float] = Field(5.0, gt=0, le=1e6)
     """max gradient norm; null disables clipping"""
     select_on_val: bool = True
     """keep the epoch with the best validation PGD accuracy (never the test split)"""
-    val_examples: int = Field(1000, ge=1)
-    """validation examples attacked after each epoch for checkpoint selection"""
-    seed: int = 0
+    val_examples: Int = Field(1000, ge=1, le=MAX_EXAMPLES)
+    """validation examples attacked after each epoch for checkpoint selection (at most the validation split's)"""
+    seed: Seed = 0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """autocast dtype of the training step, its inner attack included (fp16 with loss scaling); validation and every
     reported attack run in fp32 whatever this says"""
@@ -87,7 +142,7 @@ class TrainConfig(StrictModel):
     """NHWC memory format on CUDA (faster convolutions with tensor cores); ignored on a CPU"""
     compile: bool = False
     """``torch.compile`` the network for training; where it cannot compile, a one-line warning and eager mode"""
-    ema: Optional[float] = Field(None, gt=0, lt=1)
+    ema: Optional[Float] = Field(None, gt=0, lt=1)
     """decay of an exponential moving average of the weights and BN statistics (e.g. 0.999): when set, validation,
     checkpoint selection and the weights kept are the average's"""
 
@@ -102,9 +157,9 @@ class TrainConfig(StrictModel):
 class DatasetConfig(StrictModel):
     name: str
     """a registered dataset: digits | cifar10 | cifar100 | tiny-imagenet"""
-    val_fraction: float = Field(0.1, gt=0, lt=1)
+    val_fraction: Float = Field(0.1, gt=0, lt=1)
     """share of the training split held out as validation (search rewards and checkpoint selection)"""
-    split_seed: int = 0
+    split_seed: Seed = 0
     """seed of the train/validation split (the test split never changes)"""
     augment: bool = True
     """random crop (+ flip where the data allows it) during training"""
@@ -115,8 +170,9 @@ class DatasetConfig(StrictModel):
 class BudgetConfig(StrictModel):
     """A MACs limit for the sub-network: absolute (``macs: 5G``) or a share of the teacher's (``ratio: 0.5``)."""
 
-    macs: Optional[Count] = None
-    ratio: Optional[float] = Field(None, gt=0, le=1)
+    macs: Optional[Count] = Field(None, le=MAX_MACS)
+    """MACs per image, e.g. 5G; at most MAX_MACS"""
+    ratio: Optional[Float] = Field(None, gt=0, le=1)
 
     @model_validator(mode="after")
     def _one(self) -> BudgetConfig:
@@ -131,24 +187,25 @@ class ProxyConfig(StrictModel):
 
     inherit: bool = True
     """start from the adversarially trained teacher's weights (else from scratch)"""
-    epochs: float = Field(2.0, ge=0)
+    epochs: Float = Field(2.0, ge=0, le=MAX_EPOCHS)
     """adversarial fine-tuning epochs (fractions allowed; 0 scores the inherited weights as they are)"""
-    lr: float = Field(0.02, gt=0)
+    lr: Float = Field(0.02, gt=0, le=100)
     schedule: Literal["multistep", "cosine", "constant"] = "cosine"
-    data_fraction: float = Field(1.0, gt=0, le=1)
+    data_fraction: Float = Field(1.0, gt=0, le=1)
     """share of the training split used for fine-tuning"""
-    val_examples: int = Field(300, ge=1)
+    val_examples: Int = Field(300, ge=1, le=MAX_EXAMPLES)
     """fixed validation subset attacked for the reward"""
-    repeats: int = Field(1, ge=1)
-    """independent seeds averaged per reward"""
+    repeats: Int = Field(1, ge=1, le=MAX_REPEATS)
+    """independent seeds averaged per reward (each one a fine-tuning)"""
     supernet: Literal["plain", "sandwich"] = "plain"
     """how the teacher that weights are inherited from is trained: ``plain`` adversarial training of the full
     network, or ``sandwich`` weight sharing (full + smallest + ``sandwich_random`` random sub-networks per step)"""
-    sandwich_random: int = Field(2, ge=0)
-    recalibrate_bn: int = Field(0, ge=0)
+    sandwich_random: Int = Field(2, ge=0, le=MAX_LIST)
+    """random sub-networks per sandwich step (2 in the sandwich rule; each one more forward and backward pass)"""
+    recalibrate_bn: Int = Field(0, ge=0, le=MAX_EXAMPLES)
     """training images to re-estimate BN statistics on before fine-tuning (0: keep the inherited ones, which are the
     full teacher's and do not fit a narrow slice: OFA's BN recalibration, needed when ``epochs`` is 0)"""
-    also_attacks: dict[str, AttackConfig] = {}
+    also_attacks: dict[str, AttackConfig] = Field(default_factory=dict, max_length=MAX_LIST)
     """further attacks run on the same fine-tuned sub-network, by label (a tabular benchmark's columns: one
     fine-tuning, several attacks). They change neither the fine-tuning's seeds nor the task attack's value."""
 
@@ -163,16 +220,17 @@ class ProxyConfig(StrictModel):
 class RewardConfig(StrictModel):
     """R = acc_rob(subnet) / acc_rob(teacher) * (1 + mu * (1 - MACs / budget)) (docs/method.md, "Reward")."""
 
-    mu: float = Field(0.1, ge=0)
-    failure: float = 0.0
+    mu: Float = Field(0.1, ge=0, le=1000)
+    """weight of the MACs term (0.1; 1000 only bounds typos)"""
+    failure: Float = Field(0.0, ge=-1000, le=1000)
     """reward of a failed evaluation (NaN loss, exception)"""
 
 
 class InputNormalization(StrictModel):
     """Per-channel standardisation a network applies to its [0, 1] input, ``(x - mean) / std``."""
 
-    mean: list[float] = Field(min_length=1)
-    std: list[float] = Field(min_length=1)
+    mean: list[Float] = Field(min_length=1, max_length=MAX_LIST)
+    std: list[Float] = Field(min_length=1, max_length=MAX_LIST)
 
     @model_validator(mode="after")
     def _consistent(self) -> InputNormalization:
@@ -208,7 +266,7 @@ class TeacherWeights(StrictModel):
 class TaskConfig(StrictModel):
     """One task setting."""
 
-    name: str
+    name: Identifier
     dataset: DatasetConfig
     teacher: str
     """a registered teacher (``rcnas.models.teachers``), or a sub-network YAML file declaring its architecture
@@ -222,7 +280,7 @@ class TaskConfig(StrictModel):
     """recipe for the teacher and for final training from scratch"""
     proxy: ProxyConfig = ProxyConfig()
     reward: RewardConfig = RewardConfig()
-    blocks: tuple[str, ...] = ()
+    blocks: tuple[str, ...] = Field((), max_length=MAX_LIST)
     """block types a stage may take; empty: the teacher's own (switching blocks is an option, not a given)"""
 
     @field_validator("blocks")

@@ -43,14 +43,26 @@ def standard_digits_model(digits):
     return model.eval()
 
 
+HANG_GUARD_S = 3600
+"""the least time a subprocess of a test gets: a guard against hangs, not a speed check. CI machines run at load
+averages several times their cores (a 5-minute command took 25), so no test may fail for being slow"""
+
+
 def run_script(*args: str, timeout: int = 600, env: dict | None = None):
-    """Run a repo entry point in a subprocess, the way a user does."""
+    """Run a repo entry point in a subprocess, the way a user does. ``timeout`` says how long it takes on an idle
+    machine; the guard is never less than :data:`HANG_GUARD_S`."""
     import subprocess
 
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
+    limit = max(timeout * 4, HANG_GUARD_S)
+    try:
+        return subprocess.run(
+            [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=limit,
+            env={**os.environ, **(env or {})},
+        )
+    except subprocess.TimeoutExpired as exc:
+        tail = (exc.stderr or b"")[-3000:]
+        pytest.fail(f"{' '.join(args)} did not end within {limit} s (about {timeout} s on an idle machine): a hang, "
+                    f"not a slow machine; its stderr ended with:\n{tail.decode() if isinstance(tail, bytes) else tail}")
 
 
 def tiny_task(name: str = "tiny-real", proxy_epochs: float = 0.3, teacher: str = "tiny-222"):
@@ -75,7 +87,8 @@ def ray_local():
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="rcnas-tests")
+    # address="local": our own instance, never one named in the machine's shared temporary folder
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="rcnas-tests")
     yield ray
     ray.shutdown()
 
@@ -105,7 +118,8 @@ def search_then_evaluate(experiment: str, target_task: str, data_root, tmp_path,
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["macs"] <= summary["budget"]
-    proc = run_script("evaluate.py", summary["yaml"], "--task", target_task, "--data-root", str(data_root),
+    proc = run_script("evaluate.py", str(run / summary["yaml"]), "--task", target_task, "--data-root",
+                      str(data_root),
                       "--epochs", "0.3", "--n-examples", "16", "--attacks", "clean,pgd20", "--no-ray",
                       "--out", str(tmp_path / "eval"), env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

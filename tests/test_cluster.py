@@ -27,7 +27,7 @@ def test_workers_spread_over_nodes_and_an_invisible_gpu_falls_back_to_cpu(tmp_pa
         assert ray.cluster_resources().get("GPU") == 1
         svc = start_service(tmp_path / "run", n_workers=1, n_cpu_workers=1, cache_dir=tmp_path / "cache",
                             name="svc-cluster")
-        placement = ray.get(svc.placement.remote(), timeout=120)
+        placement = ray.get(svc.placement.remote(), timeout=480)
         assert len(placement) == 2
         assert len({p["node_id"] for p in placement}) == 2, "one worker on each node"
         (gpu,) = [p for p in placement if p["gpu_ids"]]
@@ -81,7 +81,7 @@ def test_workers_asking_for_a_resource_nobody_has_wait_and_start_when_a_node_bri
     stats = ray.get(svc.stats.remote())
     assert not ready and stats["placed"] == 0 and stats["workers"] == 1
     node = cluster.add_node(num_cpus=1, resources={"fake_gpu": 1})
-    result = ray.get(ref, timeout=300)
+    result = ray.get(ref, timeout=1200)
     assert result.metrics.ok and not result.cached
     (where,) = ray.get(svc.placement.remote())
     assert where["node_id"] == node.node_id
@@ -102,11 +102,11 @@ def test_without_a_shared_cache_each_teacher_is_trained_once_and_shipped_to_the_
     cluster.wait_for_nodes()
     svc = start_service(tmp_path / "run", n_workers=2, name="svc-two-nodes", data_root=str(data),
                         worker_spec={"num_cpus": 1})
-    placement = ray.get(svc.placement.remote(), timeout=120)
+    placement = ray.get(svc.placement.remote(), timeout=480)
     assert {p["cache"] for p in placement} == {str(c.resolve()) for c in caches.values()}, "one worker per node"
     assert {p["data_root"] for p in placement} == {str(data)}, "the data root reached every worker process"
     task = tiny_task()
-    results = ray.get([svc.evaluate.remote(task, arch) for arch in _archs(task, 6)], timeout=600)
+    results = ray.get([svc.evaluate.remote(task, arch) for arch in _archs(task, 6)], timeout=2400)
     assert all(r.metrics.ok for r in results)
     records = []
     for cache in caches.values():
@@ -130,18 +130,18 @@ def test_a_node_lost_mid_evaluation_loses_nothing(tmp_path, cluster):
     cluster.wait_for_nodes()
     svc = start_service(tmp_path / "run", n_workers=1, cache_dir=tmp_path / "cache", name="svc-node-loss",
                         worker_spec={"num_cpus": 1})
-    (where,) = ray.get(svc.placement.remote(), timeout=120)
+    (where,) = ray.get(svc.placement.remote(), timeout=480)
     task = tiny_task(proxy_epochs=3)  # seconds of work: the node goes while it runs
     arch = _archs(task, 1)[0]
     ref = svc.evaluate.remote(task, arch)
     time.sleep(2)
     (doomed,) = [n for n in nodes if n.node_id == where["node_id"]]
     cluster.remove_node(doomed)
-    result = ray.get(ref, timeout=600)
+    result = ray.get(ref, timeout=2400)
     assert result.metrics.ok
     stats = ray.get(svc.stats.remote())
     assert stats["retried"] >= 1 and stats["computed"] == 1
-    (moved,) = ray.get(svc.placement.remote(), timeout=120)
+    (moved,) = ray.get(svc.placement.remote(), timeout=480)
     assert moved["node_id"] != where["node_id"]
     assert len(EvaluationStore(tmp_path / "run" / "evaluations.sqlite")) == 1
 

@@ -73,7 +73,7 @@ def test_two_workers_train_what_one_process_trains(tmp_path):
     job = EvalJob("dp", arch, task, ("clean",), str(tmp_path), epochs=0.2, seed=3)
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         state, info = train_data_parallel(job, 2, tmp_path / "ray-train")
     finally:

@@ -273,7 +273,7 @@ def test_a_worker_side_failure_is_one_line_and_the_worker_is_not_lost(ray_local,
 
     svc = start_service(tmp_path / "run", n_workers=1, cache_dir=tmp_path / "cache", name="svc-drill",
                   data_root=str(tmp_path / "no-data"))
-    client = RayEvaluator("svc-drill", timeout_s=300)
+    client = RayEvaluator("svc-drill", timeout_s=1200)
     cifar = resolve_task(TaskConfig.model_validate({
         "name": "cifar-missing", "dataset": {"name": "cifar10"}, "teacher": "tiny-222",
         "attack": {"epsilon": "8/255"}, "budget": {"ratio": 0.5}}))
@@ -290,7 +290,7 @@ def test_a_worker_side_failure_is_one_line_and_the_worker_is_not_lost(ray_local,
 
 
 def test_a_rerun_reuses_a_results_file_and_a_damaged_one_is_refused(tmp_path):
-    from rcnas.evaluation.command import read_results
+    from rcnas.evaluation.jobs import read_results
 
     assert read_results(tmp_path) == []
     (tmp_path / "results.json").write_text(json.dumps([{"name": "x"}]))

@@ -93,8 +93,8 @@ def test_several_configs_run_in_parallel_on_ray_workers(tmp_path):
 
 
 def test_run_jobs_keeps_earlier_results_and_reuses_finished_jobs(tmp_path):
-    from rcnas.evaluation.command import run_jobs
     from rcnas.evaluation.final import EvalJob
+    from rcnas.evaluation.jobs import run_jobs
     from rcnas.models.teachers import get_teacher
     from rcnas.task import load_task
 

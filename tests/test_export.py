@@ -4,6 +4,7 @@ model_info fields follow RobustBench's protocol; a network no RobustBench class 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch
 from rcnas.evaluation.export import export_robustbench, model_info, robustbench_kwargs
 from rcnas.evaluation.final import FinalResult
 from rcnas.evaluation.robustness import AttackAccuracy
+from rcnas.infra.provenance import state_sha256
 from rcnas.models.builder import build_model
 from rcnas.space.arch import ArchSpec, InputShape, StageSpec
 from tests.conftest import run_script
@@ -33,15 +35,15 @@ def result(attacks: list[tuple[str, str, int, float]], n: int = 100) -> FinalRes
 def test_exported_weights_load_into_robustbench_class_with_equal_logits(tmp_path):
     shape = InputShape(3, 32, 10)
     ours = randomise(build_model(ARCH, shape)).eval()
-    files = export_robustbench(result([("pgd20", "pgd", 20, 0.5)]), ARCH, shape, ours.state_dict(), "x: 1\n",
-                               10_000, tmp_path)
+    measured = replace(result([("pgd20", "pgd", 20, 0.5)]), weights_sha256=state_sha256(ours.state_dict()))
+    files = export_robustbench(measured, ARCH, shape, ours.state_dict(), "x: 1\n", 10_000, tmp_path)
     assert {f.name for f in files} >= {"mine.pt", "architecture.json", "model_info.json", "README.md"}
     spec = json.loads((tmp_path / "architecture.json").read_text())
     theirs = robustbench_module("robust_resnet").PreActResNet(**spec["kwargs"])
     theirs.load_state_dict(torch.load(tmp_path / "mine.pt", weights_only=True))  # strict: every tensor matches
     assert_same_logits(ours, theirs.eval())
     card = (tmp_path / "README.md").read_text()
-    assert "PreActResNet(" in card and "| pgd20 | pgd | 20 | 50.00 |" in card and "8/255" in card
+    assert "PreActResNet(" in card and "| pgd20 | pgd | 20 | 50.00 | 100 of 10000 * |" in card and "8/255" in card
 
 
 def test_model_info_follows_robustbench_protocol():

@@ -64,7 +64,7 @@ def test_a_killed_worker_is_replaced_and_the_request_retried(ray_local, service)
     time.sleep(1.0)  # the evaluation is running on a worker now (the teacher is already trained and measured)
     for worker in ray_local.get(svc.worker_handles.remote()):
         ray_local.kill(worker, no_restart=True)
-    result = ray_local.get(ref, timeout=300)
+    result = ray_local.get(ref, timeout=1200)
     stats = ray_local.get(svc.stats.remote())
     assert result.metrics.ok and stats["retried"] >= 1 and stats["workers"] == 2
     store = EvaluationStore(base / "run" / "evaluations.sqlite")

@@ -33,7 +33,7 @@ def autoattack(
 
     pyautoattack's own resumable state file is not used: it does not round-trip (its attack set is saved as a string
     that never matches on reload), so a rerun into the same folder failed. Finished results are reused per job from
-    ``results.json`` instead (``rcnas.evaluation.command.run_jobs``).
+    ``results.json`` instead (``rcnas.evaluation.jobs.run_jobs``).
     """
     from pyautoattack import AutoAttack
 

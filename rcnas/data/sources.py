@@ -7,7 +7,6 @@ standard folder layout; digits from scikit-learn's bundled copy, the offline def
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 
 from rcnas.data.tensors import TensorData
 from rcnas.infra.errors import DataNotFoundError
-from rcnas.infra.files import cache_root
+from rcnas.infra.files import cache_root, write_atomic_with
 from rcnas.infra.locks import file_lock
 from rcnas.infra.provenance import content_key
 
@@ -146,9 +145,7 @@ def load_tiny_imagenet(root: Path, download: bool) -> tuple[TensorData, TensorDa
         if not cache.is_file():
             arrays = {"x_train": _decode([p for p, _ in train]), "y_train": np.array([y for _, y in train]),
                       "x_test": _decode([p for p, _ in val]), "y_test": np.array([y for _, y in val])}
-            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp.npz")
-            np.savez(tmp, **arrays)
-            os.replace(tmp, cache)
+            write_atomic_with(cache, lambda handle: np.savez(handle, **arrays))
         with np.load(cache, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
 

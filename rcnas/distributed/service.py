@@ -348,6 +348,8 @@ class RayEvaluator:
         except ray.exceptions.RayTaskError as exc:
             if isinstance(exc.cause, EvaluationFailed):
                 raise exc.cause from None
+            if isinstance(exc.cause, RcnasError):  # e.g. a store damaged while the run works: still one line
+                raise EvaluationFailed(str(exc.cause), exc.cause.exit_code) from None
             raise
 
     def _service(self) -> Any:

@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import yaml
 
 from rcnas.data.registry import load_splits
-from rcnas.evaluation.final import EvalJob, FinalResult, evaluate_job
-from rcnas.evaluation.tables import markdown_table, text_table
+from rcnas.evaluation.final import EvalJob, FinalResult
+from rcnas.evaluation.jobs import log, run_jobs
 from rcnas.infra.errors import ConfigError
 from rcnas.infra.files import write_atomic
 from rcnas.space.arch import ArchSpec, InputShape
@@ -47,10 +46,6 @@ class EvaluateArgs:
     """a folder: each evaluated network is also exported for RobustBench there (``rcnas.evaluation.export``)"""
     data_parallel: int = 1
     """train each network on this many data-parallel workers (Ray Train); 1: one process each"""
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def parse_attacks(text: str) -> tuple[str, ...]:
@@ -101,7 +96,7 @@ def check_values(args: EvaluateArgs) -> None:
         raise ConfigError(f"--export robustbench {args.export}: a file, not a folder; pick a folder for the export")
 
 
-def profile(args: EvaluateArgs) -> int:
+def print_profile(args: EvaluateArgs) -> None:
     shape = load_task(args.task).shape if args.task else InputShape()
     out = []
     for path in args.configs:
@@ -113,63 +108,6 @@ def profile(args: EvaluateArgs) -> int:
                     "input": {"channels": shape.channels, "resolution": shape.resolution,
                               "num_classes": shape.num_classes}})
     print(json.dumps(out if len(out) > 1 else out[0], indent=2))
-    return 0
-
-
-def read_results(out: Path) -> list[FinalResult]:
-    """The results already in ``out/results.json`` (none when there is no such file)."""
-    path = out / "results.json"
-    if not path.is_file():
-        return []
-    try:
-        return [FinalResult.from_json(r) for r in json.loads(path.read_text())]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{path}: not a results file of this version ({exc}); move it away or pick another "
-                          "--out") from None
-
-
-def run_jobs(jobs: list[EvalJob], out: Path, no_ray: bool = False, ray_address: str | None = None,
-             log: Callable[[str], None] = log) -> list[FinalResult]:
-    """Evaluate ``jobs`` (on Ray workers when there are several), writing ``results.json`` / ``results.md`` under
-    ``out`` after every finished job, so an interrupted run keeps what it finished.
-
-    A job whose result is already in ``out/results.json`` with the same :meth:`EvalJob.key` is not run again (a
-    rerun into the same folder answers from it); other earlier results there are kept, except those replaced by a
-    job of the same name. Returns the results of ``jobs``, in their order.
-    """
-    # keys computed here, once: a worker process could see another code version (a file edited meanwhile)
-    keys = {j.name: j.key() for j in jobs}
-    if len(keys) != len(jobs):
-        raise ValueError(f"job names must be unique within one folder: {[j.name for j in jobs]}")
-    earlier = read_results(out)
-    done = {r.job_key: r for r in earlier if r.job_key}
-    todo = [j for j in jobs if keys[j.name] not in done]
-    results: list[FinalResult] = [r for r in earlier if r.name not in keys]
-    results += [done[keys[j.name]] for j in jobs if keys[j.name] in done]
-    if len(todo) < len(jobs):
-        log(f"reusing {len(jobs) - len(todo)} finished result(s) from {out / 'results.json'}")
-
-    def keep(result: FinalResult) -> None:
-        result = replace(result, job_key=keys[result.name])
-        results.append(result)
-        write_atomic(out / "results.json", json.dumps([r.to_json() for r in results], indent=2))
-        write_atomic(out / "results.md", markdown_table(results))
-
-    out.mkdir(parents=True, exist_ok=True)
-    for job in [j for j in todo if j.data_parallel > 1]:  # one at a time: each takes several workers
-        from rcnas.distributed.data_parallel import evaluate_data_parallel
-
-        keep(evaluate_data_parallel(job, log))
-    todo = [j for j in todo if j.data_parallel <= 1]
-    if len(todo) > 1 and not no_ray:
-        from rcnas.distributed.final_jobs import evaluate_jobs
-
-        evaluate_jobs(todo, log, keep, ray_address)
-    else:
-        for job in todo:
-            keep(evaluate_job(job, log=log))
-    by_name = {r.name: r for r in results}
-    return [by_name[j.name] for j in jobs]
 
 
 def teacher_job(args: EvaluateArgs, task: Task, attacks: tuple[str, ...], out: Path) -> EvalJob:
@@ -191,51 +129,71 @@ def evaluate(subnets: Sequence[str | Path] = (), task: str | Path | None = None,
              checkpoint: Optional[str] = None, teacher: bool = False, n_examples: Optional[int] = None, seed: int = 0,
              out: str | Path | None = None, data_root: Optional[str] = None, no_ray: bool = False,
              ray_address: Optional[str] = None, export_robustbench: str | Path | None = None,
-             data_parallel: int = 1) -> list[FinalResult]:
+             data_parallel: int = 1, profile: bool = False) -> list[FinalResult]:
     """Train (or load) each sub-network config and attack it on the test split; the Python form of evaluate.py,
     whose flags are these keywords (``rcnas.evaluate``). Results are also written under ``out``.
+
+    Args:
+        subnets: sub-network YAML files (RobustResNet schema).
+        task: the task YAML: dataset, attack epsilon, training recipe.
+        attacks: labels of ``rcnas.vocab.SUITE`` (a list or a comma-separated string).
+        checkpoint: weights to load instead of training (one config only).
+        teacher: evaluate the task's imported teacher (its ``teacher_weights``) as it is.
+        export_robustbench: a folder: each network is also exported for RobustBench there.
+        profile: print params and MACs as JSON instead of evaluating (returns no results).
+
+    Returns:
+        One :class:`FinalResult` per network, in the order given.
 
     Raises:
         ConfigError: any bad input, before any training starts.
     """
-    labels = attacks if isinstance(attacks, str) else ",".join(attacks)
-    return _evaluate(EvaluateArgs([str(p) for p in subnets], None if task is None else str(task), labels, epochs,
-                                  checkpoint, n_examples, seed, None if out is None else str(out), data_root, False,
-                                  no_ray, ray_address, teacher,
-                                  None if export_robustbench is None else str(export_robustbench), data_parallel))
+    args = EvaluateArgs(
+        configs=[str(p) for p in subnets], task=None if task is None else str(task),
+        attacks=attacks if isinstance(attacks, str) else ",".join(attacks), epochs=epochs, checkpoint=checkpoint,
+        n_examples=n_examples, seed=seed, out=None if out is None else str(out), data_root=data_root,
+        profile=profile, no_ray=no_ray, ray_address=ray_address, teacher=teacher,
+        export=None if export_robustbench is None else str(export_robustbench), data_parallel=data_parallel)
+    if args.profile:
+        parse_attacks(args.attacks)
+        check_values(args)
+        print_profile(args)
+        return []
+    return _evaluate(args)
 
 
 def export_job(job: EvalJob, result: FinalResult, test_size: int, folder: Path) -> list[Path]:
-    """Export one evaluated network for RobustBench: its weights as evaluated (trained here, or its checkpoint)."""
-    from rcnas.evaluation.export import export_robustbench
+    """Export one evaluated network for RobustBench: exactly the weights it was measured with, from where that
+    evaluation took them (its checkpoint, else the weights trained here), checked against the hash the result
+    recorded; ``test_size`` is the size of the test split on disk (a truncated folder is footnoted)."""
+    from rcnas.evaluation.export import check_measured, export_robustbench, full_test_size
     from rcnas.models.builder import build_model
     from rcnas.models.imports import load_weights
     from rcnas.space.schema import dump_subnet, from_arch
 
     model = build_model(job.arch, job.task.shape)
-    trained = Path(job.out_dir) / job.name / "model.pt"
-    if trained.is_file():
-        load_weights(model, trained, "rcnas", job.name)
-    elif job.checkpoint:
-        load_weights(model, job.checkpoint, job.checkpoint_format, job.name)
-    else:
-        raise ConfigError(f"--export: no weights of {job.name} to export (no {trained})")
+    # the job's own source: a checkpoint job never trains, so a model.pt in --out is some earlier run's weights
+    source = Path(job.checkpoint) if job.checkpoint else Path(job.out_dir) / job.name / "model.pt"
+    if not source.is_file():
+        raise ConfigError(f"--export: no weights of {job.name} to export (no {source})")
+    load_weights(model, source, job.checkpoint_format if job.checkpoint else "rcnas", job.name)
+    check_measured(result, model.state_dict(), str(source))  # before anything is written
     path = folder / "architecture.yaml"
     folder.mkdir(parents=True, exist_ok=True)
     dump_subnet(from_arch(job.arch, job.task.shape.num_classes, task=job.task.name), path)
     arch_yaml = path.read_text()
-    return [path, *export_robustbench(result, job.arch, job.task.shape, model.state_dict(), arch_yaml, test_size,
-                                      folder)]
+    return [path, *export_robustbench(result, job.arch, job.task.shape, model.state_dict(), arch_yaml,
+                                      full_test_size(result.dataset, test_size), folder, str(source))]
 
 
-def run_evaluate(args: EvaluateArgs) -> int:
-    """evaluate.py's body."""
-    if args.profile:
-        parse_attacks(args.attacks)
-        check_values(args)
-        return profile(args)
-    print(text_table(_evaluate(args)))
-    return 0
+def _job_name(path: str) -> str:
+    """A config's file name, which names its result folder under --out: a plain name, or one line."""
+    from rcnas.infra.configio import check_identifier
+
+    try:
+        return check_identifier(Path(path).stem)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: its file name names the result folder, and {exc}; rename the file") from None
 
 
 def _evaluate(args: EvaluateArgs) -> list[FinalResult]:
@@ -262,7 +220,7 @@ def _evaluate(args: EvaluateArgs) -> list[FinalResult]:
         macs = arch_cost(arch, task.shape).macs
         if macs > budget:
             log(f"note: {path} has {macs:,} MACs, over the task's budget of {budget:,.0f} (evaluated anyway)")
-        jobs.append(EvalJob(Path(path).stem, arch, task, attacks, str(out), args.epochs, args.checkpoint,
+        jobs.append(EvalJob(_job_name(path), arch, task, attacks, str(out), args.epochs, args.checkpoint,
                             args.n_examples, args.seed, args.data_root,
                             data_parallel=1 if args.checkpoint else args.data_parallel))
     names = [j.name for j in jobs]

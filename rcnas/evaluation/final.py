@@ -7,6 +7,7 @@ A pure function of its inputs, so that a Ray worker runs it unchanged (``rcnas.d
 
 from __future__ import annotations
 
+import math
 import platform
 import time
 from collections.abc import Callable
@@ -24,14 +25,16 @@ from rcnas.evaluation.robustness import AttackAccuracy, local_lipschitz, robust_
 from rcnas.infra.configio import eps_label
 from rcnas.infra.devices import pick_device
 from rcnas.infra.errors import ConfigError
+from rcnas.infra.files import inside, sha256_file
 from rcnas.infra.progress import eta
-from rcnas.infra.provenance import code_version, content_key, environment
+from rcnas.infra.provenance import code_version, content_key, environment, state_sha256
 from rcnas.models.builder import build_model
 from rcnas.models.imports import load_weights
 from rcnas.space.arch import ArchSpec
 from rcnas.space.cost import arch_cost
 from rcnas.task import Task
 from rcnas.train import adversarial_train, save_atomic
+from rcnas.train.trainer import planned_steps
 
 
 @dataclass(frozen=True)
@@ -66,10 +69,13 @@ class EvalJob:
 
     def key(self) -> str:
         """What the result depends on: a finished result with the same key is reused instead of recomputed. The code
-        version (commit) is part of it, so results computed by another commit are computed again."""
+        version (commit) is part of it, so results computed by another commit are computed again; so is the
+        checkpoint's content, so a checkpoint rewritten under the same name is evaluated again."""
         task = self.task.config.model_dump(mode="json")
+        content = (sha256_file(self.checkpoint) if self.checkpoint and Path(self.checkpoint).is_file() else None)
         return content_key({"name": self.name, "arch": self.arch.key(), "task": task,
                             "attacks": self.attacks, "epochs": self.epochs, "checkpoint": self.checkpoint,
+                            **({"checkpoint_sha256": content} if content else {}),
                             **({"format": self.checkpoint_format} if self.checkpoint_format != "rcnas" else {}),
                             **({"weights": self.weights_key} if self.weights else {}),
                             **({"data_parallel": self.data_parallel} if self.data_parallel > 1 else {}),
@@ -105,6 +111,9 @@ class FinalResult:
     """caller's annotations (e.g. which searcher picked it), kept through results.json"""
     provenance: dict[str, Any] = field(default_factory=dict)
     """code version, library versions, node and device it was computed with"""
+    weights_sha256: str = ""
+    """:func:`rcnas.infra.provenance.state_sha256` of the state dict attacked (rcnas's tensor names): an export
+    ships these weights or refuses (``rcnas.evaluation.export``); empty in results of older versions"""
 
     def accuracy(self, label: str) -> Optional[float]:
         return next((a.accuracy for a in self.attacks if a.label == label), None)
@@ -120,6 +129,21 @@ class FinalResult:
         return cls(**kw)
 
 
+def training_length(n_train: int, recipe: TrainConfig) -> str:
+    """What :func:`rcnas.train.adversarial_train` runs for ``recipe`` on ``n_train`` examples, in words: a fractional
+    length is rounded up to whole batches, at least one (its ``total`` steps), e.g. "0.2 epochs (1 batch of 128;
+    0.05 asked, rounded up to whole batches)"."""
+    per_epoch, steps = planned_steps(n_train, recipe)
+    epochs = steps / per_epoch
+    shown = (f"{epochs:g}" if epochs.is_integer() else f"{epochs:.3g}" if epochs < 1
+             else f"{epochs:.2f}".rstrip("0").rstrip("."))
+    said = f"{shown} epoch{'' if epochs == 1 else 's'} ({steps:,} batch{'' if steps == 1 else 'es'} of " \
+           f"{recipe.batch_size}"
+    if not math.isclose(epochs, recipe.epochs, rel_tol=1e-9):
+        said += f"; {recipe.epochs:g} asked, rounded up to whole batches"
+    return said + ")"
+
+
 def _train_or_load(job: EvalJob, model: nn.Module, data: DataSplits, out: Path, device: torch.device,
                    log: Callable[[str], None]) -> dict[str, Any]:
     """Give ``model`` its weights: the job's checkpoint, or adversarial training from scratch (resumable)."""
@@ -133,8 +157,8 @@ def _train_or_load(job: EvalJob, model: nn.Module, data: DataSplits, out: Path, 
         return {"checkpoint": job.checkpoint, "format": info["format"]}
     cfg = job.task.config
     recipe = job.recipe()
-    log(f"[{job.name}] training {recipe.epochs:g} epochs ({recipe.loss}, eps {eps_label(recipe.attack.epsilon)}) "
-        f"on {len(data.train)} examples, device {device}")
+    log(f"[{job.name}] training {training_length(len(data.train), recipe)} ({recipe.loss}, eps "
+        f"{eps_label(recipe.attack.epsilon)}) on {len(data.train)} examples, device {device}")
     res = adversarial_train(
         model, data, recipe, num_classes=job.task.shape.num_classes, **augmentation(cfg.dataset),
         checkpoint=out / "train_state.pt",
@@ -162,9 +186,10 @@ def evaluate_job(job: EvalJob, log: Callable[[str], None] = print, device: torch
     data = load_splits(job.task.config.dataset, job.data_root)
     torch.manual_seed(job.seed)
     model = build_model(job.arch, shape).to(device)
-    out = Path(job.out_dir) / job.name
+    out = inside(Path(job.out_dir), job.name)
     out.mkdir(parents=True, exist_ok=True)
     train_info = _train_or_load(job, model, data, out, device, log)
+    measured = state_sha256(model.state_dict())  # the weights attacked below: what an export must ship
     test = data.test if job.n_examples is None else data.test.head(job.n_examples)
     attacks = {label: AttackConfig.suite(label, eps) for label in job.attacks if label != "clean"}
     report = robust_accuracy(model, test, attacks, num_classes=shape.num_classes, seed=job.seed,
@@ -177,6 +202,6 @@ def evaluate_job(job: EvalJob, log: Callable[[str], None] = print, device: torch
         task=job.task.name, epsilon=eps, eps_255=eps_label(eps), seed=job.seed, n_examples=report.n_examples,
         split="test", clean=report.clean, attacks=report.attacks, worst_case=report.worst_case, lipschitz=lips,
         train=train_info, wall_seconds=round(time.perf_counter() - t0, 1), device=str(device),
-        node=platform.node(), job_key=job.key(), provenance=environment(str(device)),
+        node=platform.node(), job_key=job.key(), provenance=environment(str(device)), weights_sha256=measured,
     )
 

@@ -27,6 +27,22 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False)
 
 
+_IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_identifier(value: Any) -> str:
+    """A name that becomes a file or folder name (a task's, an experiment's): letters, digits, ``.``, ``_`` and
+    ``-``, starting with a letter or digit, at most 128 characters. Nothing else reaches a path: ``../x``, ``/abs``,
+    ``a/b`` and hidden names are refused here, before anything is written."""
+    if not isinstance(value, str) or not _IDENTIFIER.match(value) or value in {".", ".."}:
+        raise ValueError(f"{value!r} is not a plain name: use letters, digits, '.', '_' and '-' (e.g. "
+                         "digits-pgd-e20-t444-r35), at most 128 characters, starting with a letter or digit")
+    return value
+
+
+Identifier = Annotated[str, BeforeValidator(check_identifier)]
+"""a config ``name:`` (it names files in the run folder)"""
+
 _FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*/\s*([0-9]*\.?[0-9]+)\s*$")
 
 

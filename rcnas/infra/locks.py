@@ -9,13 +9,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rcnas.infra.errors import ConfigError
+from rcnas.infra.files import open_nofollow
 
 
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if missing), waiting for it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
+    with os.fdopen(open_nofollow(path, os.O_RDWR | os.O_CREAT), "r+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -33,12 +34,13 @@ def run_folder_lock(folder: Path) -> Iterator[None]:
     """
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ".rcnas.lock"
-    with open(path, "a+") as handle:
+    # no-follow: a link planted under the lock's name would otherwise have its target truncated and rewritten
+    with os.fdopen(open_nofollow(path, os.O_RDWR | os.O_CREAT), "r+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            holder = handle.read(200).strip() or "another process"
             raise ConfigError(f"{folder} is in use by another run ({holder}); wait for it to end or pick another "
                               "--out") from None
         handle.seek(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,20 @@ from typing import Any
 def content_key(obj: Any) -> str:
     """16 hex chars of sha256 over canonical JSON: equal content, equal key, in every process."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def state_sha256(state: Mapping[str, Any]) -> str:
+    """The sha256 (hex) of a state dict of tensors: names, dtypes, shapes and values, in name order, wherever they
+    live (CPU or GPU) and however a file holding them was pickled. The weights a result was measured with and the
+    weights a file holds hash equal exactly when every tensor is the same."""
+    import torch
+
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous().reshape(-1)
+        h.update(json.dumps([key, str(t.dtype), list(state[key].shape)]).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def derive_seed(*parts: Any) -> int:
