@@ -55,6 +55,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--ray-address", help="an existing Ray cluster (default $RAY_ADDRESS or a local one)")
     p.add_argument("--allow-pending-workers", action="store_true",
                    help="start even when the experiment's workers ask for GPUs no node has (they wait for one)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="restore a --from checkpoint or --resume experiment that your key did not sign (RLlib/Tune "
+                        "checkpoints are pickles: only ones whose origin you trust)")
     p.add_argument("--verbose", action="store_true",
                    help="Tune's status tables and config dump, and the libraries' known-harmless warnings")
     p.add_argument("--smoke-test", action="store_true", help="every phase, tiny settings (experiments/smoke.yaml)")

@@ -1,4 +1,5 @@
-"""Per-episode and per-iteration metrics of the search, for TensorBoard and progress.csv.
+"""Per-episode and per-iteration metrics of the search, for TensorBoard and progress.csv; and the Tune callback that
+keeps a running experiment signed (:class:`SignExperiment`).
 
 RLlib aggregates ``info`` dicts nowhere, so the final step's info is turned into metrics here: the episode's
 robust accuracy and MACs, and whether its evaluation was computed or answered from the store (or de-duplicated).
@@ -6,8 +7,11 @@ robust accuracy and MACs, and whether its evaluation was computed or answered fr
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
+from ray import tune
 from ray.rllib.callbacks.callbacks import RLlibCallback
 
 from rcnas.distributed.service import RayEvaluator
@@ -55,3 +59,77 @@ class SearchMetrics(RLlibCallback):
         stats = service.stats()
         result.setdefault("rcnas", {}).update({k: stats[k] for k in ("computed", "from_store", "deduplicated",
                                                                        "failed", "retried")})
+
+
+class SignExperiment(tune.Callback):
+    """Tune callback (in the driver): keeps the running Tune experiment's ``rcnas_manifest.json`` signed, so that a
+    run killed mid-stage resumes with a folder this user signed (``agents/manifest.py``).
+
+    Tune saves its experiment state (``experiment_state-*.json``, searcher and callback state) inside each step of its
+    loop and copies it to the experiment folder in a background thread; ``on_step_end`` comes after, on every step
+    (a tenth of a second apart while a trial runs), so the folder is re-signed within a step or two of each change
+    (every ``REMOTE_EVERY_S`` at a storage URI, where listing and hashing cost requests). ``on_checkpoint`` pins a
+    trial checkpoint's files as Tune registered them. Pickled into ``tuner.pkl`` with the run config (a restored
+    experiment brings it back): without its state, never with the key.
+    """
+
+    REMOTE_EVERY_S = 10.0
+
+    def __init__(self) -> None:
+        self._signer: Any = None
+        self._warned = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    def _start(self, trials: list[Any]) -> bool:
+        if self._signer is None and trials:
+            import pyarrow.fs
+
+            from agents.manifest import MANIFEST, LiveSigner
+
+            storage = trials[0].storage
+            local = isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem)
+            # a restored experiment's staging folder holds the manifest Tune copied down with its state files: Tune
+            # would copy that stale one back up over the signed one
+            stale = os.path.join(storage.experiment_driver_staging_path, MANIFEST)
+            if os.path.lexists(stale):
+                os.unlink(stale)
+            self._signer = LiveSigner(storage.experiment_fs_path, storage.storage_filesystem,
+                                      every_s=0.0 if local else self.REMOTE_EVERY_S)
+        return self._signer is not None
+
+    def _sign(self, trials: list[Any], checkpoint: Any = None, force: bool = False) -> None:
+        try:
+            if not self._start(trials):
+                return
+            register = self._signer.relative(checkpoint.path) if checkpoint is not None else None
+            self._signer.sign(register=register, force=force)
+        except FileNotFoundError:
+            pass  # a file went (a checkpoint Tune no longer keeps) while it was listed: the next step signs again
+        except Exception as exc:  # noqa: BLE001 - signing must not end the search; the stage's end signs again
+            if not self._warned:
+                self._warned = True
+                print(f"warning: signing the Tune experiment failed ({exc}); it is signed again at the stage's end",
+                      file=sys.stderr, flush=True)
+
+    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        try:
+            self._start(trials)
+        except Exception:  # noqa: BLE001 - reported by the next _sign
+            self._signer = None
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        self._sign(trials)
+
+    def on_checkpoint(self, iteration: int, trials: list[Any], trial: Any, checkpoint: Any, **info: Any) -> None:
+        self._sign(trials, checkpoint=checkpoint)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._sign(trials, force=True)
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        self._sign(trials, force=True)

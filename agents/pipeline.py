@@ -14,6 +14,7 @@ from typing import Any
 from agents import rerun
 from agents.comparison import final_comparison
 from agents.config import ExperimentConfig, load_experiment, task_path
+from agents.manifest import verify_from, verify_resume
 from agents.overrides import apply_overrides, parse_sets
 from agents.search import SearchOptions, run_search
 from agents.size import run_size
@@ -52,7 +53,7 @@ def search(experiment: str | Path = "configs/experiments/digits.yaml", *, out: s
            from_checkpoint: str | None = None, resume: bool = False, no_tune: bool = False, final_eval: bool = True,
            data_root: str | None = None, ray_address: str | None = None, storage: str | None = None,
            allow_pending_workers: bool = False, overrides: list[str] | dict[str, Any] | None = None,
-           verbose: bool = False, log: Callable[[str], None] = log) -> SearchRun:
+           verbose: bool = False, trust_checkpoint: bool = False, log: Callable[[str], None] = log) -> SearchRun:
     """Run the search (meta-train, fine-tune, report) and the final comparison; the Python form of train.py, whose
     flags are these keywords (``overrides`` is ``--set``: ``["training.epochs=2"]`` or ``{"ppo.lr": 0.001}``).
 
@@ -92,6 +93,7 @@ def search(experiment: str | Path = "configs/experiments/digits.yaml", *, out: s
         raise ConfigError(f"--from {from_checkpoint}: not an algorithm checkpoint (no "
                           f"{module_dir(from_checkpoint)}); pass a meta checkpoint folder from summary.json")
     if from_checkpoint:
+        verify_from(from_checkpoint, trust_checkpoint)  # a pickle: signed by this user's key, or trusted explicitly
         check_layout(from_checkpoint)
     if from_checkpoint and searcher != "rl":
         raise ConfigError(f"--from applies to the rl searcher, not --searcher {searcher}")
@@ -110,7 +112,7 @@ def search(experiment: str | Path = "configs/experiments/digits.yaml", *, out: s
     check_workers_can_run(exp, ray_address, allow_pending_workers)
     opts = SearchOptions(out=out, no_tune=no_tune, resume=resume, from_checkpoint=from_checkpoint,
                          ray_address=ray_address, searcher=searcher, n=n, data_root=data_root, storage=storage,
-                         verbose=verbose)
+                         verbose=verbose, trust_checkpoint=trust_checkpoint)
     # 2. the lock before any write or pull: a second run on a live folder changes nothing in it
     with run_folder_lock(out):
         if storage and resume and pull(storage, out):
@@ -133,6 +135,7 @@ def search(experiment: str | Path = "configs/experiments/digits.yaml", *, out: s
             return SearchRun(out, rerun.absolute_paths(out, done), results)
         if resume:
             rerun.check_resume(out, fp)
+            verify_resume(out, trust_checkpoint, storage)  # Tune's state is pickles: signed, or trusted explicitly
         elif (moved := rerun.set_aside(out)) is not None:
             log(f"{out} held an earlier search (other settings, or interrupted and not resumed): its Tune "
                 f"experiments and reports moved to {moved}; stored evaluations are reused")
@@ -190,7 +193,7 @@ def run_pipeline(args: argparse.Namespace, argv: list[str]) -> int:
                  n=args.n, from_checkpoint=args.from_checkpoint, resume=args.resume, no_tune=args.no_tune,
                  final_eval=not args.no_final_eval, data_root=args.data_root, ray_address=args.ray_address,
                  storage=args.storage, allow_pending_workers=args.allow_pending_workers, overrides=args.set,
-                 verbose=args.verbose)
+                 verbose=args.verbose, trust_checkpoint=args.trust_checkpoint)
     if run.results:
         print(text_table(run.results))
     tune_dir = tune_uri(args.storage) if args.storage else run.out / "tune"

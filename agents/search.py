@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from agents.config import ExperimentConfig
+from agents.manifest import verify_from
 from agents.ppo import build_ppo_config
+from agents.rerun import relative_paths
 from agents.search_report import write_report
 from agents.stages import check_layout, module_dir, run_stage
 from agents.storage import Keeper, tune_uri
@@ -23,7 +25,7 @@ from agents.summary import scored_rows
 from agents.trackers import tracker_callbacks
 from rcnas.distributed.resources import ensure_ray
 from rcnas.distributed.service import RayEvaluator, start_service
-from rcnas.infra.files import write_atomic
+from rcnas.infra.files import inside, write_atomic
 from rcnas.infra.provenance import content_key, environment
 from rcnas.search.searchers import SEARCHERS, run_searcher
 from rcnas.task import load_task, shared_grid
@@ -49,6 +51,9 @@ class SearchOptions:
     storage: Optional[str] = None
     """a URI (s3://, gs://, file://) that keeps the run: Tune's experiments directly, the rest of the run folder
     after each phase (``agents/storage.py``)"""
+    trust_checkpoint: bool = False
+    """restore a ``--from`` checkpoint or ``--resume`` Tune experiment that this user's key did not sign (or that
+    changed since): ``agents/manifest.py``"""
 
 
 def save_resolved_configs(out: Path, exp: ExperimentConfig, tasks: list[Any]) -> None:
@@ -56,11 +61,20 @@ def save_resolved_configs(out: Path, exp: ExperimentConfig, tasks: list[Any]) ->
     hashed) under ``out/config/``: what the run used, whatever happens to the files it was started from."""
     import yaml
 
-    folder = out / "config"
+    folder = inside(out, "config")
     write_atomic(folder / "experiment.yaml", yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
     for t in tasks:
-        write_atomic(folder / "tasks" / f"{t.name}.yaml", yaml.safe_dump(
-            {"source": t.source, **t.config.model_dump(mode="json")}, sort_keys=False))
+        write_atomic(inside(folder, f"tasks/{t.name}.yaml"), yaml.safe_dump(
+            {"source": _shareable(t.source), **t.config.model_dump(mode="json")}, sort_keys=False))
+
+
+def _shareable(source: str) -> str:
+    """A task file's path as the run records it: relative to the working directory where it lies under it (the
+    project's configs), so that a run folder shared with others does not name the folders of this machine."""
+    if not source:
+        return source
+    path = Path(source).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else path.name
 
 
 def _stage_folder(storage: Path | str, name: str, local_tune: Path) -> Path:
@@ -136,7 +150,7 @@ def run_search(exp: ExperimentConfig, metas: list[str], target: str, opts: Searc
                "provenance": environment(),
                **({"rerank": [{"arch": lo.arch.short(), "search_reward": lo.reward, "rerank_reward": hi.reward,
                                "rerank_robust_acc": hi.robust_acc} for lo, hi in reranked]} if reranked else {})}
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    write_atomic(out / "summary.json", json.dumps(relative_paths(out, summary), indent=2))
     _keep(out, opts, log)
     log(f"evaluation service: {client.stats()}")
     teacher = client.teacher_weights(task)  # before the service goes: it owns the teachers it shipped
@@ -158,6 +172,7 @@ def _search(exp: ExperimentConfig, metas: list[str], target: str, task: Any, opt
         # 2. meta-training across the task set (skipped by the downstream run, which starts from a checkpoint,
         # and by the PPO-from-scratch baseline)
         if opts.from_checkpoint:
+            verify_from(opts.from_checkpoint, opts.trust_checkpoint)  # its pickles are loaded: signed by this user?
             check_layout(opts.from_checkpoint)
             meta_ckpt = opts.from_checkpoint
         elif opts.searcher == "rl":
@@ -165,7 +180,7 @@ def _search(exp: ExperimentConfig, metas: list[str], target: str, task: Any, opt
             meta_ckpt = run_stage("meta", build_ppo_config(exp, metas, service_name, grid=grid, client="rl-meta"),
                                   exp.meta_iterations, storage, no_tune=opts.no_tune, resume=opts.resume, log=log,
                                   local=local_tune, verbose=opts.verbose,
-                                  callbacks=tracker_callbacks(exp, out, "meta"))
+                                  callbacks=tracker_callbacks(exp, out, "meta"), trust=opts.trust_checkpoint)
             log(f"meta checkpoint: {meta_ckpt}")
             stages["meta"] = _stage_folder(storage, "meta", local_tune)
             _keep(out, opts, log)
@@ -177,6 +192,6 @@ def _search(exp: ExperimentConfig, metas: list[str], target: str, task: Any, opt
                                      client=f"{opts.searcher}-finetune")
         ft_ckpt = run_stage("finetune", ft_config, exp.finetune_iterations, storage, no_tune=opts.no_tune,
                             resume=opts.resume, log=log, local=local_tune, verbose=opts.verbose,
-                            callbacks=tracker_callbacks(exp, out, "finetune"))
+                            callbacks=tracker_callbacks(exp, out, "finetune"), trust=opts.trust_checkpoint)
         stages["finetune"] = _stage_folder(storage, "finetune", local_tune)
     return meta_ckpt, ft_ckpt

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any
 from ray import tune
 from ray.rllib.algorithms.ppo import PPO, PPOConfig
 
+from agents import manifest
+from agents.callbacks import SignExperiment
 from agents.progress import ProgressLine, progress_line
 from agents.storage import is_uri
 from envs import observation
@@ -61,21 +64,26 @@ STATUS_COLUMNS = {"training_iteration": "iter", "rcnas/best_reward": "best rewar
 
 def run_stage(name: str, config: PPOConfig, iterations: int, storage: Path | str, *, no_tune: bool = False,
               resume: bool = False, log: Callable[[str], None] = print, local: Path | None = None,
-              verbose: bool = False, callbacks: list[Any] | None = None) -> str:
-    """Train ``iterations`` PPO iterations; returns the final checkpoint folder.
+              verbose: bool = False, callbacks: list[Any] | None = None, trust: bool = False) -> str:
+    """Train ``iterations`` PPO iterations; returns the final checkpoint folder, signed (``agents/manifest.py``).
 
-    Under Tune, the experiment lives in ``storage/name`` (TensorBoard events, progress.csv, checkpoints);
-    ``resume`` continues an interrupted experiment found there.
+    Under Tune, the experiment lives in ``storage/name`` (TensorBoard events, progress.csv, checkpoints), signed while
+    it runs and when it ends; ``resume`` continues an interrupted experiment found there, once its signature
+    verifies (``trust``: without checking it).
     """
     remote = is_uri(storage)
     if remote and local is None:
         raise ValueError("a storage URI needs a local folder for the checkpoint the next stage loads")
+    manifest.load_key()  # a key file to fix is one line now, not a stage that cannot be signed
     if no_tune:
         return _plain_loop(name, config, iterations, local if remote else Path(storage), log)
     # Tune's classic console output: silent at verbose 0, and its status table takes our columns (the newer engine
     # prints an experiment banner and a TensorBoard hint to a temporary folder whatever the verbosity)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     path = f"{storage}/{name}" if remote else str(Path(storage) / name)
+    # what Tune would restore (or start next to: a planted experiment state would be signed with ours) is checked
+    # first; an absent or empty folder passes
+    manifest.verify_or_adopt(path, trust, label=f"--resume: {path}" if resume else path)
     if resume and tune.Tuner.can_restore(path):
         log(f"resuming Tune experiment {path}")
         # a restored experiment brings back the tracker callbacks it was started with (agents/trackers.py): their
@@ -96,9 +104,10 @@ def run_stage(name: str, config: PPOConfig, iterations: int, storage: Path | str
                 # matters; the config dump never (the run's config/ folder holds it)
                 verbose=1 if verbose else 0,
                 progress_reporter=tune.CLIReporter(metric_columns=STATUS_COLUMNS, max_report_frequency=30),
-                callbacks=[ProgressLine(name, iterations, log), *(callbacks or [])],
+                callbacks=[ProgressLine(name, iterations, log), SignExperiment(), *(callbacks or [])],
             ),
         )
+        manifest.sign_tree(path)  # tuner.pkl, written just now
     result = tuner.fit().get_best_result(metric="training_iteration", mode="max")
     if result.error:
         # an evaluation that failed on a worker is one line somewhere in the trial's nested report: surface it
@@ -106,10 +115,30 @@ def run_stage(name: str, config: PPOConfig, iterations: int, storage: Path | str
     if result.checkpoint is None or (result.metrics or {}).get("training_iteration", 0) < iterations:
         raise KeyboardInterrupt  # Tune returns early on Ctrl-C: end as an interruption, with the resume hint
     ckpt = result.checkpoint.path
-    if remote:  # the next stage and the report load it from this machine's disk
-        ckpt = result.checkpoint.to_directory(str((local / name / "checkpoint").resolve()))  # type: ignore[operator]
+    if remote:  # the next stage and the report load it from this machine's disk, checked against the signed list
+        # the experiment as it ends; checkpoint files keep the hashes taken when Tune registered them
+        manifest.LiveSigner(path).sign(force=True)
+        dest = _empty(local / name / "checkpoint")  # type: ignore[operator]
+        ckpt = result.checkpoint.to_directory(str(dest))
+        manifest.verify_copy(ckpt, path, result.checkpoint.path, trust)
     save_layout(ckpt)
+    manifest.sign_tree(ckpt)  # the meta checkpoint handed out (summary.json, --from)
+    if not remote:
+        # the experiment as it ends (the checkpoint's layout and manifest inside); checkpoint files keep the hashes
+        # taken when Tune registered them
+        manifest.LiveSigner(path).sign(force=True)
     return ckpt
+
+
+def _empty(folder: Path) -> Path:
+    """``folder`` emptied (a checkpoint written or copied there holds only what it writes, nothing left from before
+    to be signed with it); returns its absolute path."""
+    if folder.is_symlink() or folder.is_file():
+        folder.unlink()
+    elif folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return folder.resolve()
 
 
 def train_iterations(algo: Any, iterations: int, name: str, log: Callable[[str], None],
@@ -129,9 +158,10 @@ def _plain_loop(name: str, config: PPOConfig, iterations: int, storage: Path, lo
     algo = config.build_algo()
     try:
         train_iterations(algo, iterations, name, log)
-        out = (storage / name / "checkpoint").resolve()
+        out = _empty(storage / name / "checkpoint")
         algo.save_to_path(str(out))
         save_layout(out)
+        manifest.sign_tree(out)
         return str(out)
     finally:
         algo.stop()

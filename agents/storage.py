@@ -5,14 +5,24 @@ Tune writes its experiments (checkpoints every iteration, TensorBoard events, pr
 head's disk while the run works (SQLite needs a local file) and is copied to ``URI`` after each phase: the
 evaluation store (a consistent snapshot through SQLite's backup API, never the live file), the resolved configs,
 the report, the searched sub-network and the final results. ``--resume`` on a new head pulls it back first.
+
+Only regular files travel: a symbolic link in the run folder (to a key file, to a folder elsewhere) is skipped with a
+warning, never followed, and a pull writes regular files under the run folder only. A URI carrying credentials
+(``s3://KEY:SECRET@bucket``) is refused: Tune would record it in its state files and logs; the provider's own
+credential chain supplies them instead.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sqlite3
+import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 STORE = "evaluations.sqlite"
 SKIP = {"tune", ".rcnas.lock"}
@@ -23,9 +33,54 @@ def is_uri(path: str | Path | None) -> bool:
     return isinstance(path, str) and "://" in path
 
 
+_SECRET_PARAM = re.compile(r"key|secret|token|credential|passw|sig|sas|auth", re.IGNORECASE)
+_CHAINS = {
+    "s3": "the AWS credential chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN in the "
+          "environment, AWS_PROFILE and ~/.aws/credentials, or the instance profile / IAM role)",
+    "gs": "Google's application default credentials (gcloud auth application-default login, "
+          "GOOGLE_APPLICATION_CREDENTIALS, or the VM's service account)",
+    "abfs": "Azure's default credential chain (AZURE_CLIENT_ID / AZURE_TENANT_ID / AZURE_CLIENT_SECRET in the "
+            "environment, az login, or a managed identity)",
+}
+_CHAINS.update({"s3a": _CHAINS["s3"], "gcs": _CHAINS["gs"], "abfss": _CHAINS["abfs"], "az": _CHAINS["abfs"]})
+
+
+def redact(uri: str) -> str:
+    """``uri`` without what may be a secret (the user part of its host, its query): safe to print."""
+    parts = urlsplit(uri)
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}" + ("?..." if parts.query else "")
+
+
+def check_no_credentials(uri: str, flag: str = "--storage") -> None:
+    """Refuse a URI that carries credentials (``s3://KEY:SECRET@bucket``, ``?secret_key=...``): Tune records its
+    storage path in its state files and logs, and rcnas in summaries and hints, so a secret there ends up in the
+    bucket and on screens. The error names the provider's credential chain and never echoes the secret.
+
+    Raises:
+        ConfigError: the URI has a user part or a credential-like query parameter.
+    """
+    parts = urlsplit(uri)
+    where = []
+    if "@" in parts.netloc:
+        where.append("a user part before '@'")
+    names = sorted({k for k, _ in parse_qsl(parts.query, keep_blank_values=True)
+                    if _SECRET_PARAM.search(k) and k.lower() != "credential_kind"})
+    if names:
+        where.append(f"the query parameter{'s' if len(names) > 1 else ''} {', '.join(names)}")
+    if where:
+        from rcnas.infra.errors import ConfigError
+
+        chain = _CHAINS.get(parts.scheme.lower(), "the filesystem's own credential configuration (its environment "
+                                                   "variables or config files)")
+        raise ConfigError(f"{flag} {redact(uri)}: credentials in the URI ({' and '.join(where)}) would be stored in "
+                          f"Tune's state files and logs; remove them and let {chain} supply them")
+
+
 def _fs(uri: str) -> tuple[Any, str]:
     import pyarrow.fs
 
+    check_no_credentials(uri)
     try:
         return pyarrow.fs.FileSystem.from_uri(uri)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds for a bad or unsupported URI
@@ -58,23 +113,106 @@ def check_storage(uri: str) -> None:
         raise ConfigError(f"--storage {uri}: cannot write there ({exc}); check the URI and the credentials") from None
 
 
+CHUNK = 8 << 20
+
+
+_WARNED: dict[str, int] = {}
+
+
+def _skipped_links_warning(n: int, where: str, first: str) -> None:
+    """One line, once per folder and count (the Keeper pushes every 10 minutes; W&B's folder holds links)."""
+    if n and _WARNED.get(where) != n:
+        _WARNED[where] = n
+        print(f"warning: --storage: {n} symbolic link{'s' if n > 1 else ''} or special file{'s' if n > 1 else ''} "
+              f"in {where} skipped (e.g. {first}): only regular files are copied, never what a link points to",
+              file=sys.stderr, flush=True)
+
+
+def walk_local(root: Path, skip_top: Any = None) -> tuple[list[str], list[str], list[str]]:
+    """The regular files and folders under ``root`` (relative, ``/``-separated, sorted), read with ``lstat`` and
+    never through a link: symbolic links (to files or folders) and special files are returned apart, not entered.
+    ``skip_top(name)`` leaves out entries of ``root`` itself. Returns (files, folders, skipped)."""
+    files: list[str] = []
+    folders: list[str] = []
+    skipped: list[str] = []
+
+    def visit(folder: str, rel: str) -> None:
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except FileNotFoundError:
+            if not rel:
+                raise
+            return  # removed while the walk ran (a checkpoint Tune no longer keeps)
+        for e in entries:
+            if not rel and skip_top is not None and skip_top(e.name):
+                continue
+            try:
+                mode = e.stat(follow_symlinks=False).st_mode
+            except FileNotFoundError:
+                continue  # a temporary file renamed away meanwhile
+            name = rel + e.name
+            if stat.S_ISDIR(mode):
+                folders.append(name)
+                visit(e.path, name + "/")
+            elif stat.S_ISREG(mode):
+                files.append(name)
+            else:
+                skipped.append(name)
+
+    visit(str(root), "")
+    return files, folders, skipped
+
+
+def open_local(path: str | Path) -> Any:
+    """A regular file opened for reading without following a link at ``path`` (binary file object).
+
+    Raises:
+        ConfigError: ``path`` is a link or not a regular file.
+    """
+    from rcnas.infra.errors import ConfigError
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        if os.path.islink(path):
+            raise ConfigError(f"{path}: a symbolic link, which rcnas never follows; remove it") from None
+        raise exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"{path}: not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def _copy_stream(src: Any, dst: Any) -> None:
+    for chunk in iter(lambda: src.read(CHUNK), b""):
+        dst.write(chunk)
+
+
 def push(out: Path, uri: str, include_tune: bool = False) -> None:
     """Copy the run folder (but ``tune/``, which Tune keeps there itself, unless ``include_tune``: the plain
-    ``--no-tune`` loops write it here) to ``uri``; the store as a snapshot."""
-    import pyarrow.fs
-
+    ``--no-tune`` loops write it here) to ``uri``; the store as a snapshot. Regular files only: a symbolic link
+    (to a key file, to a folder) is skipped, never followed, with one warning line saying how many were."""
     fs, root = _fs(uri)
     fs.create_dir(root, recursive=True)
-    local = pyarrow.fs.LocalFileSystem()
-    for entry in sorted(out.iterdir()):
-        if (entry.name in SKIP and not (include_tune and entry.name == "tune")) or entry.name.startswith(STORE):
-            # the store (and its -wal/-shm files) goes as a snapshot below
-            continue
-        dest = f"{root}/{entry.name}"
-        if entry.is_dir():
-            fs.create_dir(dest, recursive=True)
-        pyarrow.fs.copy_files(str(entry.resolve()), dest, source_filesystem=local, destination_filesystem=fs)
-    if (out / STORE).is_file():
+
+    def skip(name: str) -> bool:
+        # the store (and its -wal/-shm files) goes as a snapshot below
+        return (name in SKIP and not (include_tune and name == "tune")) or name.startswith(STORE)
+
+    files, folders, skipped = walk_local(out, skip)
+    for rel in folders:
+        fs.create_dir(f"{root}/{rel}", recursive=True)
+    for rel in files:
+        try:
+            with open_local(out / rel) as src, fs.open_output_stream(f"{root}/{rel}") as dst:
+                _copy_stream(src, dst)
+        except FileNotFoundError:
+            continue  # removed since the walk (a temporary file renamed into place): the next copy has it
+    store = out / STORE
+    if store.is_symlink() or (store.exists() and not store.is_file()):
+        skipped.append(STORE)
+    elif store.is_file():
         with tempfile.TemporaryDirectory() as tmp:
             snap = Path(tmp) / STORE
             src, dst = sqlite3.connect(out / STORE), sqlite3.connect(snap)
@@ -83,44 +221,78 @@ def push(out: Path, uri: str, include_tune: bool = False) -> None:
             finally:
                 src.close()
                 dst.close()
-            pyarrow.fs.copy_files(str(snap), f"{root}/{STORE}", source_filesystem=local, destination_filesystem=fs)
+            with open_local(snap) as f, fs.open_output_stream(f"{root}/{STORE}") as g:
+                _copy_stream(f, g)
+    _skipped_links_warning(len(skipped), str(out), skipped[0] if skipped else "")
+
+
+def remote_files(fs: Any, root: str) -> list[str]:
+    """The files under ``root`` on a storage filesystem (relative, ``/``-separated, sorted); for a ``file://``
+    storage, regular files only, never through a link (``walk_local``)."""
+    import pyarrow.fs
+
+    if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        if not os.path.isdir(root):
+            return []
+        files, _, skipped = walk_local(Path(root))
+        _skipped_links_warning(len(skipped), root, skipped[0] if skipped else "")
+        return files
+    base = root.rstrip("/")
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(base, recursive=True, allow_not_found=True))
+    return sorted(i.path[len(base):].lstrip("/") for i in infos if i.type == pyarrow.fs.FileType.File)
+
+
+def open_remote(fs: Any, root: str, rel: str) -> Any:
+    import pyarrow.fs
+
+    if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        return open_local(os.path.join(root, rel))
+    return fs.open_input_stream(f"{root.rstrip('/')}/{rel}")
+
+
+def _download(fs: Any, root: str, rel: str, out: Path, uri: str) -> Path:
+    """Copy ``root/rel`` to ``out/rel``: a plain relative name, written only under ``out`` and never through a link
+    (a link found on the way is refused; the file is written to a temporary name and renamed into place)."""
+    from rcnas.infra.errors import ConfigError
+    from rcnas.infra.files import inside, write_atomic_with
+
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") for p in parts) or "\\" in rel or "\x00" in rel:
+        raise ConfigError(f"--storage {uri}: {rel!r} is not a plain name inside the run folder; refusing to copy it")
+    dest = inside(out, rel)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not dest.parent.resolve().is_relative_to(out.resolve()):
+        raise ConfigError(f"--storage {uri}: {rel} would be written outside {out}; refusing to copy it")
+    with open_remote(fs, root, rel) as src:
+        write_atomic_with(dest, lambda handle: _copy_stream(src, handle))
+    return dest
 
 
 def pull(uri: str, out: Path) -> bool:
     """Copy a run folder pushed to ``uri`` into ``out`` when ``out`` holds no store (a new head); returns whether
-    anything was pulled."""
+    anything was pulled. Regular files only, each written under ``out`` (never through or as a link)."""
     import pyarrow.fs
 
-    if (out / STORE).is_file():
+    if os.path.lexists(out / STORE):
         return False
     fs, root = _fs(uri)
     if fs.get_file_info(f"{root}/{STORE}").type != pyarrow.fs.FileType.File:
         return False
     out.mkdir(parents=True, exist_ok=True)
-    local = pyarrow.fs.LocalFileSystem()
-    for info in fs.get_file_info(pyarrow.fs.FileSelector(root)):
-        name = info.path.rsplit("/", 1)[-1]
-        if name in SKIP:
-            continue
-        if info.type == pyarrow.fs.FileType.Directory:
-            (out / name).mkdir(exist_ok=True)
-        pyarrow.fs.copy_files(info.path, str((out / name).resolve()), source_filesystem=fs,
-                              destination_filesystem=local)
+    for rel in remote_files(fs, root):
+        if rel.split("/", 1)[0] not in SKIP:
+            _download(fs, root, rel, out, uri)
     return True
 
 
 def fetch_progress(stage_uri: str, local: Path) -> Path:
     """Copy every ``progress.csv`` of a Tune experiment kept at ``stage_uri`` under ``local`` (for the report's
     reward plot, which reads them); returns ``local``."""
-    import pyarrow.fs
-
     fs, root = _fs(stage_uri)
-    for info in fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True)):
-        if info.path.endswith("/progress.csv"):
-            dest = local / info.path[len(root):].lstrip("/")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            pyarrow.fs.copy_files(info.path, str(dest.resolve()), source_filesystem=fs,
-                                  destination_filesystem=pyarrow.fs.LocalFileSystem())
+    local.mkdir(parents=True, exist_ok=True)
+    for rel in remote_files(fs, root):
+        if rel == "progress.csv" or rel.endswith("/progress.csv"):
+            _download(fs, root, rel, local, stage_uri)
     return local
 
 

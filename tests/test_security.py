@@ -214,7 +214,7 @@ def test_a_teacher_file_that_is_not_the_teacher_is_refused_before_ray(tmp_path):
 
 
 def test_a_planted_training_state_is_one_line(tmp_path):
-    from rcnas.train.trainer import _resume
+    from rcnas.train.loop_state import resume as _resume
 
     state = tmp_path / "train_state.pt"
     state.write_text("not a tensor file")
@@ -264,3 +264,33 @@ def test_only_known_harmless_worker_lines_are_dropped():
              "epoch 1/1: loss 2.1",
              "Traceback (most recent call last):", '  File "y.py", line 2, in g', "ValueError: a real error"]
     assert harmless_dropped(lines) == lines[5:]
+
+
+def test_a_planted_pickle_in_a_signed_checkpoint_is_refused_before_ray(tmp_path, monkeypatch):
+    """``--from`` a meta checkpoint someone changed after this user signed it: refused before anything loads it."""
+    import json
+    import pickle
+
+    import ray
+
+    from agents.manifest import sign_tree
+    from agents.pipeline import search
+    from agents.stages import LAYOUT_FILE, module_dir
+    from envs import observation
+
+    monkeypatch.setenv("RCNAS_KEY_FILE", str(tmp_path / "key" / "checkpoint.key"))
+    ckpt = tmp_path / "meta"
+    Path(module_dir(ckpt)).mkdir(parents=True)
+    (Path(module_dir(ckpt)) / "module_state.pkl").write_bytes(pickle.dumps({"w": [0.0]}))
+    (ckpt / LAYOUT_FILE).write_text(json.dumps(observation.layout()))
+    sign_tree(ckpt)
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (Path(module_dir(ckpt)) / "module_state.pkl").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(ConfigError, match="trust-checkpoint") as err:
+        search(SMOKE, out=tmp_path / "run", from_checkpoint=str(ckpt), final_eval=False)
+    assert "\n" not in str(err.value) and not marker.exists() and not ray.is_initialized()

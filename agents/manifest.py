@@ -1,0 +1,418 @@
+"""Signed checkpoints: ``--from`` and ``--resume`` load pickles (RLlib's module and algorithm state, Tune's
+``tuner.pkl`` and experiment state), so a file planted in a run folder or under a ``--storage`` prefix would run code
+on the head. rcnas signs what it writes and refuses to restore what it did not sign.
+
+The signature is ``rcnas_manifest.json`` in the signed folder: the sha256 of every regular file under it (relative
+paths) and an HMAC-SHA256 of that list with a key of this user, kept outside every run folder
+(``$XDG_CONFIG_HOME/rcnas/checkpoint.key``, ``~/.config/rcnas/checkpoint.key`` by default, or ``$RCNAS_KEY_FILE``;
+mode 0600 in a 0700 folder, made on first use). A folder verifies when its manifest's HMAC checks out with this key
+and every file there is listed with the same hash (nothing added, changed or missing, no symbolic link). Whoever can
+write to a bucket can change files but cannot sign them.
+
+What is signed, when (``agents/stages.py``):
+    - the meta checkpoint a stage hands out (printed, in summary.json, what ``--from`` takes), when the stage ends;
+      the plain ``--no-tune`` loop's checkpoint too;
+    - each Tune experiment folder (``<out>/tune/<stage>`` or ``<storage>/tune/<stage>``), right after Tune writes
+      ``tuner.pkl``, after every step of Tune's loop while it runs (:class:`LiveSigner`, from the Tune callback
+      ``agents.callbacks.SignExperiment``: Tune saves its experiment state inside the step, before the callbacks'
+      ``on_step_end``), at each trial checkpoint, and when the stage ends.
+
+The kill -9 window: a run killed while Tune (or a trial) is writing a file, or after it wrote one and before the
+driver's next step re-signed it (a fraction of a second on a local disk; up to ``every_s``, 10 s, with a storage URI,
+plus a checkpoint being uploaded), leaves a folder that does not verify: ``--resume`` then refuses it, naming the
+file, and ``--trust-checkpoint`` resumes anyway (it re-signs what it resumes). Files inside a trial checkpoint are
+written once: the driver keeps the first hash it took after Tune registered the checkpoint, so a checkpoint changed
+in the bucket while the run goes on is not signed again. What signing cannot cover: a writer who replaces files
+between the check and Tune's own read (at ``--resume``, a trial restored later from the bucket), or during a live run
+between Tune's write and the driver's next signature; and a folder this user signed earlier, put back whole (it is
+this user's own content).
+
+The key is per user and machine: a run resumed on another head, or a checkpoint used there with ``--from``, needs
+the same key file copied there (mode 0600), or ``--trust-checkpoint`` once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import posixpath
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from agents.signing_key import KEY_ENV, key_path, load_key  # noqa: F401 - re-exported
+from agents.storage import is_uri, open_local, open_remote, walk_local
+from rcnas.infra.errors import ConfigError
+
+MANIFEST = "rcnas_manifest.json"
+TRUST_HINT = "pass --trust-checkpoint if you trust where it came from"
+VERSION = 1
+RACY_S = 2.0
+"""a file modified less than this before it was hashed is hashed again next time, whatever its size and time say"""
+_TMP_PREFIX = f".{MANIFEST}."  # write_atomic's temporary names for the manifest (a killed write may leave one)
+
+
+# -- a folder here or under a storage URI, read without following links ----------------------------------------
+
+
+class _Tree:
+    def __init__(self, folder: str | Path, fs: Any = None) -> None:
+        import pyarrow.fs
+
+        if fs is None and is_uri(str(folder)):
+            from agents.storage import _fs
+
+            fs, path = _fs(str(folder))
+        elif fs is None:
+            path = os.path.realpath(folder)  # the folder named may be a link; nothing under it may
+        else:
+            path = str(folder)
+        self.fs = None if fs is None or isinstance(fs, pyarrow.fs.LocalFileSystem) else fs
+        self.path = path.rstrip("/") or "/"
+        self.name = str(folder)
+
+    def exists(self) -> bool:
+        if self.fs is None:
+            return os.path.lexists(self.path)
+        import pyarrow.fs
+
+        return self.fs.get_file_info(self.path).type != pyarrow.fs.FileType.NotFound
+
+    def walk(self) -> tuple[dict[str, tuple[int, ...]], list[str]]:
+        """{relative path: (size, mtime_ns, ...)} of every file but the manifest, and the links met (not entered)."""
+        if self.fs is None:
+            if not os.path.isdir(self.path):
+                return {}, []
+            files, _, links = walk_local(Path(self.path))
+            out: dict[str, tuple[int, ...]] = {}
+            for rel in files:
+                if _own(rel):
+                    continue
+                st = os.lstat(os.path.join(self.path, rel))
+                out[rel] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+            return out, links
+        import pyarrow.fs
+
+        infos = self.fs.get_file_info(pyarrow.fs.FileSelector(self.path, recursive=True, allow_not_found=True))
+        out = {}
+        for i in infos:
+            rel = i.path[len(self.path):].lstrip("/")
+            if i.type == pyarrow.fs.FileType.File and not _own(rel):
+                out[rel] = (i.size or 0, i.mtime_ns or 0)
+        return out, []
+
+    def sha256(self, rel: str) -> str:
+        digest = hashlib.sha256()
+        with self._open(rel) as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def _open(self, rel: str) -> Any:
+        return open_local(os.path.join(self.path, rel)) if self.fs is None else open_remote(self.fs, self.path, rel)
+
+    def read_manifest(self) -> Optional[bytes]:
+        if self.fs is None:
+            path = os.path.join(self.path, MANIFEST)
+            if not os.path.lexists(path):
+                return None
+            with open_local(path) as f:
+                return f.read(64 << 20)
+        import pyarrow.fs
+
+        path = f"{self.path}/{MANIFEST}"
+        if self.fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+            return None
+        with self.fs.open_input_stream(path) as f:
+            return f.read(64 << 20)
+
+    def write_manifest(self, data: bytes) -> None:
+        if self.fs is None:
+            from rcnas.infra.files import write_atomic_with
+
+            write_atomic_with(Path(self.path) / MANIFEST, lambda handle: handle.write(data))
+        else:
+            with self.fs.open_output_stream(f"{self.path}/{MANIFEST}") as f:  # one PUT: whole or not at all
+                f.write(data)
+
+    def subfolders(self) -> list[str]:
+        if self.fs is None:
+            if not os.path.isdir(self.path):
+                return []
+            return sorted(e.name for e in os.scandir(self.path) if e.is_dir())
+        import pyarrow.fs
+
+        infos = self.fs.get_file_info(pyarrow.fs.FileSelector(self.path, recursive=False, allow_not_found=True))
+        return sorted(i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory)
+
+    def child(self, name: str) -> _Tree:
+        t = _Tree.__new__(_Tree)
+        t.fs, t.path = self.fs, f"{self.path.rstrip('/')}/{name}"
+        t.name = f"{self.name.rstrip('/')}/{name}"
+        return t
+
+    def relative(self, fs_path: str) -> Optional[str]:
+        """``fs_path`` (a path on this tree's filesystem) relative to the tree; None when outside it or the tree."""
+        path = os.path.realpath(fs_path) if self.fs is None else str(fs_path).rstrip("/")
+        rel = posixpath.relpath(path, self.path)
+        return None if rel == "." or rel == ".." or rel.startswith("../") else rel
+
+    def has_file(self, rel: str) -> bool:
+        if self.fs is None:
+            return os.path.lexists(os.path.join(self.path, rel))
+        import pyarrow.fs
+
+        return self.fs.get_file_info(f"{self.path}/{rel}").type == pyarrow.fs.FileType.File
+
+
+def _own(rel: str) -> bool:
+    """The manifest itself and a temporary file of a manifest write that was killed (never read by anyone)."""
+    return rel == MANIFEST or (rel.startswith(_TMP_PREFIX) and rel.endswith(".tmp") and "/" not in rel)
+
+
+def _mac(key: bytes, files: dict[str, str]) -> str:
+    body = json.dumps(files, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return hmac.new(key, b"rcnas-manifest-v1\n" + body, hashlib.sha256).hexdigest()
+
+
+def _manifest_bytes(key: bytes, files: dict[str, str]) -> bytes:
+    return json.dumps({"version": VERSION, "files": dict(sorted(files.items())), "hmac": _mac(key, files)},
+                      indent=1).encode()
+
+
+def _signed_files(raw: bytes, key: bytes) -> tuple[Optional[dict[str, str]], str]:
+    """The manifest's file list when its HMAC checks out with ``key``; else None and why not."""
+    try:
+        doc = json.loads(raw)
+        files, mac = doc["files"], doc["hmac"]
+        ok = isinstance(files, dict) and isinstance(mac, str) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in files.items())
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        return None, f"its {MANIFEST} is damaged"
+    if not hmac.compare_digest(mac, _mac(key, files)):
+        return None, (f"its {MANIFEST} does not verify with this user's key ({key_path()}): signed by another user "
+                      "or machine, or edited")
+    return files, ""
+
+
+def _pickle_first(rel: str) -> tuple[bool, str]:
+    name = rel.rsplit("/", 1)[-1]
+    return (not (name.endswith(".pkl") or name.startswith(("module_state", "experiment_state", "tuner"))), rel)
+
+
+def _problems(tree: _Tree, key: bytes) -> list[str]:
+    present, links = tree.walk()
+    raw = tree.read_manifest()
+    if raw is None:
+        if not present and not links:
+            return []  # nothing there to restore
+        return [f"unsigned (no {MANIFEST}: not written by rcnas for this user, or by a version before signing)"]
+    files, why = _signed_files(raw, key)
+    if files is None:
+        return [why]
+    found = [f"{rel} is a symbolic link or special file (rcnas writes none)" for rel in links]
+    for rel in sorted(set(present) | set(files), key=_pickle_first):
+        if rel not in files:
+            found.append(f"{rel} is not signed (added after the checkpoint was signed)")
+        elif rel not in present:
+            found.append(f"{rel} is missing (signed, no longer there)")
+        elif tree.sha256(rel) != files[rel]:
+            found.append(f"{rel} changed since the checkpoint was signed")
+    return found
+
+
+# -- signing and verifying -------------------------------------------------------------------------------------
+
+
+def sign_tree(folder: str | Path) -> dict[str, str]:
+    """Write ``folder/rcnas_manifest.json``: every regular file under ``folder`` (a path or a storage URI) with its
+    sha256, and their HMAC with this user's key. Returns the file list.
+
+    Raises:
+        ConfigError: a symbolic link (or special file) under ``folder``: rcnas signs regular files only.
+    """
+    tree = _Tree(folder)
+    key = load_key()
+    present, links = tree.walk()
+    if links:
+        raise ConfigError(f"{folder}: {links[0]} is a symbolic link or special file; rcnas signs regular files only: "
+                          "remove it")
+    files = {rel: tree.sha256(rel) for rel in present}
+    tree.write_manifest(_manifest_bytes(key, files))
+    return files
+
+
+_TRUSTED: set[str] = set()
+
+
+def verify_tree(folder: str | Path, trust: bool, label: Optional[str] = None) -> None:
+    """Refuse ``folder`` (a path or a storage URI) unless this user signed it as it is now: its manifest's HMAC
+    checks out with this user's key and every file there is listed with the same hash, none missing. A folder that
+    does not exist or holds no file passes (nothing to restore). ``trust`` skips the check with one warning line.
+
+    Raises:
+        ConfigError: one line naming the first file missing, unsigned or changed (pickles first), and the flag.
+    """
+    label = label or str(folder)
+    tree = _Tree(folder)
+    if trust:
+        if tree.exists() and tree.path not in _TRUSTED:  # one warning per folder, however many checks
+            _TRUSTED.add(tree.path)
+            print(f"warning: {label}: restored without checking its signature (--trust-checkpoint)", file=sys.stderr,
+                  flush=True)
+        return
+    found = _problems(tree, load_key())
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise ConfigError(f"{label}: {found[0]}{more}; {TRUST_HINT}")
+
+
+def verify_or_adopt(folder: str | Path, trust: bool, label: Optional[str] = None) -> None:
+    """:func:`verify_tree`, and with ``trust`` the folder is signed as it is now: a trusted experiment that a run
+    continues is this user's from then on (its later signatures start from these hashes)."""
+    verify_tree(folder, trust, label)
+    if trust and _Tree(folder).exists():
+        sign_tree(folder)
+
+
+def verify_from(path: str | Path, trust: bool) -> None:
+    """``--from``: the meta checkpoint must be one this user's runs signed (or be trusted)."""
+    verify_tree(path, trust, label=f"--from {path}")
+
+
+def tune_experiments(root: str | Path) -> list[str]:
+    """The Tune experiments under a run's ``tune`` folder (a path or a URI): those ``--resume`` would restore
+    (``tuner.pkl`` there, Tune's own test)."""
+    tree = _Tree(root)
+    return [tree.child(name).name for name in tree.subfolders() if tree.child(name).has_file("tuner.pkl")]
+
+
+def verify_resume(out: str | Path, trust: bool, storage: Optional[str] = None) -> None:
+    """``--resume``: every Tune experiment the run would restore (``<out>/tune/<stage>``, or
+    ``<storage>/tune/<stage>`` with ``--storage``) must be signed by this user as it is now (or be trusted)."""
+    from agents.storage import tune_uri
+
+    root: str | Path = tune_uri(storage) if storage else Path(out) / "tune"
+    for folder in tune_experiments(root):
+        verify_tree(folder, trust, label=f"--resume: {folder}")
+
+
+def verify_copy(copy: str | Path, experiment: str | Path, checkpoint_fs_path: str, trust: bool) -> None:
+    """A checkpoint downloaded from a Tune experiment kept at a storage URI: each file of the local ``copy`` must
+    have the hash the experiment's signed manifest lists for it (``checkpoint_fs_path``: the checkpoint's path on the
+    storage filesystem), and none may be missing."""
+    if trust:
+        return
+    tree = _Tree(experiment)
+    prefix = tree.relative(checkpoint_fs_path) or "."
+    label = f"{experiment}/{prefix}"
+    raw = tree.read_manifest()
+    if raw is None:
+        raise ConfigError(f"{label}: unsigned (no {MANIFEST} in {experiment}); {TRUST_HINT}")
+    files, why = _signed_files(raw, load_key())
+    if files is None:
+        raise ConfigError(f"{label}: {why}; {TRUST_HINT}")
+    expected = {k[len(prefix) + 1:]: v for k, v in files.items() if k.startswith(prefix + "/")}
+    local = _Tree(copy)
+    present, links = local.walk()
+    present.pop(MANIFEST, None)
+    found = [f"{rel} is a symbolic link" for rel in links]
+    for rel in sorted(set(present) | set(expected), key=_pickle_first):
+        if rel not in expected:
+            found.append(f"{rel} is not signed")
+        elif rel not in present:
+            found.append(f"{rel} is missing from the copy")
+        elif local.sha256(rel) != expected[rel]:
+            found.append(f"{rel} differs from the signed file")
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise ConfigError(f"{label} (copied to {copy}): {found[0]}{more}; {TRUST_HINT}")
+
+
+def _checkpoint_folder(rel: str) -> Optional[str]:
+    """``PPO_x/checkpoint_000001`` for a file inside a Tune trial checkpoint (written once), else None."""
+    parts = rel.split("/")
+    for i, part in enumerate(parts[:-1]):
+        if part.startswith("checkpoint_"):
+            return "/".join(parts[: i + 1])
+    return None
+
+
+class LiveSigner:
+    """Keeps ``rcnas_manifest.json`` of a folder that Tune keeps changing signed (the Tune experiment while it runs).
+
+    Each :meth:`sign` lists the folder and hashes only what changed since (size, times and inode; a file modified
+    within ``RACY_S`` of its hashing is hashed again); it rewrites the manifest when the list changed or someone
+    (Tune's restore copies the old manifest to its staging folder, and back) overwrote it. Files of a trial checkpoint
+    that Tune registered (:meth:`sign` with ``register``, or signed before this process started) keep the first hash
+    taken: checkpoints are written once, so a later change is not signed. Never pickled: it holds the key.
+    """
+
+    def __init__(self, folder: str | Path, fs: Any = None, every_s: float = 0.0) -> None:
+        self.tree = _Tree(folder, fs)
+        self.every_s = every_s
+        self._key = load_key()
+        self._cache: dict[str, tuple[tuple[int, ...], str, bool]] = {}
+        self._pinned: dict[str, str] = {}
+        self._registered: set[str] = set()
+        self._written: Optional[bytes] = None
+        self._last = float("-inf")
+        raw = self.tree.read_manifest() if self.tree.exists() else None
+        files = _signed_files(raw, self._key)[0] if raw is not None else None
+        for rel, digest in (files or {}).items():
+            folder_rel = _checkpoint_folder(rel)
+            if folder_rel is not None:
+                self._registered.add(folder_rel)
+                self._pinned[rel] = digest
+
+    def relative(self, fs_path: str) -> Optional[str]:
+        """``fs_path`` (a path on this folder's filesystem) relative to the folder; None when outside it."""
+        return self.tree.relative(fs_path)
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError("a LiveSigner holds the signing key and is never pickled")
+
+    def sign(self, register: Optional[str] = None, force: bool = False) -> bool:
+        """Re-sign now (at most every ``every_s`` unless ``force`` or ``register``: a checkpoint folder, relative,
+        that Tune just registered: its files are hashed again and pinned). Returns whether it signed."""
+        now = time.monotonic()
+        if not force and register is None and now - self._last < self.every_s:
+            return False
+        if register is not None:
+            self._registered.add(register)
+            for rel in [r for r in self._pinned if r.startswith(register + "/")]:
+                del self._pinned[rel]
+                self._cache.pop(rel, None)
+        present, links = self.tree.walk()
+        if links:
+            raise ConfigError(f"{self.tree.name}: {links[0]} is a symbolic link or special file, which rcnas does not "
+                              "sign; remove it")
+        files: dict[str, str] = {}
+        wall = time.time()
+        for rel, stamp in present.items():
+            digest = self._pinned.get(rel)
+            if digest is None:
+                cached = self._cache.get(rel)
+                if cached is not None and cached[0] == stamp and cached[2]:
+                    digest = cached[1]
+                else:
+                    digest = self.tree.sha256(rel)
+                    self._cache[rel] = (stamp, digest, wall - stamp[1] / 1e9 > RACY_S)
+                if _checkpoint_folder(rel) in self._registered:
+                    self._pinned[rel] = digest
+            files[rel] = digest
+        for gone in set(self._cache) - set(present):
+            del self._cache[gone]
+        for gone in set(self._pinned) - set(present):
+            del self._pinned[gone]
+        data = _manifest_bytes(self._key, files)
+        if data != self._written or self.tree.read_manifest() != data:
+            self.tree.write_manifest(data)
+            self._written = data
+        self._last = time.monotonic()
+        return True
