@@ -28,6 +28,7 @@ from rcnas.infra.configio import validate
 from rcnas.infra.errors import ConfigError
 from rcnas.infra.files import inside
 from rcnas.infra.locks import run_folder_lock
+from rcnas.infra.process import leaves_process_as_found
 from rcnas.proxy.store import check_store
 from rcnas.search.searchers import searcher_names
 from rcnas.task import Task, load_task
@@ -48,6 +49,7 @@ class SearchRun:
     """the final comparison (``FinalResult`` per network; empty when the final evaluation did not run)"""
 
 
+@leaves_process_as_found
 def search(experiment: str | Path = "configs/experiments/digits.yaml", *, out: str | Path | None = None,
            task: str | None = None, M: int | None = None, seed: int | None = None, searcher: str = "rl", n: int = 25,
            from_checkpoint: str | None = None, resume: bool = False, no_tune: bool = False, final_eval: bool = True,

@@ -24,7 +24,11 @@ from rcnas.task import Task
 from rcnas.vocab import ATTACK_KINDS, BLOCK_KINDS
 
 MAX_STAGES = 4
-STAGE_FEATURES = 7
+STAGE_FIELDS = ("stem_stride", "depth", "width", "robust", "decided", "current", "budget_share")
+"""a stage's features, in the order :func:`encode` writes them"""
+STAGE_FEATURES = len(STAGE_FIELDS)
+CURRENT = STAGE_FIELDS.index("current")
+"""the position of the "this stage is being decided" flag, which the agent's module reads"""
 STEP_FEATURES = ("step", "macs_used", "macs_left", "teacher_lips", "teacher_robust_acc")
 TASK_SCALARS = ("epsilon_x255_over_16", "attack_steps_over_100", "budget_ratio")
 DATASET_NAMES = tuple(DATASETS.ordered())

@@ -127,3 +127,17 @@ def test_progress_line_reads_like_a_search():
     assert line == ("[meta] iteration 3/6 | best reward 0.912: val robust acc 61.5% at 878K MACs | evaluations 12 "
                     "computed, 3 from store, 0 failed | 1m12s elapsed, ETA 1m12s")
     assert progress_line("finetune", 1, 4, {}, 5.0, 1).endswith("0m05s elapsed, ETA 0m15s")
+
+
+@pytest.mark.ray
+def test_the_api_leaves_the_callers_process_as_it_found_it(tmp_path):
+    """After rcnas.run_search: Ray is shut down again (it started it) and torch's thread count is the caller's."""
+    import ray
+    import torch
+
+    torch.set_num_threads(2)
+    assert not ray.is_initialized()
+    run = rcnas.run_search(SMOKE, out=tmp_path / "run", searcher="random", n=1, final_eval=False,
+                           overrides={"proxy.epochs": 0.1})
+    assert run.summary["evaluated"] >= 1 and not ray.is_initialized() and torch.get_num_threads() == 2
+    assert run.summary["yaml"].startswith(str(tmp_path)), "the API gives absolute paths"

@@ -19,6 +19,7 @@ from rcnas.evaluation.final import EvalJob, FinalResult
 from rcnas.evaluation.jobs import log, run_jobs
 from rcnas.infra.errors import ConfigError
 from rcnas.infra.files import write_atomic
+from rcnas.infra.process import leaves_process_as_found
 from rcnas.space.arch import ArchSpec, InputShape
 from rcnas.space.cost import arch_cost
 from rcnas.space.schema import SubnetFile, load_subnet
@@ -124,6 +125,7 @@ def teacher_job(args: EvaluateArgs, task: Task, attacks: tuple[str, ...], out: P
                    args.n_examples, args.seed, args.data_root, w.format)
 
 
+@leaves_process_as_found
 def evaluate(subnets: Sequence[str | Path] = (), task: str | Path | None = None, *,
              attacks: str | Sequence[str] = "clean,fgsm,pgd20,cw40,aa", epochs: Optional[float] = None,
              checkpoint: Optional[str] = None, teacher: bool = False, n_examples: Optional[int] = None, seed: int = 0,
