@@ -1,4 +1,4 @@
-"""The search as one keyword call (:func:`search`, also ``rcnas.run_search``), and train.py's body over it:
+"""The search as one keyword call (:func:`run_search`, also ``rcnas.run_search``), and train.py's body over it:
 resolve the experiment and overrides, run the search, then the final comparison."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from agents.comparison import final_comparison
 from agents.config import ExperimentConfig, load_experiment, task_path
 from agents.manifest import verify_from, verify_resume
 from agents.overrides import apply_overrides, parse_sets
-from agents.search import SearchOptions, run_search
+from agents.phases import SearchOptions, run_phases
 from agents.size import run_size
 from agents.stages import check_layout, module_dir
 from agents.storage import pull, tune_uri
@@ -50,7 +50,7 @@ class SearchRun:
 
 
 @leaves_process_as_found
-def search(experiment: str | Path = "configs/experiments/digits.yaml", *, out: str | Path | None = None,
+def run_search(experiment: str | Path = "configs/experiments/digits.yaml", *, out: str | Path | None = None,
            task: str | None = None, M: int | None = None, seed: int | None = None, searcher: str = "rl", n: int = 25,
            from_checkpoint: str | None = None, resume: bool = False, no_tune: bool = False, final_eval: bool = True,
            data_root: str | None = None, ray_address: str | None = None, storage: str | None = None,
@@ -191,7 +191,7 @@ def check_ray_address(address: str, timeout_s: float = 10.0) -> None:
 def run_pipeline(args: argparse.Namespace, argv: list[str]) -> int:
     """train.py's body: its flags as :func:`search`'s keywords, the table printed, the resume hint set."""
     RESUME_HINT.append(" ".join(["python train.py", *argv, *([] if args.resume else ["--resume"])]))
-    run = search(args.experiment, out=args.out, task=args.task, M=args.M, seed=args.seed, searcher=args.searcher,
+    run = run_search(args.experiment, out=args.out, task=args.task, M=args.M, seed=args.seed, searcher=args.searcher,
                  n=args.n, from_checkpoint=args.from_checkpoint, resume=args.resume, no_tune=args.no_tune,
                  final_eval=not args.no_final_eval, data_root=args.data_root, ray_address=args.ray_address,
                  storage=args.storage, allow_pending_workers=args.allow_pending_workers, overrides=args.set,
@@ -233,7 +233,7 @@ def check_run_folder(out: Path, resume: bool) -> None:
 
 def _search_and_evaluate(exp: ExperimentConfig, metas: list[str], target: str, task: Task, opts: SearchOptions,
                          final_eval: bool, log: Callable[[str], None]) -> SearchRun:
-    outcome = run_search(exp, metas, target, opts, log=log)
+    outcome = run_phases(exp, metas, target, opts, log=log)
     summary = outcome.summary
     log(f"chosen: {summary['chosen']} (reward {summary['reward']:.4f}, val robust acc "
         f"{summary['val_robust_acc']:.4f}, {summary['macs']:,} MACs <= budget {summary['budget']:,.0f}); "

@@ -87,7 +87,7 @@ def run_size(exp: ExperimentConfig, tasks: Sequence[Task], *, target: Optional[T
 
     Args:
         tasks: the resolved tasks, the target first and then the meta-training tasks (as
-            ``agents.pipeline.search`` builds them).
+            ``agents.pipeline.run_search`` builds them).
         target: the target task when it is not ``tasks[0]``.
         searcher: ``rl`` (meta-train then fine-tune), ``ppo-scratch`` (fine-tune only) or a baseline searcher,
             which spends ``n`` evaluations.

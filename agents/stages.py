@@ -8,8 +8,9 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ray import tune
 from ray.rllib.algorithms.ppo import PPO, PPOConfig
@@ -62,15 +63,32 @@ STATUS_COLUMNS = {"training_iteration": "iter", "rcnas/best_reward": "best rewar
 """--verbose's Tune status table: the search's figures, not PPO's internals"""
 
 
-def run_stage(name: str, config: PPOConfig, iterations: int, storage: Path | str, *, no_tune: bool = False,
-              resume: bool = False, log: Callable[[str], None] = print, local: Path | None = None,
-              verbose: bool = False, callbacks: list[Any] | None = None, trust: bool = False) -> str:
+@dataclass(frozen=True)
+class StageSettings:
+    """How a PPO stage runs, the same for every stage of a run."""
+
+    no_tune: bool = False
+    """plain ``algo.train()`` loops instead of a Tune experiment"""
+    resume: bool = False
+    """continue an interrupted Tune experiment found in the stage's folder, once its signature verifies"""
+    trust: bool = False
+    """restore it without checking its signature (``--trust-checkpoint``)"""
+    verbose: bool = False
+    """Tune's status table"""
+    local: Optional[Path] = None
+    """this machine's Tune folder when the experiments live at a storage URI (the next stage loads from here)"""
+    log: Callable[[str], None] = print
+
+
+def run_stage(name: str, config: PPOConfig, iterations: int, storage: Path | str,
+              settings: StageSettings = StageSettings(), callbacks: Optional[list[Any]] = None) -> str:
     """Train ``iterations`` PPO iterations; returns the final checkpoint folder, signed (``agents/manifest.py``).
 
     Under Tune, the experiment lives in ``storage/name`` (TensorBoard events, progress.csv, checkpoints), signed while
-    it runs and when it ends; ``resume`` continues an interrupted experiment found there, once its signature
-    verifies (``trust``: without checking it).
+    it runs and when it ends.
     """
+    no_tune, resume, trust, verbose = settings.no_tune, settings.resume, settings.trust, settings.verbose
+    local, log = settings.local, settings.log
     remote = is_uri(storage)
     if remote and local is None:
         raise ValueError("a storage URI needs a local folder for the checkpoint the next stage loads")

@@ -32,7 +32,7 @@ _API = {
     "evaluate_job": "rcnas.evaluation.final", "ConfigError": "rcnas.infra.errors",
     "evaluate": "rcnas.evaluation.command",
     # the agent (RLlib): imported only when called, so that `import rcnas` stays free of Ray
-    "run_search": "agents.pipeline:search",
+    "run_search": "agents.pipeline:run_search",
 }
 __all__ = sorted(_API)
 

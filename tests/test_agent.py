@@ -47,18 +47,25 @@ def test_module_masks_invalid_actions_and_uses_the_current_stage_head():
 
 @pytest.mark.ray
 def test_finetuning_starts_from_the_meta_trained_weights(ray_local, tmp_path):
-    from ray.rllib.core.rl_module.rl_module import RLModule
 
     from agents.config import load_experiment
-    from agents.ppo import build_ppo_config
-    from agents.stages import module_dir, run_stage
-    from rcnas.distributed.service import start_service
+    from rcnas.distributed.service import evaluation_service
 
     exp, metas, target = load_experiment(ROOT / "configs/experiments/smoke.yaml")
     metas, target = [str((ROOT / m).resolve()) for m in metas], str((ROOT / target).resolve())
-    svc = start_service(tmp_path, n_workers=1, cache_dir=tmp_path / "cache", name="svc-agent")
-    ray_local.get(svc.stats.remote())
-    meta = run_stage("meta", build_ppo_config(exp, metas, "svc-agent", grid=(2, 4)), 1, tmp_path, no_tune=True)
+    with evaluation_service(tmp_path, n_workers=1, cache_dir=tmp_path / "cache", name="svc-agent") as client:
+        client.stats()
+        _check_fine_tuning_starts_from(exp, metas, target, tmp_path)
+
+
+def _check_fine_tuning_starts_from(exp, metas, target, tmp_path):
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    from agents.ppo import build_ppo_config
+    from agents.stages import StageSettings, module_dir, run_stage
+
+    meta = run_stage("meta", build_ppo_config(exp, metas, "svc-agent", grid=(2, 4)), 1, tmp_path,
+                     StageSettings(no_tune=True))
     saved = RLModule.from_checkpoint(module_dir(meta)).state_dict()
     fresh = build_ppo_config(exp, [target], "svc-agent", grid=(2, 4)).build_algo()
     tuned = build_ppo_config(exp, [target], "svc-agent", grid=(2, 4), load_module_from=module_dir(meta)).build_algo()

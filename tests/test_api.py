@@ -101,9 +101,9 @@ def test_evaluate_api_returns_results(tmp_path):
 
 
 def test_run_search_is_train_py():
-    from agents.pipeline import search
+    from agents.pipeline import run_search
 
-    assert rcnas.run_search is search
+    assert rcnas.run_search is run_search
     with pytest.raises(ConfigError, match="--searcher nope"):
         rcnas.run_search(SMOKE, searcher="nope", out="/nonexistent-never-created")
 

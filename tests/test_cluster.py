@@ -15,7 +15,7 @@ def test_workers_spread_over_nodes_and_an_invisible_gpu_falls_back_to_cpu(tmp_pa
     import ray
     from ray.cluster_utils import Cluster
 
-    from rcnas.distributed.service import start_service
+    from rcnas.distributed.service import evaluation_service
 
     if ray.is_initialized():
         ray.shutdown()
@@ -25,9 +25,9 @@ def test_workers_spread_over_nodes_and_an_invisible_gpu_falls_back_to_cpu(tmp_pa
         ray.init(address=cluster.address, log_to_driver=False)
         cluster.wait_for_nodes()
         assert ray.cluster_resources().get("GPU") == 1
-        svc = start_service(tmp_path / "run", n_workers=1, n_cpu_workers=1, cache_dir=tmp_path / "cache",
-                            name="svc-cluster")
-        placement = ray.get(svc.placement.remote(), timeout=480)
+        with evaluation_service(tmp_path / "run", n_workers=1, n_cpu_workers=1, cache_dir=tmp_path / "cache",
+                                name="svc-cluster") as svc:
+            placement = ray.get(svc.handle.placement.remote(), timeout=480)
         assert len(placement) == 2
         assert len({p["node_id"] for p in placement}) == 2, "one worker on each node"
         (gpu,) = [p for p in placement if p["gpu_ids"]]
@@ -70,28 +70,29 @@ def test_workers_asking_for_a_resource_nobody_has_wait_and_start_when_a_node_bri
     and evaluates as soon as a node with it joins."""
     import ray
 
-    from rcnas.distributed.service import start_service
+    from rcnas.distributed.service import evaluation_service
     from tests.conftest import tiny_task
 
-    svc = start_service(tmp_path / "run", n_workers=1, cache_dir=tmp_path / "cache", name="svc-pending",
-                        worker_spec={"num_cpus": 1, "resources": {"fake_gpu": 1}}, pending_warn_s=1)
-    task = tiny_task()
-    ref = svc.evaluate.remote(task, _archs(task, 1)[0])
-    ready, _ = ray.wait([ref], timeout=5)
-    stats = ray.get(svc.stats.remote())
-    assert not ready and stats["placed"] == 0 and stats["workers"] == 1
-    node = cluster.add_node(num_cpus=1, resources={"fake_gpu": 1})
-    result = ray.get(ref, timeout=1200)
-    assert result.metrics.ok and not result.cached
-    (where,) = ray.get(svc.placement.remote())
-    assert where["node_id"] == node.node_id
+    with evaluation_service(tmp_path / "run", n_workers=1, cache_dir=tmp_path / "cache", name="svc-pending",
+                            worker_spec={"num_cpus": 1, "resources": {"fake_gpu": 1}}, pending_warn_s=1) as client:
+        svc = client.handle
+        task = tiny_task()
+        ref = svc.evaluate.remote(task, _archs(task, 1)[0])
+        ready, _ = ray.wait([ref], timeout=5)
+        stats = client.stats()
+        assert not ready and stats["placed"] == 0 and stats["workers"] == 1
+        node = cluster.add_node(num_cpus=1, resources={"fake_gpu": 1})
+        result = ray.get(ref, timeout=1200)
+        assert result.metrics.ok and not result.cached
+        (where,) = client.placement()
+        assert where["node_id"] == node.node_id
 
 
 def test_without_a_shared_cache_each_teacher_is_trained_once_and_shipped_to_the_other_node(tmp_path, cluster):
     import ray
     import torch
 
-    from rcnas.distributed.service import start_service
+    from rcnas.distributed.service import evaluation_service
     from rcnas.proxy.keys import teacher_key
     from tests.conftest import tiny_task
 
@@ -100,14 +101,16 @@ def test_without_a_shared_cache_each_teacher_is_trained_once_and_shipped_to_the_
     for cache in caches.values():
         cluster.add_node(num_cpus=1, env_vars={"RCNAS_CACHE": str(cache)})
     cluster.wait_for_nodes()
-    svc = start_service(tmp_path / "run", n_workers=2, name="svc-two-nodes", data_root=str(data),
-                        worker_spec={"num_cpus": 1})
-    placement = ray.get(svc.placement.remote(), timeout=480)
-    assert {p["cache"] for p in placement} == {str(c.resolve()) for c in caches.values()}, "one worker per node"
-    assert {p["data_root"] for p in placement} == {str(data)}, "the data root reached every worker process"
-    task = tiny_task()
-    results = ray.get([svc.evaluate.remote(task, arch) for arch in _archs(task, 6)], timeout=2400)
-    assert all(r.metrics.ok for r in results)
+    with evaluation_service(tmp_path / "run", n_workers=2, name="svc-two-nodes", data_root=str(data),
+                            worker_spec={"num_cpus": 1}) as client:
+        svc = client.handle
+        placement = ray.get(svc.placement.remote(), timeout=480)
+        assert {p["cache"] for p in placement} == {str(c.resolve()) for c in caches.values()}, "one worker per node"
+        assert {p["data_root"] for p in placement} == {str(data)}, "the data root reached every worker process"
+        task = tiny_task()
+        results = ray.get([svc.evaluate.remote(task, arch) for arch in _archs(task, 6)], timeout=2400)
+        assert all(r.metrics.ok for r in results)
+        shipped = client.stats()["teachers_shipped"]
     records = []
     for cache in caches.values():
         folder = cache / "teachers" / teacher_key(task)
@@ -116,33 +119,34 @@ def test_without_a_shared_cache_each_teacher_is_trained_once_and_shipped_to_the_
     assert sorted("received" in r for r in records) == [False, True], "trained on one node, shipped to the other"
     a, b = (torch.load(c / "teachers" / teacher_key(task) / "model.pt", weights_only=True) for c in caches.values())
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert ray.get(svc.stats.remote())["teachers_shipped"] == 1
+    assert shipped == 1
 
 
 def test_a_node_lost_mid_evaluation_loses_nothing(tmp_path, cluster):
     import ray
 
-    from rcnas.distributed.service import start_service
+    from rcnas.distributed.service import evaluation_service
     from rcnas.proxy.store import EvaluationStore
     from tests.conftest import tiny_task
 
     nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
-    svc = start_service(tmp_path / "run", n_workers=1, cache_dir=tmp_path / "cache", name="svc-node-loss",
-                        worker_spec={"num_cpus": 1})
-    (where,) = ray.get(svc.placement.remote(), timeout=480)
-    task = tiny_task(proxy_epochs=3)  # seconds of work: the node goes while it runs
-    arch = _archs(task, 1)[0]
-    ref = svc.evaluate.remote(task, arch)
-    time.sleep(2)
-    (doomed,) = [n for n in nodes if n.node_id == where["node_id"]]
-    cluster.remove_node(doomed)
-    result = ray.get(ref, timeout=2400)
-    assert result.metrics.ok
-    stats = ray.get(svc.stats.remote())
-    assert stats["retried"] >= 1 and stats["computed"] == 1
-    (moved,) = ray.get(svc.placement.remote(), timeout=480)
-    assert moved["node_id"] != where["node_id"]
+    with evaluation_service(tmp_path / "run", n_workers=1, cache_dir=tmp_path / "cache", name="svc-node-loss",
+                            worker_spec={"num_cpus": 1}) as client:
+        svc = client.handle
+        (where,) = ray.get(svc.placement.remote(), timeout=480)
+        task = tiny_task(proxy_epochs=3)  # seconds of work: the node goes while it runs
+        arch = _archs(task, 1)[0]
+        ref = svc.evaluate.remote(task, arch)
+        time.sleep(2)
+        (doomed,) = [n for n in nodes if n.node_id == where["node_id"]]
+        cluster.remove_node(doomed)
+        result = ray.get(ref, timeout=2400)
+        assert result.metrics.ok
+        stats = client.stats()
+        assert stats["retried"] >= 1 and stats["computed"] == 1
+        (moved,) = ray.get(svc.placement.remote(), timeout=480)
+        assert moved["node_id"] != where["node_id"]
     assert len(EvaluationStore(tmp_path / "run" / "evaluations.sqlite")) == 1
 
 

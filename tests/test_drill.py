@@ -267,26 +267,26 @@ def test_training_that_diverges_keeps_its_best_epoch(digits):
 @pytest.mark.ray
 def test_a_worker_side_failure_is_one_line_and_the_worker_is_not_lost(ray_local, tmp_path):
     from rcnas.config import TaskConfig
-    from rcnas.distributed.service import RayEvaluator, start_service
+    from rcnas.distributed.service import RayEvaluator, evaluation_service
     from rcnas.infra.errors import EvaluationFailed
     from rcnas.task import resolve_task
 
-    svc = start_service(tmp_path / "run", n_workers=1, cache_dir=tmp_path / "cache", name="svc-drill",
-                  data_root=str(tmp_path / "no-data"))
-    client = RayEvaluator("svc-drill", timeout_s=1200)
-    cifar = resolve_task(TaskConfig.model_validate({
-        "name": "cifar-missing", "dataset": {"name": "cifar10"}, "teacher": "tiny-222",
-        "attack": {"epsilon": "8/255"}, "budget": {"ratio": 0.5}}))
-    with pytest.raises(EvaluationFailed) as err:
-        client.teacher_stats(cifar)
-    message = str(err.value)
-    assert "\n" not in message and "cifar10" in message and "not found" in message and "teacher tiny-222" in message
-    assert err.value.exit_code == 2, "a missing dataset is the user's to fix"
-    digits = tiny_task()  # the single worker went back to the pool: the next evaluation runs
-    arch = digits.teacher.subnet((1, 1, 1), (1, 1, 1), ("basic_block",) * 3)
-    assert client.evaluate(digits, arch).metrics.ok
-    assert client.stats()["workers"] == 1
-    del svc  # held until here: the named service lives as long as a handle to it
+    with evaluation_service(tmp_path / "run", n_workers=1, cache_dir=tmp_path / "cache", name="svc-drill",
+                            data_root=str(tmp_path / "no-data")) as svc:
+        client = RayEvaluator(svc.name, timeout_s=1200)
+        cifar = resolve_task(TaskConfig.model_validate({
+            "name": "cifar-missing", "dataset": {"name": "cifar10"}, "teacher": "tiny-222",
+            "attack": {"epsilon": "8/255"}, "budget": {"ratio": 0.5}}))
+        with pytest.raises(EvaluationFailed) as err:
+            client.teacher_stats(cifar)
+        message = str(err.value)
+        assert "\n" not in message and "cifar10" in message and "not found" in message
+        assert "teacher tiny-222" in message
+        assert err.value.exit_code == 2, "a missing dataset is the user's to fix"
+        digits = tiny_task()  # the single worker went back to the pool: the next evaluation runs
+        arch = digits.teacher.subnet((1, 1, 1), (1, 1, 1), ("basic_block",) * 3)
+        assert client.evaluate(digits, arch).metrics.ok
+        assert client.stats()["workers"] == 1
 
 
 def test_a_rerun_reuses_a_results_file_and_a_damaged_one_is_refused(tmp_path):
@@ -300,15 +300,14 @@ def test_a_rerun_reuses_a_results_file_and_a_damaged_one_is_refused(tmp_path):
 
 @pytest.mark.ray
 def test_a_worker_that_never_answers_ends_in_one_line_not_a_hang(ray_local, tmp_path):
-    from rcnas.distributed.service import RayEvaluator, start_service
+    from rcnas.distributed.service import RayEvaluator, evaluation_service
     from rcnas.infra.errors import EvaluationFailed
 
     # a worker asking for more CPUs than the machine has is never placed: it never joins the pool, and the wait
     # for a free worker ends in one line that says what the pool asks for and what the cluster has
-    svc = start_service(tmp_path / "run", n_workers=1, cache_dir=tmp_path / "cache", name="svc-stuck",
-                        cpus_per_worker=64, call_timeout_s=2, max_retries=1, wait_s=3)
-    task = tiny_task()
-    with pytest.raises(EvaluationFailed, match=r"no evaluation worker became free in 3 s \(1 workers asking for "
-                                               r".*'num_cpus': 64.*cluster resources"):
-        RayEvaluator("svc-stuck", timeout_s=120).teacher_stats(task)
-    del svc
+    with evaluation_service(tmp_path / "run", n_workers=1, cache_dir=tmp_path / "cache", name="svc-stuck",
+                            cpus_per_worker=64, call_timeout_s=2, max_retries=1, wait_s=3) as svc:
+        task = tiny_task()
+        with pytest.raises(EvaluationFailed, match=r"no evaluation worker became free in 3 s \(1 workers asking "
+                                                   r"for .*'num_cpus': 64.*cluster resources"):
+            RayEvaluator(svc.name, timeout_s=120).teacher_stats(task)

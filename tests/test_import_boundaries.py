@@ -39,7 +39,8 @@ LAYERS = [
     ("rcnas.task",),
     ("rcnas.proxy", "rcnas.reward", "rcnas.evaluation", "rcnas.search"),
     ("rcnas.distributed",),
-    ("rcnas.evaluation.command",),  # evaluate.py's body: in-process, or fanned out to Ray workers
+    ("rcnas.evaluation.command", "rcnas.evaluation.jobs"),  # evaluate.py's body and its job runner: in-process,
+    # or fanned out to Ray workers
 ]
 
 

@@ -52,11 +52,11 @@ def test_an_experiment_named_as_a_path_writes_nothing_anywhere(tmp_path):
     """The run folder defaulted from ``name:`` and every file under it: refused before anything is written."""
     os.chdir(tmp_path)  # where runs/<name> would be created
     try:
-        from agents.pipeline import search
+        from agents.pipeline import run_search
 
         victim = tmp_path / "victim"
         with pytest.raises(ConfigError, match="not a plain name"):
-            search(_experiment(tmp_path, name=f"../../{victim.relative_to('/')}"), final_eval=False)
+            run_search(_experiment(tmp_path, name=f"../../{victim.relative_to('/')}"), final_eval=False)
         assert not victim.exists() and not (tmp_path / "runs").exists()
     finally:
         os.chdir(ROOT)
@@ -186,20 +186,20 @@ def test_an_unreachable_ray_address_is_one_line_at_once():
 
 # -- order: the lock first; every teacher checked before Ray -------------------------------------------------------
 def test_a_refused_second_run_changes_nothing_in_the_live_folder(tmp_path):
-    from agents.pipeline import search
+    from agents.pipeline import run_search
     from rcnas.infra.locks import run_folder_lock
 
     run = tmp_path / "run"
     with run_folder_lock(run):  # the live run
         with pytest.raises(ConfigError, match="in use by another run"):
-            search(SMOKE, out=run, overrides={"training.epochs": 2}, final_eval=False)
+            run_search(SMOKE, out=run, overrides={"training.epochs": 2}, final_eval=False)
     assert sorted(p.name for p in run.iterdir()) == [".rcnas.lock"], "the overridden configs were written"
 
 
 def test_a_teacher_file_that_is_not_the_teacher_is_refused_before_ray(tmp_path):
     import ray
 
-    from agents.pipeline import search
+    from agents.pipeline import run_search
 
     text_file = tmp_path / "teacher.pt"
     text_file.write_text("this is not a checkpoint\n")
@@ -208,7 +208,7 @@ def test_a_teacher_file_that_is_not_the_teacher_is_refused_before_ray(tmp_path):
     task.write_text(f"base: {base}\nname: published-target\nteacher_weights: {{path: {text_file}, format: rcnas}}\n")
     exp = _experiment(tmp_path, target_task=str(task))
     with pytest.raises(ConfigError, match="teacher_weights") as err:
-        search(exp, out=tmp_path / "run", final_eval=False)
+        run_search(exp, out=tmp_path / "run", final_eval=False)
     assert "\n" not in str(err.value) and not ray.is_initialized()
     assert not (tmp_path / "run").exists()
 
@@ -274,7 +274,7 @@ def test_a_planted_pickle_in_a_signed_checkpoint_is_refused_before_ray(tmp_path,
     import ray
 
     from agents.manifest import sign_tree
-    from agents.pipeline import search
+    from agents.pipeline import run_search
     from agents.stages import LAYOUT_FILE, module_dir
     from envs import observation
 
@@ -292,5 +292,5 @@ def test_a_planted_pickle_in_a_signed_checkpoint_is_refused_before_ray(tmp_path,
 
     (Path(module_dir(ckpt)) / "module_state.pkl").write_bytes(pickle.dumps(Evil()))
     with pytest.raises(ConfigError, match="trust-checkpoint") as err:
-        search(SMOKE, out=tmp_path / "run", from_checkpoint=str(ckpt), final_eval=False)
+        run_search(SMOKE, out=tmp_path / "run", from_checkpoint=str(ckpt), final_eval=False)
     assert "\n" not in str(err.value) and not marker.exists() and not ray.is_initialized()

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Optional
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from rcnas.attacks.run import AttackContext
 
 COMPACT = ["apgd-ce", "apgd-t"]
 
@@ -23,10 +26,8 @@ def autoattack(
     *,
     eps: float,
     version: str,
-    seed: int,
-    num_classes: int,
+    ctx: AttackContext,
     batch_size: int = 250,
-    progress: Optional[Callable[[str], None]] = None,
 ) -> torch.Tensor:
     """Run AutoAttack ``standard`` (APGD-CE, APGD-T, FAB-T, Square 5000) or ``compact`` (APGD-CE + APGD-T with the
     standard version's settings). Robust points come back as the clean input.
@@ -37,6 +38,7 @@ def autoattack(
     """
     from pyautoattack import AutoAttack
 
+    seed, num_classes, progress = ctx.seed, ctx.num_classes, ctx.progress
     device = next(model.parameters()).device
     if version == "standard":
         aa = AutoAttack(model, eps=eps, norm="Linf", version="standard", seed=seed, device=device)

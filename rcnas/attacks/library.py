@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from rcnas.attacks.autoattack import autoattack
-from rcnas.attacks.pgd import cw_margin_loss, fgsm, pgd_linf
+from rcnas.attacks.pgd import LinfSteps, cw_margin_loss, fgsm, pgd_linf
 from rcnas.config import AttackConfig
 
 if TYPE_CHECKING:
@@ -23,23 +23,19 @@ def fgsm_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AttackC
 
 def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig, ctx: AttackContext,
                ) -> torch.Tensor:
-    return pgd_linf(model, x, y, eps=cfg.epsilon, alpha=cfg.alpha, steps=cfg.steps, random_start=cfg.random_start,
-                    generator=ctx.generator)
+    return pgd_linf(model, x, y, LinfSteps.of(cfg), generator=ctx.generator)
 
 
 def cw_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig, ctx: AttackContext,
               ) -> torch.Tensor:
-    return pgd_linf(model, x, y, eps=cfg.epsilon, alpha=cfg.alpha, steps=cfg.steps, random_start=cfg.random_start,
-                    loss_fn=cw_margin_loss, generator=ctx.generator)
+    return pgd_linf(model, x, y, LinfSteps.of(cfg), loss_fn=cw_margin_loss, generator=ctx.generator)
 
 
 def autoattack_standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig, ctx: AttackContext,
                         ) -> torch.Tensor:
-    return autoattack(model, x, y, eps=cfg.epsilon, version="standard", seed=ctx.seed, num_classes=ctx.num_classes,
-                      progress=ctx.progress)
+    return autoattack(model, x, y, eps=cfg.epsilon, version="standard", ctx=ctx)
 
 
 def autoattack_compact(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig, ctx: AttackContext,
                        ) -> torch.Tensor:
-    return autoattack(model, x, y, eps=cfg.epsilon, version="compact", seed=ctx.seed, num_classes=ctx.num_classes,
-                      progress=ctx.progress)
+    return autoattack(model, x, y, eps=cfg.epsilon, version="compact", ctx=ctx)

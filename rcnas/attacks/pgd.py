@@ -6,6 +6,8 @@ Small and tested, because they run in the adversarial-training inner loop and in
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,19 +33,24 @@ def uniform_start(x: torch.Tensor, eps: float, generator: torch.Generator | None
     return (noise * 2 - 1) * eps
 
 
-def pgd_linf(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    alpha: float,
-    steps: int,
-    random_start: bool = True,
-    loss_fn: LossFn = ce_loss,
-    generator: torch.Generator | None = None,
-    start: torch.Tensor | None = None,
-) -> torch.Tensor:
+@dataclass(frozen=True)
+class LinfSteps:
+    """The L-inf ball and the steps taken in it."""
+
+    eps: float
+    alpha: float
+    """step size"""
+    steps: int
+    random_start: bool = True
+
+    @classmethod
+    def of(cls, cfg: Any) -> LinfSteps:
+        """From an attack config (``epsilon``, ``alpha``, ``steps``, ``random_start``)."""
+        return cls(cfg.epsilon, cfg.alpha, cfg.steps, cfg.random_start)
+
+
+def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ball: LinfSteps, *, loss_fn: LossFn = ce_loss,
+             generator: torch.Generator | None = None, start: torch.Tensor | None = None) -> torch.Tensor:
     """Projected gradient ascent on ``loss_fn`` in the L-inf ball of radius ``eps`` around ``x``, inside [0, 1].
 
     The model is used in whatever mode the caller set; only the input gets gradients. ``start`` overrides the
@@ -52,11 +59,12 @@ def pgd_linf(
     Returns:
         the adversarial batch, detached.
     """
+    eps, alpha, steps = ball.eps, ball.alpha, ball.steps
     x = x.detach()
     if start is not None:
         delta = start
     else:
-        delta = uniform_start(x, eps, generator) if random_start else torch.zeros_like(x)
+        delta = uniform_start(x, eps, generator) if ball.random_start else torch.zeros_like(x)
     delta = ((x + delta).clamp_(0, 1) - x).requires_grad_(True)
     for _ in range(steps):
         loss = loss_fn(model(x + delta), y)
@@ -70,4 +78,4 @@ def pgd_linf(
 
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float) -> torch.Tensor:
     """One signed-gradient step of size ``eps`` from the clean input (Goodfellow et al. 2015)."""
-    return pgd_linf(model, x, y, eps=eps, alpha=eps, steps=1, random_start=False)
+    return pgd_linf(model, x, y, LinfSteps(eps, eps, 1, random_start=False))

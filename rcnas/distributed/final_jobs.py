@@ -5,20 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import ray
-import torch
 
+from rcnas.distributed.remote import raise_unwrapped, start_worker
 from rcnas.distributed.resources import ensure_ray, worker_resources
 from rcnas.evaluation.final import EvalJob, FinalResult, evaluate_job
-from rcnas.infra.devices import pick_device
-from rcnas.infra.errors import RcnasError
 from rcnas.space.cost import arch_cost
 
 
 def _evaluate_remote(job: EvalJob) -> FinalResult:
-    # Ray sets OMP_NUM_THREADS=1 for num_cpus=1 workers; make torch agree so workers do not oversubscribe cores
-    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
-    device = pick_device(want_gpu=bool(ray.get_gpu_ids()))
-    return evaluate_job(job, log=lambda m: print(m, flush=True), device=device)
+    return evaluate_job(job, log=lambda m: print(m, flush=True), device=start_worker().device)
 
 
 def longest_first(jobs: list[EvalJob]) -> list[EvalJob]:
@@ -71,8 +66,6 @@ def evaluate_jobs(
         try:
             result = ray.get(done[0])
         except ray.exceptions.RayTaskError as exc:
-            if isinstance(exc.cause, RcnasError):  # a user-facing failure: one line, not a remote traceback
-                raise exc.cause from None
-            raise
+            raise_unwrapped(exc)  # a user-facing failure as one line; a bug with its remote traceback
         on_result(result)
         log(f"done: {refs[done[0]]} ({len(jobs) - len(pending)}/{len(jobs)})")

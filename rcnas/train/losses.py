@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from rcnas.attacks.pgd import pgd_linf
+from rcnas.attacks.pgd import LinfSteps, pgd_linf
 from rcnas.config import TrainConfig
 from rcnas.infra.registry import Registry
 
@@ -26,8 +26,7 @@ def pgd_at_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCo
     """Cross-entropy on PGD examples (Madry): min_theta E max_delta CE(f(x + delta), y)."""
     a = cfg.attack
     model.eval()
-    x_adv = pgd_linf(model, x, y, eps=a.epsilon, alpha=a.alpha, steps=a.steps, random_start=a.random_start,
-                     generator=g)
+    x_adv = pgd_linf(model, x, y, LinfSteps.of(a), generator=g)
     model.train()
     logits = model(x_adv)
     return nn.functional.cross_entropy(logits, y), logits
@@ -45,7 +44,7 @@ def trades_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCo
         return nn.functional.kl_div(nn.functional.log_softmax(logits, 1), p_clean, reduction="sum")
 
     start = 0.001 * torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device)
-    x_adv = pgd_linf(model, x, y, eps=a.epsilon, alpha=a.alpha, steps=a.steps, loss_fn=kl, start=start)
+    x_adv = pgd_linf(model, x, y, LinfSteps.of(a), loss_fn=kl, start=start)
     model.train()
     logits = model(x)
     robust = nn.functional.kl_div(nn.functional.log_softmax(model(x_adv), 1), nn.functional.softmax(logits, 1),
