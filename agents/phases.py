@@ -26,6 +26,7 @@ from agents.trackers import tracker_callbacks
 from rcnas.distributed.resources import ensure_ray
 from rcnas.distributed.service import RayEvaluator, evaluation_service
 from rcnas.infra.files import inside, write_atomic
+from rcnas.infra.log import say
 from rcnas.infra.provenance import content_key, environment
 from rcnas.search.searchers import SEARCHERS, run_searcher
 from rcnas.task import load_task, shared_grid
@@ -132,7 +133,7 @@ class _Run:
 
 
 def run_phases(exp: ExperimentConfig, metas: list[str], target: str, opts: SearchOptions,
-               log: Callable[[str], None] = print) -> SearchOutcome:
+               log: Callable[[str], None] = say) -> SearchOutcome:
     t0 = time.perf_counter()
     out = opts.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

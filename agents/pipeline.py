@@ -4,8 +4,6 @@ resolve the experiment and overrides, run the search, then the final comparison.
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,14 +26,11 @@ from rcnas.infra.configio import validate
 from rcnas.infra.errors import ConfigError
 from rcnas.infra.files import inside
 from rcnas.infra.locks import run_folder_lock
+from rcnas.infra.log import log
 from rcnas.infra.process import leaves_process_as_found
 from rcnas.proxy.store import check_store
 from rcnas.search.searchers import searcher_names
 from rcnas.task import Task, load_task
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from agents.storage import is_uri
 from envs import observation
 from rcnas.infra.errors import ConfigError, EvaluationFailed
 from rcnas.infra.files import write_atomic
+from rcnas.infra.log import say
 
 MODULE_PATH = ("learner_group", "learner", "rl_module", "default_policy")
 LAYOUT_FILE = "rcnas_observation_layout.json"
@@ -77,7 +78,7 @@ class StageSettings:
     """Tune's status table"""
     local: Optional[Path] = None
     """this machine's Tune folder when the experiments live at a storage URI (the next stage loads from here)"""
-    log: Callable[[str], None] = print
+    log: Callable[[str], None] = say
 
 
 def run_stage(name: str, config: PPOConfig, iterations: int, storage: Path | str,

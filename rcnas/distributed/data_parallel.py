@@ -17,6 +17,7 @@ import torch
 
 from rcnas.data.registry import augmentation, load_splits
 from rcnas.evaluation.final import EvalJob
+from rcnas.infra.log import say
 from rcnas.models.builder import build_model
 from rcnas.train import adversarial_train, save_atomic
 
@@ -36,7 +37,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(job.seed)
     model = global_batchnorm(build_model(job.arch, job.task.shape).to(device))
     same_start(model)
-    log = (lambda m: print(m, flush=True)) if rank == 0 else (lambda m: None)
+    log = say if rank == 0 else (lambda m: None)
     res = adversarial_train(
         model, data, job.recipe(), num_classes=job.task.shape.num_classes, **augmentation(job.task.config.dataset),
         shard=Shard(rank, world),

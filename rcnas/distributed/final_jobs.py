@@ -9,11 +9,12 @@ import ray
 from rcnas.distributed.remote import raise_unwrapped, start_worker
 from rcnas.distributed.resources import ensure_ray, worker_resources
 from rcnas.evaluation.final import EvalJob, FinalResult, evaluate_job
+from rcnas.infra.log import say
 from rcnas.space.cost import arch_cost
 
 
 def _evaluate_remote(job: EvalJob) -> FinalResult:
-    return evaluate_job(job, log=lambda m: print(m, flush=True), device=start_worker().device)
+    return evaluate_job(job, log=say, device=start_worker().device)
 
 
 def longest_first(jobs: list[EvalJob]) -> list[EvalJob]:

@@ -20,6 +20,7 @@ import ray
 from rcnas.distributed.remote import raise_unwrapped, start_worker
 from rcnas.distributed.resources import cluster_gpus
 from rcnas.infra.errors import EvaluationFailed
+from rcnas.infra.log import say
 from rcnas.proxy.local import ProxyRunner
 from rcnas.proxy.records import ProxyMetrics, TeacherStats
 from rcnas.space.arch import ArchSpec
@@ -68,7 +69,7 @@ class EvalWorker:
     def __init__(self, cache_dir: Optional[str], data_root: Optional[str]) -> None:
         started = start_worker()
         self.gpu_ids, self.warnings = started.gpu_ids, started.warnings
-        self.runner = ProxyRunner(cache_dir, data_root, device=started.device, log=lambda m: print(m, flush=True))
+        self.runner = ProxyRunner(cache_dir, data_root, device=started.device, log=say)
 
     def teacher_state(self, task: Task) -> dict[str, Any]:
         """The task's teacher, trained or imported here (or found in this node's cache), as CPU tensors and its
@@ -143,8 +144,8 @@ class WorkerPool:
         except ray.exceptions.RayActorError:
             return  # died before it was placed: whoever killed it spawns the replacement
         self.placed.add(worker)
-        print(f"evaluation pool: worker {len(self.placed)}/{len(self.workers)} placed on node "
-              f"{where['node_id'][:8]} ({where['device']})", flush=True)
+        say(f"evaluation pool: worker {len(self.placed)}/{len(self.workers)} placed on node "
+              f"{where['node_id'][:8]} ({where['device']})")
         self.idle.put_nowait(worker)
 
     async def _next_idle(self) -> Any:
@@ -162,9 +163,9 @@ class WorkerPool:
                     raise
             pending = [spec for w, spec in self.workers.items() if w not in self.placed]
             if pending:
-                print(f"evaluation pool: {len(pending)} of {len(self.workers)} workers still waiting to be placed "
+                say(f"evaluation pool: {len(pending)} of {len(self.workers)} workers still waiting to be placed "
                       f"after {waited:.0f} s, asking for {pending[0]} each; the cluster has "
-                      f"{ray.cluster_resources()}; an autoscaler adds nodes for them (see `ray status`)", flush=True)
+                      f"{ray.cluster_resources()}; an autoscaler adds nodes for them (see `ray status`)")
 
     async def call(self, what: str, method: str, *args: Any) -> Any:
         """Call ``method`` on the next idle worker. A worker goes back to the pool whatever the outcome; a dead (or

@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 import ray
 
 from rcnas.infra.errors import EvaluationFailed, RcnasError
+from rcnas.infra.log import say
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ def start_worker() -> WorkerStart:
         device = pick_device(want_gpu=bool(gpu_ids))
     messages = [str(w.message) for w in caught]
     for message in messages:
-        print(f"warning: {message}", flush=True)
+        say(f"warning: {message}")
     return WorkerStart(device, gpu_ids, messages)
 
 

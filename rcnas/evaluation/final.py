@@ -26,6 +26,7 @@ from rcnas.infra.configio import eps_label
 from rcnas.infra.devices import pick_device
 from rcnas.infra.errors import ConfigError
 from rcnas.infra.files import inside, sha256_file
+from rcnas.infra.log import say
 from rcnas.infra.progress import eta
 from rcnas.infra.provenance import code_version, content_key, environment, state_sha256
 from rcnas.models.builder import build_model
@@ -178,7 +179,7 @@ def _train_or_load(job: EvalJob, model: nn.Module, data: DataSplits, out: Path, 
             "seconds": round(res.seconds, 1), "diverged": res.diverged, "loss": recipe.loss}
 
 
-def evaluate_job(job: EvalJob, log: Callable[[str], None] = print, device: torch.device | None = None) -> FinalResult:
+def evaluate_job(job: EvalJob, log: Callable[[str], None] = say, device: torch.device | None = None) -> FinalResult:
     """Train (or load) and attack ``job``'s sub-network; saves the weights in ``out_dir/name``."""
     t0 = time.perf_counter()
     device = device or pick_device()

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -14,10 +12,7 @@ from rcnas.evaluation.final import EvalJob, FinalResult, evaluate_job
 from rcnas.evaluation.tables import markdown_table
 from rcnas.infra.errors import ConfigError
 from rcnas.infra.files import write_atomic
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+from rcnas.infra.log import log
 
 
 def read_results(out: Path) -> list[FinalResult]:

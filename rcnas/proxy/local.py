@@ -12,6 +12,7 @@ from rcnas.data.registry import load_splits
 from rcnas.data.tensors import DataSplits
 from rcnas.infra.devices import pick_device
 from rcnas.infra.files import cache_root
+from rcnas.infra.log import say
 from rcnas.infra.provenance import content_key
 from rcnas.models.builder import PreActResNet
 from rcnas.proxy.candidate import proxy_evaluate
@@ -31,7 +32,7 @@ class ProxyRunner:
     """Computes proxy evaluations, keeping datasets and trained teachers in memory between calls."""
 
     def __init__(self, cache_dir: str | Path | None = None, data_root: str | Path | None = None,
-                 device: Optional[torch.device] = None, log: Callable[[str], None] = print) -> None:
+                 device: Optional[torch.device] = None, log: Callable[[str], None] = say) -> None:
         self.cache = cache_root(cache_dir)
         self.data_root = data_root
         self.device = device or pick_device()

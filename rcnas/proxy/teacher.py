@@ -22,6 +22,7 @@ from rcnas.evaluation.robustness import local_lipschitz, robust_accuracy
 from rcnas.infra.errors import ConfigError
 from rcnas.infra.files import write_atomic
 from rcnas.infra.locks import file_lock
+from rcnas.infra.log import say
 from rcnas.infra.progress import eta
 from rcnas.infra.provenance import derive_seed
 from rcnas.models.builder import PreActResNet, build_model
@@ -34,7 +35,7 @@ from rcnas.train.sandwich import sandwich_objective
 
 
 def load_or_train_teacher(task: Task, data: DataSplits, cache: Path, device: torch.device,
-                          log: Callable[[str], None] = print) -> tuple[PreActResNet, float]:
+                          log: Callable[[str], None] = say) -> tuple[PreActResNet, float]:
     """The task's teacher with trained weights; trains and caches it on first use.
 
     Returns:
