@@ -29,7 +29,7 @@ from rcnas.infra.files import inside, write_atomic
 from rcnas.infra.log import say
 from rcnas.infra.provenance import content_key, environment
 from rcnas.search.searchers import SEARCHERS, run_searcher
-from rcnas.task import load_task, shared_grid
+from rcnas.task import Task, shared_grid
 
 
 @dataclass(frozen=True)
@@ -132,17 +132,18 @@ class _Run:
         return run_stage(name, config, iterations, self.storage, settings, tracker_callbacks(self.exp, self.out, name))
 
 
-def run_phases(exp: ExperimentConfig, metas: list[str], target: str, opts: SearchOptions,
+def run_phases(exp: ExperimentConfig, tasks: list[Task], opts: SearchOptions,
                log: Callable[[str], None] = say) -> SearchOutcome:
+    """The search's phases on the resolved ``tasks`` (the target first, then the meta-training tasks)."""
     t0 = time.perf_counter()
     out = opts.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray(opts.ray_address, verbose=opts.verbose)
     # one service per run folder: two runs whose folders share a base name never share a service or a store
     service_name = f"rcnas-eval-{out.name}-{content_key(str(out))[:8]}"
-    # task paths are made absolute: Tune runs trials in their own working directories
-    metas, target = [str(Path(m).resolve()) for m in metas], str(Path(target).resolve())
-    task, meta_tasks = load_task(target), [load_task(m) for m in metas]
+    # the env runners load the tasks from their files, by absolute path: Tune runs trials in their own folders
+    task, meta_tasks = tasks[0], tasks[1:]
+    target, metas = str(Path(task.source).resolve()), [str(Path(t.source).resolve()) for t in meta_tasks]
     save_resolved_configs(out, exp, [*meta_tasks, task])
     # one action space for meta-training and fine-tuning: the grid holding every task's teacher
     action_grid = shared_grid([*meta_tasks, task])

@@ -103,7 +103,8 @@ def run_search(experiment: str | Path = "configs/experiments/digits.yaml", *, ou
         raise ConfigError("trackers: MLflow and W&B receive Tune's results; drop --no-tune or the trackers section")
     if searcher not in searcher_names():
         raise ConfigError(f"--searcher {searcher}: unknown; choose from {', '.join(searcher_names())}")
-    check_tasks([target_task, *map(load_task, metas)], data_root)
+    tasks = [target_task, *map(load_task, metas)]  # resolved once (again only if --set changes them)
+    check_tasks(tasks, data_root)
     if ray_address:
         check_ray_address(ray_address)
     check_workers_can_run(exp, ray_address, allow_pending_workers)
@@ -118,10 +119,11 @@ def run_search(experiment: str | Path = "configs/experiments/digits.yaml", *, ou
         check_store(out / "evaluations.sqlite")  # a planted or damaged store: one line now, not tracebacks from Ray
         exp, metas, target = apply_overrides(exp, metas, target, sets, inside(out, "config/overridden"))
         if sets:
-            target_task = load_task(target)
-            check_tasks([target_task, *map(load_task, metas)], data_root)
+            tasks = [load_task(t) for t in [target, *metas]]
+            target_task = tasks[0]
+            check_tasks(tasks, data_root)
             check_workers_can_run(exp, ray_address, allow_pending_workers)
-        fp = rerun.fingerprint(exp, [target_task, *map(load_task, metas)], searcher=searcher, n=n,
+        fp = rerun.fingerprint(exp, tasks, searcher=searcher, n=n,
                                from_checkpoint=from_checkpoint, no_tune=no_tune)
         need_final = final_eval and exp.final_eval.enabled
         done = rerun.finished_summary(out, fp, need_final)
@@ -137,9 +139,9 @@ def run_search(experiment: str | Path = "configs/experiments/digits.yaml", *, ou
             log(f"{out} held an earlier search (other settings, or interrupted and not resumed): its Tune "
                 f"experiments and reports moved to {moved}; stored evaluations are reused")
         rerun.mark(out, fp, finished=False)
-        log(run_size(exp, [target_task, *map(load_task, metas)], searcher=searcher, n=n, meta=not from_checkpoint,
+        log(run_size(exp, tasks, searcher=searcher, n=n, meta=not from_checkpoint,
                      final_eval=final_eval))
-        run = _search_and_evaluate(exp, metas, target, target_task, opts, final_eval, log)
+        run = _search_and_evaluate(exp, tasks, opts, final_eval, log)
         rerun.mark(out, fp, finished=True)
         return run
 
@@ -226,9 +228,9 @@ def check_run_folder(out: Path, resume: bool) -> None:
                           "the folder, or drop --resume to start a new run")
 
 
-def _search_and_evaluate(exp: ExperimentConfig, metas: list[str], target: str, task: Task, opts: SearchOptions,
+def _search_and_evaluate(exp: ExperimentConfig, tasks: list[Task], opts: SearchOptions,
                          final_eval: bool, log: Callable[[str], None]) -> SearchRun:
-    outcome = run_phases(exp, metas, target, opts, log=log)
+    outcome = run_phases(exp, tasks, opts, log=log)
     summary = outcome.summary
     log(f"chosen: {summary['chosen']} (reward {summary['reward']:.4f}, val robust acc "
         f"{summary['val_robust_acc']:.4f}, {summary['macs']:,} MACs <= budget {summary['budget']:,.0f}); "
@@ -238,7 +240,7 @@ def _search_and_evaluate(exp: ExperimentConfig, metas: list[str], target: str, t
         from rcnas.space.schema import load_subnet
 
         chosen, _ = load_subnet(summary["yaml"])
-        results = final_comparison(exp, task, chosen, opts.out / "final", data_root=opts.data_root,
+        results = final_comparison(exp, tasks[0], chosen, opts.out / "final", data_root=opts.data_root,
                                    teacher_weights=outcome.teacher_weights)
     if opts.storage:
         from agents.storage import push
