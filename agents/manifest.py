@@ -200,6 +200,20 @@ def _signed_files(raw: bytes, key: bytes) -> tuple[Optional[dict[str, str]], str
     return files, ""
 
 
+def _differences(tree: Any, present: dict[str, Any], links: list[str], signed: dict[str, str]) -> list[str]:
+    """What keeps a folder's files (``present``, read from ``tree``) from matching the ``signed`` list: links,
+    unsigned, missing or changed files, pickles first."""
+    found = [f"{rel} is a symbolic link or special file (rcnas writes none)" for rel in links]
+    for rel in sorted(set(present) | set(signed), key=_pickle_first):
+        if rel not in signed:
+            found.append(f"{rel} is not signed (added after the checkpoint was signed)")
+        elif rel not in present:
+            found.append(f"{rel} is missing (signed, no longer there)")
+        elif tree.sha256(rel) != signed[rel]:
+            found.append(f"{rel} changed since the checkpoint was signed")
+    return found
+
+
 def _pickle_first(rel: str) -> tuple[bool, str]:
     name = rel.rsplit("/", 1)[-1]
     return (not (name.endswith(".pkl") or name.startswith(("module_state", "experiment_state", "tuner"))), rel)
@@ -215,15 +229,7 @@ def _problems(tree: _Tree, key: bytes) -> list[str]:
     files, why = _signed_files(raw, key)
     if files is None:
         return [why]
-    found = [f"{rel} is a symbolic link or special file (rcnas writes none)" for rel in links]
-    for rel in sorted(set(present) | set(files), key=_pickle_first):
-        if rel not in files:
-            found.append(f"{rel} is not signed (added after the checkpoint was signed)")
-        elif rel not in present:
-            found.append(f"{rel} is missing (signed, no longer there)")
-        elif tree.sha256(rel) != files[rel]:
-            found.append(f"{rel} changed since the checkpoint was signed")
-    return found
+    return _differences(tree, present, links, files)
 
 
 # -- signing and verifying -------------------------------------------------------------------------------------
@@ -321,14 +327,7 @@ def verify_copy(copy: str | Path, experiment: str | Path, checkpoint_fs_path: st
     local = _Tree(copy)
     present, links = local.walk()
     present.pop(MANIFEST, None)
-    found = [f"{rel} is a symbolic link" for rel in links]
-    for rel in sorted(set(present) | set(expected), key=_pickle_first):
-        if rel not in expected:
-            found.append(f"{rel} is not signed")
-        elif rel not in present:
-            found.append(f"{rel} is missing from the copy")
-        elif local.sha256(rel) != expected[rel]:
-            found.append(f"{rel} differs from the signed file")
+    found = _differences(local, present, links, expected)
     if found:
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
         raise ConfigError(f"{label} (copied to {copy}): {found[0]}{more}; {TRUST_HINT}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -182,25 +181,5 @@ def _plain_loop(name: str, config: PPOConfig, iterations: int, storage: Path, lo
         save_layout(out)
         manifest.sign_tree(out)
         return str(out)
-    finally:
-        algo.stop()
-
-
-def train_until_distinct(config: PPOConfig, n: int, M: int, distinct: Callable[[], int], name: str,
-                         patience: int = 5) -> None:
-    """PPO until ``distinct()`` (the search's distinct evaluations so far) reaches ``n``, or ``patience`` iterations in
-    a row bring no new sub-network (the policy has converged: it repeats itself, and repeats add nothing), or
-    ``4 n / M`` iterations. The benchmarks' budget rule: cost is counted in distinct evaluations."""
-    progress = {"made": 0, "idle": 0}
-
-    def enough(_: dict[str, Any]) -> bool:
-        now = distinct()
-        progress["idle"] = 0 if now > progress["made"] else progress["idle"] + 1
-        progress["made"] = now
-        return now >= n or progress["idle"] >= patience
-
-    algo = config.build_algo()
-    try:
-        train_iterations(algo, math.ceil(4 * n / M), name, lambda m: None, stop=enough)
     finally:
         algo.stop()

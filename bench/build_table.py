@@ -20,8 +20,8 @@ from dataclasses import asdict
 
 from agents.config import task_path
 from rcnas.distributed.resources import ensure_ray
-from rcnas.distributed.service import RayEvaluator, start_service
-from rcnas.infra.errors import RcnasError
+from rcnas.distributed.service import RayEvaluator, evaluation_service
+from rcnas.infra.cli import run_main
 from rcnas.infra.provenance import code_version
 from rcnas.proxy.keys import fidelity_key, teacher_key
 from rcnas.search.table import Row, attack_column, every_subnet, numerics, table_task, task_for_column, write_table
@@ -39,12 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="evaluation workers (default: one per CPU)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N sub-networks (a smoke run)")
     args = ap.parse_args(argv)
-    try:
-        tasks = [load_task(task_path(t.strip())) for t in args.tasks.split(",") if t.strip()]
-        ttask = table_task(tasks)
-    except RcnasError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    tasks = [load_task(task_path(t.strip())) for t in args.tasks.split(",") if t.strip()]
+    ttask = table_task(tasks)
     space = ttask.space
     archs = [space.arch(a) for a in every_subnet(space)]
     # a fixed shuffle: the rate and ETA seen early hold for the whole run (small and large sub-networks mix)
@@ -55,31 +51,30 @@ def main(argv: list[str] | None = None) -> int:
           f"MACs; columns {[attack_column(ttask.config.attack), *ttask.config.proxy.also_attacks]}", flush=True)
 
     ensure_ray()
-    service = start_service(args.out, n_workers=args.workers, name=SERVICE)  # held: the actor lives with it
-    ev = RayEvaluator(SERVICE, client="tabulate")
-    cols = [attack_column(ttask.config.attack), *ttask.config.proxy.also_attacks]
-    teacher = {c: asdict(ev.teacher_stats(task_for_column(ttask, c))) for c in cols}
-    print("teacher " + ", ".join(f"{c} {t['robust_acc']:.4f}" for c, t in teacher.items()), flush=True)
+    with evaluation_service(args.out, n_workers=args.workers, name=SERVICE):  # the service for this block
+        ev = RayEvaluator(SERVICE, client="tabulate")
+        cols = [attack_column(ttask.config.attack), *ttask.config.proxy.also_attacks]
+        teacher = {c: asdict(ev.teacher_stats(task_for_column(ttask, c))) for c in cols}
+        print("teacher " + ", ".join(f"{c} {t['robust_acc']:.4f}" for c, t in teacher.items()), flush=True)
 
-    rows: list[Row] = []
-    n_val = 0
-    t0, computed = time.perf_counter(), 0
-    with ThreadPoolExecutor(max_workers=2 * max(1, len(ev.placement()))) as pool:
-        futures = {pool.submit(ev.evaluate, ttask, arch): arch for arch in archs}
-        for i, fut in enumerate(as_completed(futures), 1):
-            e = fut.result()
-            m = e.metrics
-            computed += not e.cached
-            n_val = m.n_val
-            rows.append(Row(futures[fut], m.macs, m.params, m.status, m.clean_acc,
-                            {cols[0]: m.robust_acc, **m.also}, m.seconds))
-            if i % 25 == 0 or i == len(archs):
-                el = time.perf_counter() - t0
-                rate = computed / el if computed else 0.0
-                eta = (len(archs) - i) / rate / 60 if rate else 0.0
-                print(f"{i}/{len(archs)} done ({computed} computed now, {i - computed} from the store), "
-                      f"{rate * 60:.1f}/min, ETA {eta:.0f} min", flush=True)
-    del service
+        rows: list[Row] = []
+        n_val = 0
+        t0, computed = time.perf_counter(), 0
+        with ThreadPoolExecutor(max_workers=2 * max(1, len(ev.placement()))) as pool:
+            futures = {pool.submit(ev.evaluate, ttask, arch): arch for arch in archs}
+            for i, fut in enumerate(as_completed(futures), 1):
+                e = fut.result()
+                m = e.metrics
+                computed += not e.cached
+                n_val = m.n_val
+                rows.append(Row(futures[fut], m.macs, m.params, m.status, m.clean_acc,
+                                {cols[0]: m.robust_acc, **m.also}, m.seconds))
+                if i % 25 == 0 or i == len(archs):
+                    el = time.perf_counter() - t0
+                    rate = computed / el if computed else 0.0
+                    eta = (len(archs) - i) / rate / 60 if rate else 0.0
+                    print(f"{i}/{len(archs)} done ({computed} computed now, {i - computed} from the store), "
+                          f"{rate * 60:.1f}/min, ETA {eta:.0f} min", flush=True)
     if args.limit is not None:
         print("--limit: no table written (it would be incomplete)")
         return 0
@@ -103,4 +98,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,11 +21,10 @@ import numpy as np
 import ray
 from ray.cluster_utils import Cluster
 
-from rcnas.distributed.service import start_service
+from rcnas.distributed.service import evaluation_service
+from rcnas.infra.cli import run_main
+from rcnas.proxy.fixtures import tiny_task
 from rcnas.proxy.keys import teacher_key
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' tiny task, as the tests use it
-from tests.conftest import tiny_task  # noqa: E402
 
 
 def run(n_nodes: int, n_evals: int, proxy_epochs: float, work: Path) -> dict[str, float]:
@@ -37,26 +35,27 @@ def run(n_nodes: int, n_evals: int, proxy_epochs: float, work: Path) -> dict[str
     ray.init(address=cluster.address, log_to_driver=False)
     try:
         cluster.wait_for_nodes()
-        svc = start_service(work / f"run{n_nodes}", n_workers=n_nodes, name=f"bench-{n_nodes}",
-                            worker_spec={"num_cpus": 1})
-        ray.get(svc.placement.remote(), timeout=300)
-        task = tiny_task(proxy_epochs=proxy_epochs)
-        t0 = time.perf_counter()
-        ray.get(svc.teacher_stats.remote(task), timeout=3600)
-        teacher_s = time.perf_counter() - t0
-        rng, archs = np.random.default_rng(0), {}
-        while len(archs) < n_evals:
-            arch = task.space.arch(task.space.sample(rng))
-            archs[arch.key()] = arch
-        t0 = time.perf_counter()
-        ray.get([svc.evaluate.remote(task, a) for a in archs.values()], timeout=3600)
-        minutes = (time.perf_counter() - t0) / 60
-        records = [json.loads((c / "teachers" / teacher_key(task) / "train.json").read_text())
-                   for c in caches if (c / "teachers" / teacher_key(task) / "train.json").is_file()]
-        size = sum(p.stat().st_size for p in (caches[0] / "teachers" / teacher_key(task)).glob("model.pt"))
-        return {"nodes": n_nodes, "evals_per_min": n_evals / minutes, "teacher_s": teacher_s,
-                "trained_on_nodes": sum("received" not in r for r in records),
-                "received_on_nodes": sum("received" in r for r in records), "teacher_bytes": size}
+        with evaluation_service(work / f"run{n_nodes}", n_workers=n_nodes, name=f"bench-{n_nodes}",
+                                worker_spec={"num_cpus": 1}) as client:
+            svc = client.handle
+            ray.get(svc.placement.remote(), timeout=300)
+            task = tiny_task(proxy_epochs=proxy_epochs)
+            t0 = time.perf_counter()
+            ray.get(svc.teacher_stats.remote(task), timeout=3600)
+            teacher_s = time.perf_counter() - t0
+            rng, archs = np.random.default_rng(0), {}
+            while len(archs) < n_evals:
+                arch = task.space.arch(task.space.sample(rng))
+                archs[arch.key()] = arch
+            t0 = time.perf_counter()
+            ray.get([svc.evaluate.remote(task, a) for a in archs.values()], timeout=3600)
+            minutes = (time.perf_counter() - t0) / 60
+            records = [json.loads((c / "teachers" / teacher_key(task) / "train.json").read_text())
+                       for c in caches if (c / "teachers" / teacher_key(task) / "train.json").is_file()]
+            size = sum(p.stat().st_size for p in (caches[0] / "teachers" / teacher_key(task)).glob("model.pt"))
+            return {"nodes": n_nodes, "evals_per_min": n_evals / minutes, "teacher_s": teacher_s,
+                    "trained_on_nodes": sum("received" not in r for r in records),
+                    "received_on_nodes": sum("received" in r for r in records), "teacher_bytes": size}
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -113,4 +112,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -27,6 +27,7 @@ import torch
 from rcnas.config import AttackConfig, TrainConfig
 from rcnas.data.tensors import DataSplits, TensorData
 from rcnas.evaluation.robustness import robust_accuracy
+from rcnas.infra.cli import run_main
 from rcnas.models.builder import build_model
 from rcnas.models.teachers import get_teacher
 from rcnas.space.arch import InputShape
@@ -121,4 +122,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

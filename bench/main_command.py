@@ -13,6 +13,8 @@ import sys
 import tempfile
 import time
 
+from rcnas.infra.cli import run_main
+
 
 def main() -> None:
     out = tempfile.mkdtemp(prefix="rcnas-bench-")
@@ -25,4 +27,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

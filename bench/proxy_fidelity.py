@@ -27,7 +27,8 @@ from scipy.stats import kendalltau, spearmanr
 
 from rcnas.data.registry import load_splits
 from rcnas.distributed.resources import ensure_ray
-from rcnas.distributed.service import start_service
+from rcnas.distributed.service import evaluation_service
+from rcnas.infra.cli import run_main
 from rcnas.infra.configio import eps_label
 from rcnas.space.arch import ArchSpec
 from rcnas.space.space import CompressionSpace
@@ -114,28 +115,30 @@ def main() -> None:
     task = load_task(args.task)
     archs = pick_subnets(task.space, args.subnets)
     ensure_ray(num_cpus=args.workers)
-    svc = start_service(Path(tempfile.mkdtemp(prefix="rcnas-fidelity-")), n_workers=args.workers,
-                        name="bench-fidelity", cpus_per_worker=0.5)
-    t0 = time.perf_counter()
-    refs = [truth.remote(task, a, s) for s in range(args.truth_seeds) for a in archs]
-    runs = np.asarray(ray.get(refs)).reshape(args.truth_seeds, len(archs))
-    t_truth = time.perf_counter() - t0
-    true = runs.mean(0)
-    truth_noise = 100 * float(np.abs(runs - true).mean()) if args.truth_seeds > 1 else float("nan")
-    rows = []
-    for name in names:
-        update = SETTINGS[name]
-        variant = task.replace(proxy=task.config.proxy.model_copy(update=update))
-        ray.get(svc.teacher_stats.remote(variant))  # the (super)net once, before anything is timed
+    with evaluation_service(Path(tempfile.mkdtemp(prefix="rcnas-fidelity-")), n_workers=args.workers,
+                            name="bench-fidelity", cpus_per_worker=0.5) as client:
+        svc = client.handle
         t0 = time.perf_counter()
-        out = ray.get([svc.evaluate.remote(variant, a, seed) for seed in (0, 1) for a in archs])
-        secs = (time.perf_counter() - t0) * args.workers / len(out)
-        s0 = np.asarray([o.metrics.robust_acc for o in out[: len(archs)]])
-        s1 = np.asarray([o.metrics.robust_acc for o in out[len(archs):]])
-        for label, score, cost in ((name, s0, secs), (f"{name}, mean of 2 seeds", (s0 + s1) / 2, 2 * secs)):
-            rows.append((label, kendalltau(score, true)[0], spearmanr(score, true)[0],
-                         kendalltau(score, runs[0])[0], 100 * score.std(), 100 * float(np.abs(s0 - s1).mean()), cost))
-        print(f"done: {name}", flush=True)
+        refs = [truth.remote(task, a, s) for s in range(args.truth_seeds) for a in archs]
+        runs = np.asarray(ray.get(refs)).reshape(args.truth_seeds, len(archs))
+        t_truth = time.perf_counter() - t0
+        true = runs.mean(0)
+        truth_noise = 100 * float(np.abs(runs - true).mean()) if args.truth_seeds > 1 else float("nan")
+        rows = []
+        for name in names:
+            update = SETTINGS[name]
+            variant = task.replace(proxy=task.config.proxy.model_copy(update=update))
+            ray.get(svc.teacher_stats.remote(variant))  # the (super)net once, before anything is timed
+            t0 = time.perf_counter()
+            out = ray.get([svc.evaluate.remote(variant, a, seed) for seed in (0, 1) for a in archs])
+            secs = (time.perf_counter() - t0) * args.workers / len(out)
+            s0 = np.asarray([o.metrics.robust_acc for o in out[: len(archs)]])
+            s1 = np.asarray([o.metrics.robust_acc for o in out[len(archs):]])
+            for label, score, cost in ((name, s0, secs), (f"{name}, mean of 2 seeds", (s0 + s1) / 2, 2 * secs)):
+                noise = 100 * float(np.abs(s0 - s1).mean())
+                rows.append((label, kendalltau(score, true)[0], spearmanr(score, true)[0],
+                             kendalltau(score, runs[0])[0], 100 * score.std(), noise, cost))
+            print(f"done: {name}", flush=True)
     cfg = task.config
     print(f"\n{task.name}: {len(archs)} sub-networks, truth = mean of {args.truth_seeds} seeds of "
           f"{cfg.training.epochs:g}-epoch {cfg.training.loss} from scratch + {cfg.attack.name}-{cfg.attack.steps} "
@@ -155,4 +158,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

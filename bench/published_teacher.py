@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from rcnas.infra.cli import run_main
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -55,11 +57,10 @@ def main() -> None:
     # setup (not timed): data, checkpoint, task
     per_class = max(a.n_stats // 10 * 25 // 10, 40)  # val_fraction 0.04 of the training pool >= n_stats
     child(f"""
-import sys, torch
-sys.path.insert(0, {str(ROOT / 'tests')!r})
+import torch
 from pathlib import Path
 from rcnas.data.synthetic import write_cifar10
-from test_published_teachers import robustbench_module, randomise
+from rcnas.models.reference import robustbench_module, randomise
 write_cifar10(Path({str(work / 'data')!r}), train_per_class={per_class * 10}, test_per_class={max(a.n_aa // 10, 10)})
 net = randomise(robustbench_module("wide_resnet").WideResNet(depth={a.depth}, widen_factor={a.widen}))
 torch.save(net.state_dict(), {str(work / 'wrn.pt')!r})
@@ -121,4 +122,4 @@ print(json.dumps(asdict(runner.teacher_stats(task))))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

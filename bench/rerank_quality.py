@@ -22,22 +22,21 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import ray
-
 from agents.config import task_path
 from rcnas.distributed.resources import ensure_ray
-from rcnas.distributed.service import RayEvaluator, start_service
+from rcnas.distributed.service import RayEvaluator, evaluation_service
 from rcnas.evaluation.command import run_jobs
 from rcnas.evaluation.final import EvalJob, FinalResult
+from rcnas.infra.cli import run_main
 from rcnas.infra.configio import eps_label
-from rcnas.infra.errors import RcnasError
+from rcnas.infra.errors import ConfigError
 from rcnas.search.candidates import Candidate
+from rcnas.search.quality import mean_sd, scored
 from rcnas.search.rerank import rerank
 from rcnas.search.table import Scorer, TableEvaluator, open_table
 from rcnas.task import Task, load_task
@@ -67,12 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def top_candidates(task: Task, table_file: str, k: int) -> list[Candidate]:
     """The task's ``k`` best sub-networks by the table's proxy reward, as a search's candidates."""
     ev = TableEvaluator(open_table(table_file, task))
-    scorer = Scorer(task, ev)
-    out = []
-    for i, (reward, row) in enumerate(scorer.ranked[:k]):
-        metrics = ev.evaluate(task, row.arch).metrics
-        out.append(Candidate(i, task.name, row.arch, metrics, reward, task.budget, scorer.teacher.robust_acc))
-    return out
+    for _, row in Scorer(task, ev).ranked[:k]:
+        ev.evaluate(task, row.arch)
+    return scored(ev.requests, task, ev.teacher_stats(task))
 
 
 def training_twin(tasks: list[Task]) -> None:
@@ -82,7 +78,7 @@ def training_twin(tasks: list[Task]) -> None:
     for t in tasks[1:]:
         if (t.config.training != first.training or t.config.dataset != first.dataset
                 or t.config.attack.epsilon != first.attack.epsilon):
-            raise RcnasError(f"{t.name} trains or attacks differently from {tasks[0].name}: measure it in its own run")
+            raise ConfigError(f"{t.name} trains or attacks differently from {tasks[0].name}: measure it in its own run")
 
 
 def kendall_tau(a: list[float], b: list[float]) -> float:
@@ -96,53 +92,47 @@ def kendall_tau(a: list[float], b: list[float]) -> float:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if min(args.top_k, args.repeats, args.train_seeds) < 1 or args.epochs <= 0:
-        print("error: --top-k, --repeats and --train-seeds must be at least 1 and --epochs above 0 "
-              f"(got {args.top_k}, {args.repeats}, {args.train_seeds}, {args.epochs:g})", file=sys.stderr)
-        return 2
+        raise ConfigError("--top-k, --repeats and --train-seeds must be at least 1 and --epochs above 0 "
+                          f"(got {args.top_k}, {args.repeats}, {args.train_seeds}, {args.epochs:g})")
     t_start = time.perf_counter()
     table_file = str(Path(args.table).resolve())
-    try:
-        tasks = [load_task(task_path(t)) for t in args.tasks.split(",")]
-        training_twin(tasks)
-        tops = {t.name: top_candidates(t, table_file, args.top_k) for t in tasks}
-    except (RcnasError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    tasks = [load_task(task_path(t)) for t in args.tasks.split(",")]
+    training_twin(tasks)
+    tops = {t.name: top_candidates(t, table_file, args.top_k) for t in tasks}
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray(verbose=False)  # library noise silenced in every worker
-    service = start_service(out, n_workers=args.workers, name=SERVICE)  # held: the actor lives with it
-    evaluator = RayEvaluator(SERVICE, client="rerank")
-    # the candidates at the default fidelity, live and side by side with the re-ranking: the cost ratio is measured
-    # under the same conditions, and the table's figures are checked against the live proxy on the way
-    with ThreadPoolExecutor(max_workers=2 * args.top_k) as pool:
-        live = {t.name: list(pool.map(lambda c, t=t: evaluator.evaluate(t, c.arch).metrics, tops[t.name]))
-                for t in tasks}
-    proxy_seconds = statistics.fmean(m.seconds for ms in live.values() for m in ms)
-    # a task of the table's first attack derives the table's seeds: its figures must be equal; the other columns
-    # were measured on that task's fine-tuned network, while a live task of their attack derives its own seed, so
-    # they differ by the proxy's seed-to-seed noise (measured here)
-    same: list[bool] = []
-    noise: list[float] = []
-    for t in tasks:
-        table = open_table(table_file, t)
-        first = table.columns[0] == table.column_for(t)
-        for m, c in zip(live[t.name], tops[t.name]):
-            if first:
-                same.append(abs(m.robust_acc - c.metrics.robust_acc) < 1e-6)
-            else:
-                noise.append(abs(m.robust_acc - c.metrics.robust_acc) * 100)
-    t0 = time.perf_counter()
-    hi: dict[str, dict[str, Candidate]] = {}
-    for t in tasks:
-        pairs = rerank(t, tops[t.name], evaluator, args.top_k, args.epochs, args.repeats)
-        hi[t.name] = {lo.arch.key(): h for lo, h in pairs}
-        print(f"{t.name}: re-ranked {len(pairs)} candidates", flush=True)
-    t_rerank = time.perf_counter() - t0
-    hi_seconds = sum(c.metrics.seconds for cands in hi.values() for c in cands.values())
-    # the search is over: free the evaluation workers' CPUs/GPUs for the full trainings (held, they leave the
-    # trainings fewer cores than there are)
-    ray.kill(service)
+    with evaluation_service(out, n_workers=args.workers, name=SERVICE):  # ends before the full trainings
+        evaluator = RayEvaluator(SERVICE, client="rerank")
+        # the candidates at the default fidelity, live and side by side with the re-ranking: the cost ratio is measured
+        # under the same conditions, and the table's figures are checked against the live proxy on the way
+        with ThreadPoolExecutor(max_workers=2 * args.top_k) as pool:
+            live = {t.name: list(pool.map(lambda c, t=t: evaluator.evaluate(t, c.arch).metrics, tops[t.name]))
+                    for t in tasks}
+        proxy_seconds = statistics.fmean(m.seconds for ms in live.values() for m in ms)
+        # a task of the table's first attack derives the table's seeds: its figures must be equal; the other columns
+        # were measured on that task's fine-tuned network, while a live task of their attack derives its own seed, so
+        # they differ by the proxy's seed-to-seed noise (measured here)
+        same: list[bool] = []
+        noise: list[float] = []
+        for t in tasks:
+            table = open_table(table_file, t)
+            first = table.columns[0] == table.column_for(t)
+            for m, c in zip(live[t.name], tops[t.name]):
+                if first:
+                    same.append(abs(m.robust_acc - c.metrics.robust_acc) < 1e-6)
+                else:
+                    noise.append(abs(m.robust_acc - c.metrics.robust_acc) * 100)
+        t0 = time.perf_counter()
+        hi: dict[str, dict[str, Candidate]] = {}
+        for t in tasks:
+            pairs = rerank(t, tops[t.name], evaluator, args.top_k, args.epochs, args.repeats)
+            hi[t.name] = {lo.arch.key(): h for lo, h in pairs}
+            print(f"{t.name}: re-ranked {len(pairs)} candidates", flush=True)
+        t_rerank = time.perf_counter() - t0
+        hi_seconds = sum(c.metrics.seconds for cands in hi.values() for c in cands.values())
+    # the search is over: its block has freed the evaluation workers' CPUs/GPUs for the full trainings (held, they
+    # would leave the trainings fewer cores than there are)
     jobs: dict[str, EvalJob] = {}
     for t in tasks:
         for c in tops[t.name]:
@@ -186,7 +176,8 @@ def task_row(task: Task, top: list[Candidate], hi: dict[str, Candidate], results
 
 
 def _ms(xs: list[float]) -> str:
-    return f"{statistics.fmean(xs):.1f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.1f}"
+    m, sd = mean_sd(xs)
+    return f"{m:.1f} ± {sd:.1f}"
 
 
 def render(args: argparse.Namespace, tasks: list[Task], rows: list[dict[str, Any]], results: dict[str, FinalResult],
@@ -229,4 +220,4 @@ def render(args: argparse.Namespace, tasks: list[Task], rows: list[dict[str, Any
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

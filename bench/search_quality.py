@@ -16,7 +16,6 @@ on the same folder reuses every evaluation, the meta checkpoint and finished fin
 from __future__ import annotations
 
 import argparse
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,56 +23,24 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import ray
-
 from agents.config import load_experiment, task_path
-from agents.ppo import build_ppo_config
-from agents.stages import module_dir, run_stage, train_until_distinct
+from agents.quality_runs import LiveRuns, fine_tune, meta_train
 from rcnas.distributed.resources import ensure_ray
-from rcnas.distributed.service import RayEvaluator, start_service
+from rcnas.distributed.service import RayEvaluator, evaluation_service
 from rcnas.evaluation.command import run_jobs
 from rcnas.evaluation.final import EvalJob, FinalResult
+from rcnas.infra.cli import run_main
 from rcnas.infra.configio import eps_label
+from rcnas.infra.errors import ConfigError
 from rcnas.infra.provenance import content_key
-from rcnas.proxy.records import ProxyMetrics, TeacherStats
-from rcnas.reward import task_reward
-from rcnas.search.quality import best_so_far, best_within, distinct, mean_sd, text_chart
+from rcnas.search.candidates import Candidate
+from rcnas.search.quality import best_so_far, best_within, held, mean_sd, scored, text_chart
 from rcnas.search.searchers import PPO_SEARCHERS, run_searcher, searcher_names
-from rcnas.space.arch import arch_from_dict
 from rcnas.task import Task, load_task, shared_grid
 
 SERVICE = "bench-search-quality"
-
-
-def meta_train(exp: Any, metas: list[str], grid: tuple[int, int], out: Path) -> dict[str, Any]:
-    """The rl searcher's one-off cost: meta-training on the experiment's task set (reused when already done)."""
-    record = out / f"meta-{agent_tag(exp)}.json"
-    if record.is_file():
-        return json.loads(record.read_text())
-    t0 = time.perf_counter()
-    client = f"rl-meta-{agent_tag(exp)}"
-    ckpt = run_stage(f"meta-{agent_tag(exp)}", build_ppo_config(exp, metas, SERVICE, grid=grid, client=client),
-                     exp.meta_iterations, out, no_tune=True, log=lambda m: None)
-    requests = client_requests(client)
-    info = {"checkpoint": ckpt, "seconds": time.perf_counter() - t0, "iterations": exp.meta_iterations,
-            "episodes": len(requests), "distinct": len({(r["task_name"], r["arch_key"]) for r in requests})}
-    record.write_text(json.dumps(info, indent=2))
-    return info
-
-
-def client_requests(client: str) -> list[dict[str, Any]]:
-    return RayEvaluator(SERVICE).requests(client)
-
-
-def run_ppo(exp: Any, target: str, task: Task, grid: tuple[int, int], client: str, n: int,
-            meta_checkpoint: str | None, patience: int = 5) -> None:
-    """PPO fine-tuning (from the meta policy, or from scratch) until it has made ``n`` distinct evaluations, or
-    until ``patience`` iterations in a row brought no new sub-network (the policy has converged: it repeats itself,
-    and repeats cost nothing and add nothing), or ``4 n / M`` iterations."""
-    config = build_ppo_config(exp, [target], SERVICE, grid=grid, client=client,
-                              load_module_from=module_dir(meta_checkpoint) if meta_checkpoint else None)
-    train_until_distinct(config, n, exp.M, lambda: len(distinct(client_requests(client), task.name)), client,
-                         patience)
+Picks = dict[tuple[str, str, int, int], tuple[Candidate, int]]
+"""(searcher, task name, seed, N) -> the pick among the first N distinct evaluations, and how many were made"""
 
 
 def agent_tag(exp: Any) -> str:
@@ -81,8 +48,8 @@ def agent_tag(exp: Any) -> str:
     return content_key([exp.M, exp.meta_iterations, exp.ppo.model_dump(), exp.model.model_dump()])[:6]
 
 
-def search(name: str, exp: Any, target: str, seed: int, n: int, grid: tuple[int, int],
-           meta_checkpoint: str | None, finished: Path) -> str:
+def search(name: str, exp: Any, target: str, seed: int, n: int, runs: LiveRuns, meta_checkpoint: str | None,
+           finished: Path) -> str:
     """One search; its request log in the store is its result. Skipped when a previous run finished it (a PPO
     search that converged before ``n`` distinct evaluations is finished too: rerunning it would change it)."""
     task = load_task(target)
@@ -90,8 +57,8 @@ def search(name: str, exp: Any, target: str, seed: int, n: int, grid: tuple[int,
     if client in _finished(finished):
         return client
     if name in PPO_SEARCHERS:
-        run_ppo(exp.model_copy(update={"seed": seed}), target, task, grid, client, n,
-                meta_checkpoint if name == "rl" else None)
+        fine_tune(runs, exp.model_copy(update={"seed": seed}), target, client, n,
+                  meta_checkpoint if name == "rl" else None)
     else:
         run_searcher(name, task, RayEvaluator(SERVICE, client=client), n, seed)
     with _LOCK:
@@ -104,15 +71,6 @@ _LOCK = threading.Lock()  # baselines finish on several threads
 
 def _finished(path: Path) -> set[str]:
     return set(path.read_text().split()) if path.is_file() else set()
-
-
-def scored(client: str, task: Task, teacher: TeacherStats) -> list[dict[str, Any]]:
-    """The client's distinct evaluations of ``task`` with their rewards, in order."""
-    rows = distinct(client_requests(client), task.name)
-    for r in rows:
-        m = ProxyMetrics(**r["metrics"])
-        r["robust_acc"], r["macs"], r["reward"] = m.robust_acc, m.macs, task_reward(task, m, teacher)
-    return rows
 
 
 def parse_args() -> argparse.Namespace:
@@ -133,42 +91,42 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def run_searches(exp: Any, searchers: list[str], held_out: list[str], seeds: int, n: int, grid: tuple[int, int],
+def run_searches(exp: Any, searchers: list[str], held_out: list[str], seeds: int, n: int, runs: LiveRuns,
                  meta: dict[str, Any] | None, out: Path) -> dict[tuple[str, str, int], str]:
     """Every (searcher, held-out task, seed) search, skipping finished ones; returns each one's store client."""
     # PPO runs one at a time (each keeps every evaluation worker busy through its env runners); the sequential
     # baselines run side by side, one per evaluation worker, so that they use the workers too
-    runs: dict[tuple[str, str, int], str] = {}
+    clients: dict[tuple[str, str, int], str] = {}
     finished = out / "finished-searches.txt"
     jobs = [(s, t, seed) for t in held_out for seed in range(seeds) for s in searchers
             if not (s in ("compound", "uniform") and seed > 0)]  # deterministic rules: one run each
     for key in [j for j in jobs if j[0] in PPO_SEARCHERS]:
-        runs[key] = search(key[0], exp, key[1], key[2], n, grid, meta and meta["checkpoint"], finished)
-        print(f"done: {runs[key]}", flush=True)
+        clients[key] = search(key[0], exp, key[1], key[2], n, runs, meta and meta["checkpoint"], finished)
+        print(f"done: {clients[key]}", flush=True)
     n_workers = RayEvaluator(SERVICE).stats()["workers"]
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        futures = {key: pool.submit(search, key[0], exp, key[1], key[2], n, grid, None, finished)
+        futures = {key: pool.submit(search, key[0], exp, key[1], key[2], n, runs, None, finished)
                    for key in jobs if key[0] not in PPO_SEARCHERS}
         for key, f in futures.items():
-            runs[key] = f.result()
-            print(f"done: {runs[key]}", flush=True)
-    return runs
+            clients[key] = f.result()
+            print(f"done: {clients[key]}", flush=True)
+    return clients
 
 
-def collect_picks(runs: dict[tuple[str, str, int], str], tasks: dict[str, Task], budgets: list[int],
-                  searchers: list[str]) -> tuple[dict, dict[str, list[list[float]]]]:
+def collect_picks(clients: dict[tuple[str, str, int], str], tasks: dict[str, Task], budgets: list[int],
+                  searchers: list[str], runs: LiveRuns) -> tuple[Picks, dict[str, list[list[float]]]]:
     """The pick of every search at every N, and its best-so-far reward curve."""
     teacher = {t: RayEvaluator(SERVICE).teacher_stats(task) for t, task in tasks.items()}
-    picks: dict[tuple[str, str, int, int], dict[str, Any]] = {}
+    picks: Picks = {}
     curves: dict[str, list[list[float]]] = {s: [] for s in searchers}
-    for (s, t, seed), client in runs.items():
-        rows = scored(client, tasks[t], teacher[t])
+    for (s, t, seed), client in clients.items():
+        found = scored(runs.requests(client), tasks[t], teacher[t])
         for n in budgets:
-            best = best_within(rows, n, lambda r: r["reward"])
+            best = best_within(found, n, lambda c: c.reward)
             if best is not None:
-                picks[s, tasks[t].name, seed, n] = {**best, "made": min(n, len(rows))}
+                picks[s, tasks[t].name, seed, n] = (best, min(n, len(found)))
         # rewards are ratios to the task's teacher, so curves of different tasks can be averaged
-        curves[s].append(best_so_far([r["reward"] for r in rows][: budgets[-1]]))
+        curves[s].append(best_so_far([c.reward for c in found][: budgets[-1]]))
     return picks, curves
 
 
@@ -183,34 +141,35 @@ def main() -> None:
     tasks = {t: load_task(t) for t in held_out}
     meta_tasks = [load_task(m) for m in metas]
     if overlap := {t.name for t in tasks.values()} & {t.name for t in meta_tasks}:
-        raise SystemExit(f"--held-out {sorted(overlap)} are meta-training tasks of {args.experiment}; pick others")
+        raise ConfigError(f"--held-out {sorted(overlap)} are meta-training tasks of {args.experiment}; pick others")
     budgets = sorted(int(x) for x in args.n.split(","))
     searchers = args.searchers.split(",")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray()
-    service = start_service(out, n_workers=args.workers, name=SERVICE)  # held: the actor lives with it
-    action_grid = shared_grid(meta_tasks + list(tasks.values()))
-    grid = (action_grid.max_depth, action_grid.max_width)
-    meta = meta_train(exp, metas, grid, out) if "rl" in searchers else None
-    if meta:
-        print(f"meta-training: {meta['seconds']:.0f} s, {meta['iterations']} iterations, {meta['episodes']} "
-              f"episodes, {meta['distinct']} distinct evaluations", flush=True)
-    t0 = time.perf_counter()
-    runs = run_searches(exp, searchers, held_out, args.seeds, budgets[-1], grid, meta, out)
-    t_search = time.perf_counter() - t0
-    picks, curves = collect_picks(runs, tasks, budgets, searchers)
-    lines = [results_table(picks, searchers, [tasks[t].name for t in held_out], budgets, args.seeds), "",
-             "Scored with: " + "; ".join(
-                 f"{t.name} = {t.config.attack.name}-{t.config.attack.steps} eps {eps_label(t.config.attack.epsilon)} "
-                 f"on the first {t.config.proxy.val_examples} validation images" for t in tasks.values())]
-    lines += ["", "Best-so-far reward (mean over tasks and seeds) against distinct evaluations:", "", "```",
-              text_chart({s: mean_curve(curves[s], budgets[-1]) for s in searchers}), "```"]
-    print("\n".join(lines), flush=True)
+    with evaluation_service(out, n_workers=args.workers, name=SERVICE):  # ends before the final trainings
+        action_grid = shared_grid(meta_tasks + list(tasks.values()))
+        runs = LiveRuns(SERVICE, (action_grid.max_depth, action_grid.max_width))
+        meta = None
+        if "rl" in searchers:
+            meta = meta_train(runs, exp, metas, out, f"meta-{agent_tag(exp)}", f"rl-meta-{agent_tag(exp)}")
+            print(f"meta-training: {meta['seconds']:.0f} s, {meta['iterations']} iterations, {meta['episodes']} "
+                  f"episodes, {meta['distinct']} distinct evaluations", flush=True)
+        t0 = time.perf_counter()
+        clients = run_searches(exp, searchers, held_out, args.seeds, budgets[-1], runs, meta, out)
+        t_search = time.perf_counter() - t0
+        picks, curves = collect_picks(clients, tasks, budgets, searchers, runs)
+        lines = [results_table(picks, searchers, [tasks[t].name for t in held_out], budgets, args.seeds), "",
+                 "Scored with: " + "; ".join(
+                     f"{t.name} = {t.config.attack.name}-{t.config.attack.steps} eps "
+                     f"{eps_label(t.config.attack.epsilon)} "
+                     f"on the first {t.config.proxy.val_examples} validation images" for t in tasks.values())]
+        lines += ["", "Best-so-far reward (mean over tasks and seeds) against distinct evaluations:", "", "```",
+                  text_chart({s: mean_curve(curves[s], budgets[-1]) for s in searchers}), "```"]
+        print("\n".join(lines), flush=True)
     if args.final_n:
-        # the search is over: free the evaluation workers' CPUs/GPUs for the final trainings (held, they left the
-        # final jobs a single core here, so that 22 jobs ran one after another: 33 min instead of about 17)
-        ray.kill(service)
+        # the search's block has freed the evaluation workers' CPUs/GPUs for the final trainings (held, they left
+        # the final jobs a single core here, so that 22 jobs ran one after another: 33 min instead of about 17)
         final = final_evaluation(picks, args.final_n, tasks, exp, out)
         lines += ["", final_table(final, searchers, [tasks[t].name for t in held_out])]
     total = time.perf_counter() - t_start
@@ -228,11 +187,11 @@ def main() -> None:
 
 def mean_curve(curves: list[list[float]], n: int) -> list[float]:
     """Mean over runs of best-so-far; a run that stopped early (a converged PPO) keeps its last value."""
-    runs = [c + [c[-1]] * (n - len(c)) for c in curves if c]
+    runs = [held(c, n) for c in curves if c]
     return [sum(r[i] for r in runs) / len(runs) for i in range(n)] if runs else []
 
 
-def results_table(picks: dict, searchers: list[str], task_names: list[str], budgets: list[int], seeds: int) -> str:
+def results_table(picks: Picks, searchers: list[str], task_names: list[str], budgets: list[int], seeds: int) -> str:
     head = "| searcher | task | " + " | ".join(f"N={n}: val robust acc (reward)" for n in budgets) + " |"
     out = [head, "|" + "---|" * (2 + len(budgets))]
     for s in searchers:
@@ -241,9 +200,9 @@ def results_table(picks: dict, searchers: list[str], task_names: list[str], budg
             cells = []
             for n in budgets:
                 got = [picks[s, t, seed, n] for seed in range(seeds) if (s, t, seed, n) in picks]
-                acc, acc_sd = mean_sd([g["robust_acc"] * 100 for g in got])
-                rew, _ = mean_sd([g["reward"] for g in got])
-                short = min((g["made"] for g in got), default=0) < n
+                acc, acc_sd = mean_sd([c.robust_acc * 100 for c, _ in got])
+                rew, _ = mean_sd([c.reward for c, _ in got])
+                short = min((made for _, made in got), default=0) < n
                 cells.append(f"{acc:.1f} ± {acc_sd:.1f} ({rew:.3f}){' †' if short else ''}")
                 per_task[n].append((acc, rew))
             out.append(f"| {s} | {t} | " + " | ".join(cells) + " |")
@@ -257,17 +216,17 @@ def results_table(picks: dict, searchers: list[str], task_names: list[str], budg
     return "\n".join(out) + "\n\n_" + note + "_"
 
 
-def final_evaluation(picks: dict, n: int, tasks: dict[str, Task], exp: Any, out: Path) -> list[FinalResult]:
+def final_evaluation(picks: Picks, n: int, tasks: dict[str, Task], exp: Any, out: Path) -> list[FinalResult]:
     """The N=n picks trained from scratch (task recipe) and attacked on the test split; one job per distinct
     (task, sub-network), finished ones reused from the folder's results.json."""
     by_name = {t.name: t for t in tasks.values()}
     folder = out / f"final-N{n}"
     jobs: dict[str, EvalJob] = {}
     who: dict[str, list[tuple[str, int]]] = {}
-    for (s, t, seed, m), pick in picks.items():
+    for (s, t, seed, m), (pick, _) in picks.items():
         if m != n:
             continue
-        arch = arch_from_dict(pick["arch"])
+        arch = pick.arch
         name = f"{t}/{arch.short().replace(' ', '_')}"
         who.setdefault(name, []).append((s, seed))
         jobs[name] = EvalJob(name, arch, by_name[t], tuple(exp.final_eval.attacks), str(folder),
@@ -298,4 +257,4 @@ def final_table(final: list[FinalResult], searchers: list[str], task_names: list
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -19,7 +19,8 @@ import ray
 import torch
 
 from rcnas.distributed.resources import ensure_ray
-from rcnas.distributed.service import start_service
+from rcnas.distributed.service import evaluation_service
+from rcnas.infra.cli import run_main
 from rcnas.proxy.local import ProxyRunner, eval_key
 from rcnas.proxy.store import EvaluationStore
 from rcnas.task import load_task
@@ -47,19 +48,21 @@ def main() -> None:
     ensure_ray(num_cpus=2)
     tmp = Path(tempfile.mkdtemp(prefix="rcnas-bench-"))
     for n in (1, 2):
-        svc = start_service(tmp / f"run{n}", n_workers=n, cache_dir=args.cache, name=f"bench-{n}", cpus_per_worker=1)
-        ray.get(svc.teacher_stats.remote(task))
-        ray.get([svc.placement.remote()])  # workers up before timing
-        t0 = time.perf_counter()
-        out = ray.get([svc.evaluate.remote(task, a) for a in archs])
-        rows.append((f"service, {n} worker{'s' * (n > 1)}", time.perf_counter() - t0))
-        assert all(not o.cached for o in out)
-        if n == 1:
-            same = sum(o.metrics.robust_acc == s.robust_acc for o, s in zip(out, seq))
+        with evaluation_service(tmp / f"run{n}", n_workers=n, cache_dir=args.cache, name=f"bench-{n}",
+                                cpus_per_worker=1) as client:
+            svc = client.handle
+            ray.get(svc.teacher_stats.remote(task))
+            ray.get([svc.placement.remote()])  # workers up before timing
             t0 = time.perf_counter()
-            for _ in range(20):
-                ray.get([svc.evaluate.remote(task, a) for a in archs])
-            svc_lookups = 20 * len(archs) / (time.perf_counter() - t0)
+            out = ray.get([svc.evaluate.remote(task, a) for a in archs])
+            rows.append((f"service, {n} worker{'s' * (n > 1)}", time.perf_counter() - t0))
+            assert all(not o.cached for o in out)
+            if n == 1:
+                same = sum(o.metrics.robust_acc == s.robust_acc for o, s in zip(out, seq))
+                t0 = time.perf_counter()
+                for _ in range(20):
+                    ray.get([svc.evaluate.remote(task, a) for a in archs])
+                svc_lookups = 20 * len(archs) / (time.perf_counter() - t0)
     store = EvaluationStore(tmp / "run1" / "evaluations.sqlite")
     keys = [eval_key(task, a) for a in archs]
     t0 = time.perf_counter()
@@ -82,4 +85,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,13 +29,13 @@ from typing import Any
 import ray
 
 from agents.config import load_experiment, task_path
-from agents.ppo import build_ppo_config
-from agents.stages import module_dir, train_iterations, train_until_distinct
+from agents.quality_runs import TableRuns, fine_tune, meta_train
 from rcnas.distributed.resources import ensure_ray
-from rcnas.infra.errors import RcnasError
-from rcnas.search.quality import best_so_far, text_chart
+from rcnas.infra.cli import run_main
+from rcnas.infra.errors import ConfigError
+from rcnas.search.quality import best_so_far, ci95, held, scored, text_chart
 from rcnas.search.searchers import run_searcher
-from rcnas.search.table import Scorer, TableEvaluator, open_table, requests_of
+from rcnas.search.table import Scorer, TableEvaluator, open_table
 from rcnas.task import Task, load_task, shared_grid
 
 PPO_VARIANTS = {"rl": (True, True), "ppo-scratch": (False, True), "rl-repeats": (True, False),
@@ -61,47 +59,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def distinct_rewards(requests: list[dict[str, Any]], scorer: Scorer) -> list[float]:
-    """The reward of each distinct sub-network of the scorer's task, in the order first asked for."""
-    seen: set[str] = set()
-    out = []
-    for r in requests:
-        if r["task_name"] == scorer.task.name and r["arch_key"] not in seen:
-            seen.add(r["arch_key"])
-            m = r["metrics"]
-            out.append(scorer.reward(m.robust_acc, m.macs, m.ok))
-    return out
-
-
-def meta_train(exp: Any, metas: list[str], grid: tuple[int, int], table: str, out: Path) -> dict[str, Any]:
-    """The rl searcher's one-off meta-training on the experiment's tasks, answered from the table (reused)."""
-    record = out / "meta.json"
-    if record.is_file():
-        return json.loads(record.read_text())
-    t0 = time.perf_counter()
-    algo = build_ppo_config(exp, metas, "", grid=grid, client="meta", table=table).build_algo()
-    try:
-        train_iterations(algo, exp.meta_iterations, "meta", lambda m: None)
-        ckpt = str((out / "meta-checkpoint").resolve())
-        algo.save_to_path(ckpt)
-    finally:
-        algo.stop()
-    info = {"checkpoint": ckpt, "seconds": time.perf_counter() - t0, "iterations": exp.meta_iterations,
-            "episodes": len(requests_of("meta"))}
-    record.write_text(json.dumps(info, indent=2))
-    return info
-
-
-def run_ppo(exp: Any, target: str, grid: tuple[int, int], table: str, client: str, n: int, meta: str | None,
-            avoid_repeats: bool, patience: int = 5) -> None:
-    """PPO fine-tuning until ``n`` distinct evaluations, or ``patience`` iterations without a new one (a converged
-    policy), or ``4 n / M`` iterations."""
-    config = build_ppo_config(exp.model_copy(update={"avoid_repeats": avoid_repeats}), [target], "", grid=grid,
-                              client=client, table=table, load_module_from=module_dir(meta) if meta else None)
-    train_until_distinct(config, n, exp.M, lambda: len({r["arch_key"] for r in requests_of(client)}), client,
-                         patience)
-
-
 def one_search(s: str, task_file: str, seed: int, exp: Any, grid: tuple[int, int], table: str, n: int,
                meta: str | None) -> tuple[list[float], float]:
     """One search of at most ``n`` distinct evaluations: the reward of each distinct sub-network in the order asked
@@ -109,45 +66,30 @@ def one_search(s: str, task_file: str, seed: int, exp: Any, grid: tuple[int, int
     task = load_task(task_file)
     t0 = time.perf_counter()
     client = f"{s}/{task.name}/seed{seed}"
-    evaluator = TableEvaluator(open_table(table, task), client=client)
+    runs = TableRuns(open_table(table, task), grid)
     if s in PPO_VARIANTS:
-        run_ppo(exp.model_copy(update={"seed": seed}), task_file, grid, table, client, n, meta, PPO_VARIANTS[s][1])
+        fine_tune(runs, exp.model_copy(update={"seed": seed, "avoid_repeats": PPO_VARIANTS[s][1]}), task_file, client,
+                  n, meta)
     else:
-        run_searcher(s, task, evaluator, n, seed)
-    # through a function of an imported module: a module-level dict named here would travel by value with this
-    # function (Ray pickles __main__'s functions with their globals) and stay empty
-    rewards = distinct_rewards(requests_of(client, pop=True), Scorer(task, evaluator))
-    return rewards, time.perf_counter() - t0
-
-
-def ci95(xs: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% confidence interval (Student t; 0 for a single run)."""
-    from scipy.stats import t
-
-    m = statistics.fmean(xs)
-    if len(xs) < 2:
-        return m, 0.0
-    return m, float(t.ppf(0.975, len(xs) - 1)) * statistics.stdev(xs) / math.sqrt(len(xs))
+        run_searcher(s, task, runs.evaluator(client), n, seed)
+    found = scored(runs.requests(client), task, runs.evaluator(client).teacher_stats(task))
+    return [c.reward for c in found], time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
-    try:
-        exp, metas, _ = load_experiment(args.experiment)
-        held = [str(Path(task_path(t)).resolve()) for t in args.held_out.split(",")]
-        tasks = [load_task(t) for t in held]
-        table = open_table(args.table, tasks[0])
-        for t in [*tasks, *(load_task(m) for m in metas)]:
-            table.column_for(t)  # every task, meta ones included, must be answerable: refused before any work
-    except RcnasError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    exp, metas, _ = load_experiment(args.experiment)
+    held_out = [str(Path(task_path(t)).resolve()) for t in args.held_out.split(",")]
+    tasks = [load_task(t) for t in held_out]
+    table = open_table(args.table, tasks[0])
+    for t in [*tasks, *(load_task(m) for m in metas)]:
+        table.column_for(t)  # every task, meta ones included, must be answerable: refused before any work
     if overlap := {t.name for t in tasks} & {load_task(m).name for m in metas}:
-        print(f"error: --held-out {sorted(overlap)} are meta-training tasks of {args.experiment}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--held-out {sorted(overlap)} are meta-training tasks of {args.experiment}")
     table_file = str(Path(args.table).resolve())
-    # one process: the env lives in the driver (env_runners 0), so its table evaluator's requests are readable here
+    # one process: the env lives in the search's own process (env_runners 0), so the table evaluator handed to it is
+    # the one whose requests are read (agents/quality_runs.py)
     exp = exp.model_copy(update={"meta_iterations": args.meta_iterations, "env_runners": 0})
     budgets = sorted(int(x) for x in args.n.split(","))
     searchers = args.searchers.split(",")
@@ -158,13 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     ensure_ray(num_cpus=args.jobs, verbose=False)  # library noise silenced in every worker
     meta = None
     if any(PPO_VARIANTS.get(s, (False,))[0] for s in searchers):
-        meta = meta_train(exp, metas, grid, table_file, out)
+        meta = meta_train(TableRuns(table, grid), exp, metas, out, "meta", "meta")
         print(f"meta-training: {meta['seconds']:.0f} s, {meta['iterations']} iterations, {meta['episodes']} "
               "episodes (answered from the table)", flush=True)
     curves: dict[str, list[list[float]]] = {s: [] for s in searchers}
     ranks: dict[tuple[str, int], list[int]] = {}
     seconds: dict[str, float] = {s: 0.0 for s in searchers}
-    runs = [(s, task_file, seed) for task_file in held for s in searchers
+    runs = [(s, task_file, seed) for task_file in held_out for s in searchers
             for seed in range(1 if s in DETERMINISTIC else args.seeds)]
     # one Ray task per search, as many at once as there are CPUs (each is one process: PPO's env, learner and the
     # table all live in it)
@@ -173,15 +115,14 @@ def main(argv: list[str] | None = None) -> int:
                        meta["checkpoint"] if meta and PPO_VARIANTS.get(s, (False,))[0] else None)
             for s, f, seed in runs]
     results = dict(zip(runs, ray.get(refs)))
-    for task_file, task in zip(held, tasks):
+    for task_file, task in zip(held_out, tasks):
         scorer = Scorer(task, TableEvaluator(table))
         for s in searchers:
             for seed in range(1 if s in DETERMINISTIC else args.seeds):
                 rewards, spent = results[s, task_file, seed]
                 seconds[s] += spent
                 bsf = best_so_far(rewards[: budgets[-1]])
-                regret = [scorer.all[0] - b for b in bsf]
-                regret += [regret[-1]] * (budgets[-1] - len(regret))  # stopped early: keeps its last pick
+                regret = held([scorer.all[0] - b for b in bsf], budgets[-1])  # stopped early: keeps its last pick
                 # a deterministic rule gives the same run for every seed: it counts once per seed in the means
                 for _ in range(args.seeds if s in DETERMINISTIC else 1):
                     curves[s].append(regret)
@@ -251,4 +192,4 @@ def plot(curves: dict[str, list[list[float]]], path: Path, task_names: list[str]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rcnas.infra.cli import run_main
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,4 +51,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -18,6 +18,7 @@ from torch import nn
 from rcnas.config import DatasetConfig, TrainConfig
 from rcnas.data.registry import load_splits
 from rcnas.data.tensors import DataSplits
+from rcnas.infra.cli import run_main
 from rcnas.models.builder import build_model
 from rcnas.models.teachers import get_teacher
 from rcnas.space.arch import InputShape
@@ -86,4 +87,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

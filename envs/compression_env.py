@@ -139,9 +139,9 @@ class CompressionEnv(gym.Env):
 class RepeatMask:
     """The budget wall of one space minus the actions whose every completion was already finished.
 
-    Counts, per decided prefix, its feasible completions (memoised) and the finished ones: a prefix is exhausted
-    when they are equal. When the whole space is exhausted, the plain budget wall is returned (repeats are then the
-    only choice left)."""
+    Counts, per decided prefix, its feasible completions (one walk over the space, on first use) and the finished
+    ones: a prefix is exhausted when they are equal. When the whole space is exhausted, the plain budget wall is
+    returned (repeats are then the only choice left)."""
 
     def __init__(self, space: CompressionSpace) -> None:
         self.space = space
@@ -150,13 +150,11 @@ class RepeatMask:
         self._finished: set[tuple[int, ...]] = set()
 
     def total(self, prefix: tuple[int, ...]) -> int:
-        if prefix not in self._total:
-            if len(prefix) == self.space.n_stages:
-                self._total[prefix] = 1
-            else:
-                self._total[prefix] = sum(self.total(prefix + (int(a),))
-                                          for a in np.flatnonzero(self.space.mask(prefix)))
-        return self._total[prefix]
+        """How many finished sub-networks start with ``prefix`` (a valid one)."""
+        if not self._total:
+            for actions in self.space.completions():
+                _count_prefixes(self._total, actions)
+        return self._total.get(prefix, 0)
 
     def exhausted(self, prefix: tuple[int, ...]) -> bool:
         return self._done.get(prefix, 0) >= self.total(prefix)
@@ -165,8 +163,7 @@ class RepeatMask:
         if actions in self._finished:
             return
         self._finished.add(actions)
-        for k in range(len(actions) + 1):
-            self._done[actions[:k]] = self._done.get(actions[:k], 0) + 1
+        _count_prefixes(self._done, actions)
 
     def mask(self, prefix: tuple[int, ...]) -> np.ndarray:
         wall = self.space.mask(prefix)
@@ -176,3 +173,9 @@ class RepeatMask:
         for a in np.flatnonzero(wall):
             out[a] = not self.exhausted(prefix + (int(a),))
         return out if out.any() else wall
+
+
+def _count_prefixes(counts: dict[tuple[int, ...], int], actions: tuple[int, ...]) -> None:
+    """One more sequence under each prefix of ``actions`` (the empty one and ``actions`` itself included)."""
+    for k in range(len(actions) + 1):
+        counts[actions[:k]] = counts.get(actions[:k], 0) + 1

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from rcnas.proxy.fixtures import tiny_task  # noqa: F401 - the tests' tiny task, shared with bench
+
 ROOT = Path(__file__).resolve().parents[1]
 # Ray's token authentication stays on in tests too; its token goes to a throwaway home, not the user's ~/.ray
 os.environ["HOME"] = os.environ.get("RCNAS_TEST_HOME") or __import__("tempfile").mkdtemp(prefix="rcnas-test-home-")
@@ -63,21 +65,6 @@ def run_script(*args: str, timeout: int = 600, env: dict | None = None):
         tail = (exc.stderr or b"")[-3000:]
         pytest.fail(f"{' '.join(args)} did not end within {limit} s (about {timeout} s on an idle machine): a hang, "
                     f"not a slow machine; its stderr ended with:\n{tail.decode() if isinstance(tail, bytes) else tail}")
-
-
-def tiny_task(name: str = "tiny-real", proxy_epochs: float = 0.3, teacher: str = "tiny-222"):
-    """A real digits task (resolved) small enough for tests: 1-epoch teacher, a fraction of an epoch of fine-tuning."""
-    from rcnas.config import TaskConfig
-    from rcnas.task import resolve_task
-
-    return resolve_task(TaskConfig.model_validate({
-        "name": name, "dataset": {"name": "digits", "val_fraction": 0.25, "augment": False},
-        "teacher": teacher, "attack": {"name": "pgd", "epsilon": "1/10", "steps": 5, "step_size": "1/40"},
-        "budget": {"ratio": 0.5},
-        "training": {"loss": "pgd_at", "attack": {"name": "pgd", "epsilon": "1/10", "steps": 2, "step_size": "1/20"},
-                     "epochs": 1, "batch_size": 128, "lr": 0.1, "schedule": "cosine", "val_examples": 64},
-        "proxy": {"epochs": proxy_epochs, "val_examples": 64},
-    }))
 
 
 @pytest.fixture(scope="module")

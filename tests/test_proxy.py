@@ -68,7 +68,7 @@ def test_request_log_replays_each_clients_order_over_a_shared_store(tmp_path):
     ev.store.log_request("random", rb.key, task.name, rb.cached)
     ev.store.log_request("evolution", rb.key, task.name, True)
     log = ev.store.requests("random")
-    assert [r["arch_key"] for r in log] == [a.key(), b.key()]
-    assert log[0]["metrics"] == ra.metrics.to_dict()
-    assert [r["arch_key"] for r in ev.store.requests("evolution")] == [b.key()]
+    assert [r.arch_key for r in log] == [a.key(), b.key()]
+    assert log[0].metrics == ra.metrics
+    assert [r.arch_key for r in ev.store.requests("evolution")] == [b.key()]
     assert ev.store.requests("nobody") == []

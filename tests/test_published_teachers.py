@@ -10,7 +10,6 @@ name of its git version (``autoattack``), which the PyPI release we pin (``pyaut
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -22,37 +21,11 @@ from torch import nn
 from rcnas.infra.errors import ConfigError
 from rcnas.models.builder import build_model, inherit_weights
 from rcnas.models.imports import load_weights
+from rcnas.models.reference import randomise, robustbench_module
 from rcnas.task import load_task
 
 CIFAR10_NORM = {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2471, 0.2435, 0.2616]}
 CIFAR100_NORM = {"mean": [0.5071, 0.4865, 0.4409], "std": [0.2673, 0.2564, 0.2762]}
-
-
-def robustbench_module(name: str):
-    """``robustbench.model_zoo.architectures.<name>``, imported from its file (see the module docstring)."""
-    spec = importlib.util.find_spec("robustbench")
-    assert spec is not None and spec.origin, "robustbench is a dev dependency: pip install -e '.[dev]'"
-    path = Path(spec.origin).parent / "model_zoo" / "architectures" / f"{name}.py"
-    module_spec = importlib.util.spec_from_file_location(f"_robustbench_{name}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
-
-
-@torch.no_grad()
-def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights everywhere and random BN statistics (a freshly initialised BN is the identity in eval mode and
-    would hide a wrongly mapped one)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
-            m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
-            m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
-            m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
-        elif isinstance(m, nn.Linear) and m.bias is not None:
-            m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-    return model.eval()
 
 
 def teacher_yaml(path: Path, channels: list[int], depths: list[int], blocks: str = "basic_block",

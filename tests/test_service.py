@@ -40,7 +40,7 @@ def test_repeat_is_answered_from_the_store(ray_local, service):
     assert not first.cached and again.cached and again.metrics == first.metrics
     assert after["computed"] == before["computed"] and after["from_store"] == before["from_store"] + 1
     log = ray_local.get(svc.requests.remote("client-a"))
-    assert [r["cached"] for r in log] == [False, True] and {r["arch_key"] for r in log} == {arch.key()}
+    assert [r.cached for r in log] == [False, True] and {r.arch_key for r in log} == {arch.key()}
 
 
 def test_concurrent_identical_requests_compute_once(ray_local, service):

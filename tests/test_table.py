@@ -83,7 +83,7 @@ def test_table_round_trip_and_evaluator_answers(synth):
     assert ev.teacher_stats(cw).robust_acc == pytest.approx(0.6)
     pgd = task("digits-pgd-e20-t444-r35")
     assert ev.evaluate(pgd, arch).metrics.robust_acc == pytest.approx(row.robust["pgd20"], abs=1e-6)
-    assert [r["task_name"] for r in ev.requests] == [cw.name, cw.name, pgd.name]
+    assert [r.task_name for r in ev.requests] == [cw.name, cw.name, pgd.name]
 
 
 def test_table_evaluator_never_evaluates_live(synth):

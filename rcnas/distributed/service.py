@@ -28,7 +28,7 @@ from rcnas.distributed.resources import cluster_gpus
 from rcnas.infra.errors import EvaluationFailed
 from rcnas.proxy.keys import stats_key, store_fidelity, task_key, teacher_key
 from rcnas.proxy.local import eval_key
-from rcnas.proxy.records import Evaluation, TeacherStats
+from rcnas.proxy.records import Evaluation, Request, TeacherStats
 from rcnas.proxy.store import EvaluationStore
 from rcnas.space.arch import ArchSpec
 from rcnas.task import Task
@@ -133,7 +133,7 @@ class EvaluationService:
         """Every stored evaluation of a task key at a fidelity (arch and metrics as plain dicts)."""
         return list(self.store.rows(task, fidelity))
 
-    def requests(self, client: str) -> list[dict[str, Any]]:
+    def requests(self, client: str) -> list[Request]:
         """``client``'s evaluation requests in order, with their metrics."""
         return self.store.requests(client)
 
@@ -165,7 +165,7 @@ def _read_imported(task: Task) -> dict[str, Any]:
     return {"state": model.state_dict(), "record": {"seconds": 0.0, "imported": w.path, "sha256": w.sha256, **info}}
 
 
-def start_service(run_dir: str | Path, n_workers: Optional[int] = None, cache_dir: str | Path | None = None,
+def _start_service(run_dir: str | Path, n_workers: Optional[int] = None, cache_dir: str | Path | None = None,
                   data_root: str | Path | None = None, name: str = SERVICE_NAME, **settings: Any) -> Any:
     """Start (or reuse) the named service, pinned to this node so that its store lives in ``run_dir`` here; its
     handle. Prefer :func:`evaluation_service`, which also ends it: a named actor lives only as long as a handle to
@@ -206,10 +206,10 @@ def evaluation_service(run_dir: str | Path, n_workers: Optional[int] = None, cac
         with evaluation_service(out, n_workers=4, name=name, worker_spec={"num_gpus": 1}) as client:
             ...
 
-    Started (or joined) on entry as :func:`start_service` does (same arguments); on exit, however the block ends,
+    Started (or joined) on entry as :func:`_start_service` does (same arguments); on exit, however the block ends,
     its store is closed and the actor killed, and its workers go with it. Take what must outlive it first (e.g.
     :meth:`RayEvaluator.teacher_weights`)."""
-    handle = start_service(run_dir, n_workers, cache_dir, data_root, name, **settings)
+    handle = _start_service(run_dir, n_workers, cache_dir, data_root, name, **settings)
     try:
         yield RayEvaluator(name)
     finally:
@@ -271,7 +271,7 @@ class RayEvaluator:
         """Every stored evaluation of ``task`` (by content: its teacher, attack and proxy fidelity), oldest first."""
         return self._get(self.handle.rows.remote(task_key(task), store_fidelity(task.config)))
 
-    def requests(self, client: str | None = None) -> list[dict[str, Any]]:
+    def requests(self, client: str | None = None) -> list[Request]:
         """``client``'s (default: this client's) requests in order, with their metrics."""
         return self._get(self.handle.requests.remote(client if client is not None else self.client))
 

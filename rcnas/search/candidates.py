@@ -34,14 +34,16 @@ class Candidate:
         return self.metrics.macs
 
 
+def candidate(index: int, task: Task, arch: ArchSpec, metrics: ProxyMetrics, teacher: TeacherStats) -> Candidate:
+    """One evaluation of ``task`` scored by the task's reward (``teacher``: its teacher, as measured for it)."""
+    return Candidate(index, task.name, arch, metrics, task_reward(task, metrics, teacher), task.budget,
+                     teacher.robust_acc)
+
+
 def score_rows(task: Task, rows: list[dict[str, Any]], teacher: TeacherStats) -> list[Candidate]:
     """``rows`` (the store's, of ``task``) as candidates scored by the task's reward, in evaluation order."""
-    out = []
-    for i, r in enumerate(rows):
-        m = ProxyMetrics(**r["metrics"])
-        out.append(Candidate(i, task.name, arch_from_dict(r["arch"]), m, task_reward(task, m, teacher), task.budget,
-                             teacher.robust_acc))
-    return out
+    return [candidate(i, task, arch_from_dict(r["arch"]), ProxyMetrics(**r["metrics"]), teacher)
+            for i, r in enumerate(rows)]
 
 
 def best(candidates: list[Candidate], top: int = 1) -> list[Candidate]:

@@ -1,8 +1,8 @@
 """Search quality from a searcher's request log: what it had found after its first N distinct evaluations.
 
-Pure functions over the rows of :meth:`rcnas.proxy.store.EvaluationStore.requests`, so the benchmark's arithmetic
-is tested without Ray. Cost is counted in *distinct* evaluations: a repeat of a sub-network the searcher already
-asked for costs nothing (the store answers it), whoever computed it first.
+Pure functions over :class:`rcnas.proxy.records.Request` logs (the store's, or a table evaluator's), so the
+benchmarks' arithmetic is tested without Ray. Cost is counted in *distinct* evaluations: a repeat of a sub-network
+the searcher already asked for costs nothing (the store answers it), whoever computed it first.
 """
 
 from __future__ import annotations
@@ -10,23 +10,33 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TypeVar
 
-Row = dict[str, Any]
+from rcnas.proxy.records import Request, TeacherStats
+from rcnas.search.candidates import Candidate, candidate
+from rcnas.task import Task
+
+T = TypeVar("T")
 
 
-def distinct(requests: Sequence[Row], task_name: str) -> list[Row]:
+def distinct(requests: Sequence[Request], task_name: str) -> list[Request]:
     """The first request of each sub-network of ``task_name``, in the order the searcher made them."""
     seen: set[str] = set()
     out = []
     for r in requests:
-        if r["task_name"] == task_name and r["arch_key"] not in seen:
-            seen.add(r["arch_key"])
+        if r.task_name == task_name and r.arch_key not in seen:
+            seen.add(r.arch_key)
             out.append(r)
     return out
 
 
-def best_within(rows: Sequence[Row], n: int, score: Callable[[Row], float]) -> Row | None:
+def scored(requests: Sequence[Request], task: Task, teacher: TeacherStats) -> list[Candidate]:
+    """The distinct evaluations of ``task`` in ``requests``, in the order first asked for, each scored by the task's
+    reward (``teacher``: the task's teacher, as measured for it)."""
+    return [candidate(i, task, r.arch, r.metrics, teacher) for i, r in enumerate(distinct(requests, task.name))]
+
+
+def best_within(rows: Sequence[T], n: int, score: Callable[[T], float]) -> T | None:
     """The highest-scoring of the first ``n`` rows (None when there are none)."""
     head = rows[:n]
     return max(head, key=score) if head else None
@@ -39,11 +49,27 @@ def best_so_far(values: Sequence[float]) -> list[float]:
     return out
 
 
+def held(values: Sequence[float], n: int) -> list[float]:
+    """``values`` extended to ``n`` by repeating the last one: a search that stopped early (a converged policy, a
+    rule with few candidates) keeps its last pick."""
+    return [*values, *[values[-1]] * (n - len(values))] if values else []
+
+
 def mean_sd(xs: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value; NaN for none)."""
     if not xs:
         return math.nan, math.nan
     return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def ci95(xs: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% confidence interval (Student t; 0 for a single value; NaN for none)."""
+    m, sd = mean_sd(xs)
+    if len(xs) < 2:
+        return m, sd
+    from scipy.stats import t
+
+    return m, float(t.ppf(0.975, len(xs) - 1)) * sd / math.sqrt(len(xs))
 
 
 def text_chart(series: dict[str, Sequence[float]], height: int = 12, width: int = 50) -> str:

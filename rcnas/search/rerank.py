@@ -11,8 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from rcnas.config import ProxyConfig
 from rcnas.proxy.protocol import Evaluator
-from rcnas.reward import task_reward
-from rcnas.search.candidates import Candidate, best
+from rcnas.search.candidates import Candidate, best, candidate
 from rcnas.task import Task
 
 
@@ -31,6 +30,5 @@ def rerank(task: Task, candidates: list[Candidate], evaluator: Evaluator, top_k:
     teacher = evaluator.teacher_stats(hi)
     with ThreadPoolExecutor(max_workers=max(1, len(top))) as pool:
         done = list(pool.map(lambda c: evaluator.evaluate(hi, c.arch), top))
-    pairs = [(c, Candidate(c.index, task.name, c.arch, e.metrics, task_reward(hi, e.metrics, teacher), c.budget,
-                           teacher.robust_acc)) for c, e in zip(top, done)]
+    pairs = [(c, candidate(c.index, hi, c.arch, e.metrics, teacher)) for c, e in zip(top, done)]
     return sorted(pairs, key=lambda p: (p[1].metrics.ok, p[1].reward), reverse=True)

@@ -13,6 +13,14 @@ measured on the same fine-tuned network (``proxy.also_attacks``), so one fine-tu
 File format: gzip'd CSV; the first line is ``#json `` and a JSON header (command, code version, teacher and fidelity
 keys, attacks by column, the teacher's own measurement per column, proxy settings), then ``#`` comment lines, then a
 CSV header and one row per sub-network.
+
+A table may come from someone else, so reading one trusts nothing in it: the gzip stream is read line by line and
+stops at :data:`MAX_HEADER_BYTES` for the header line, :data:`MAX_LINE_BYTES` for any other line,
+:data:`MAX_TABLE_BYTES` decompressed in all and :data:`MAX_TABLE_ROWS` rows; the header must be a JSON object with
+exactly the keys :func:`write_table` writes, of their types; every row must have one field per column, accuracies
+finite and in [0, 1], seconds finite and >= 0, a sub-network of the teacher's space within the table's MACs ratio
+whose MACs and parameters are what the cost model counts, and no sub-network twice. Anything else is one
+:class:`ConfigError` line naming the file, the line (and row) and what is wrong.
 """
 
 from __future__ import annotations
@@ -21,37 +29,57 @@ import csv
 import gzip
 import io
 import json
+import math
+import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from rcnas.config import AttackConfig
 from rcnas.infra.errors import ConfigError, EvaluationFailed
 from rcnas.proxy.keys import fidelity_key, store_fidelity, task_key, teacher_key
-from rcnas.proxy.records import EvalKey, Evaluation, ProxyMetrics, TeacherStats
+from rcnas.proxy.records import (
+    STATUSES,
+    EvalKey,
+    Evaluation,
+    ProxyMetrics,
+    Request,
+    TeacherStats,
+    brief,
+    json_type,
+)
 from rcnas.reward import compression_reward
 from rcnas.space.arch import ArchSpec
-from rcnas.space.space import CompressionSpace
+from rcnas.space.space import GRID_BLOCKS, CompressionSpace, StageChoice
 from rcnas.task import Task
 
 COLUMNS = ("depths", "widths", "blocks", "macs", "params", "status", "clean")
 """fixed columns; one robust-accuracy column per attack follows, then ``seconds``"""
 
+MAX_HEADER_BYTES = 256 * 1024
+"""the ``#json`` header line at most (a real one is about 2 KB)"""
+MAX_LINE_BYTES = 64 * 1024
+"""any other line at most (a row is about 100 bytes)"""
+MAX_TABLE_BYTES = 32 * 1024 * 1024
+"""a table decompressed at most (the committed one is 0.3 MB): a small gzip file can expand a thousandfold"""
+MAX_TABLE_ROWS = 100_000
+"""rows at most (the committed table has 3,697)"""
+MAX_COLUMNS = 32
+"""attack columns at most"""
+HEADER_KEYS = ("attacks", "base_channels", "code_version", "columns", "command", "fidelity_key", "n_val", "proxy",
+               "ratio", "rows", "tasks", "teacher", "teacher_key", "teacher_stats")
+"""what :func:`write_table`'s callers (bench/build_table.py, tests/fakes.py) put in a header, every one required"""
+OPTIONAL_HEADER_KEYS = ("cpu", "torch")
+""":func:`numerics`: what the figures' last digits depend on (tables written before it lack them)"""
+_COLUMN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.+-]{0,63}")
+_WHOLE = re.compile(r"[0-9]{1,15}")
+
 
 def every_subnet(space: CompressionSpace) -> Iterator[tuple[int, ...]]:
     """Every action sequence the space allows (each finished sub-network within the budget), depth first."""
-
-    def walk(actions: tuple[int, ...]) -> Iterator[tuple[int, ...]]:
-        if len(actions) == space.n_stages:
-            yield actions
-            return
-        for a in np.flatnonzero(space.mask(actions)):
-            yield from walk(actions + (int(a),))
-
-    return walk(())
+    return space.completions()
 
 
 def attack_column(attack: AttackConfig) -> str:
@@ -174,40 +202,224 @@ def _widths(header: dict[str, Any], arch: ArchSpec) -> list[int]:
     return [c // b for c, b in zip(arch.channels, header["base_channels"])]
 
 
+class _Bad(ValueError):
+    """What is wrong with a table file (:func:`read_table` adds the file's name)."""
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line without its newline) of a gzip'd text file, decompressed as it is read: no more than
+    :data:`MAX_HEADER_BYTES` for the first line, :data:`MAX_LINE_BYTES` for any other, :data:`MAX_TABLE_BYTES`
+    in all."""
+    total = 0
+    with gzip.open(path, "rb") as f:
+        for lineno in range(1, MAX_TABLE_ROWS + 1000):  # rows, the CSV header and comment lines
+            cap = MAX_HEADER_BYTES if lineno == 1 else MAX_LINE_BYTES
+            raw = f.readline(cap + 1)
+            if not raw:
+                return
+            total += len(raw)
+            if total > MAX_TABLE_BYTES:
+                raise _Bad(f"line {lineno}: more than {MAX_TABLE_BYTES // 2**20} MiB decompressed (MAX_TABLE_BYTES); "
+                           "a table is far smaller")
+            if len(raw) > cap and not raw.endswith(b"\n"):
+                what = "the #json header line" if lineno == 1 else "a line"
+                raise _Bad(f"line {lineno}: {what} is longer than {cap // 1024} KiB "
+                           f"({'MAX_HEADER_BYTES' if lineno == 1 else 'MAX_LINE_BYTES'})")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise _Bad(f"line {lineno}: not UTF-8 text") from None
+            yield lineno, line.removesuffix("\n").removesuffix("\r")
+        raise _Bad(f"more than {MAX_TABLE_ROWS} rows (MAX_TABLE_ROWS)")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_whole(v: Any, lo: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v < 2**63
+
+
+def _check_header(h: Any, task: Task) -> dict[str, Any]:
+    """The ``#json`` header, checked key by key (raises :class:`_Bad`)."""
+    if not isinstance(h, dict):
+        raise _Bad(f"line 1: the #json header is a JSON {json_type(h)}, not an object")
+    missing = [k for k in HEADER_KEYS if k not in h]
+    unknown = sorted(set(h) - set(HEADER_KEYS) - set(OPTIONAL_HEADER_KEYS))
+    if missing or unknown:
+        problems = [f"lacks {missing}"] if missing else []
+        problems += [f"has unknown keys {brief(unknown, 120)}"] if unknown else []
+        raise _Bad("line 1: the #json header " + ", ".join(problems))
+
+    def bad(key: str, want: str) -> _Bad:
+        return _Bad(f"line 1: header {key} is {brief(h[key], 60)}, not {want}")
+
+    for key in ("code_version", "command", "fidelity_key", "teacher", "teacher_key", *OPTIONAL_HEADER_KEYS):
+        if key in h and not (isinstance(h[key], str) and len(h[key]) <= 4096):
+            raise bad(key, "a string")
+    if not (_is_number(h["ratio"]) and 0 < h["ratio"] <= 1):
+        raise bad("ratio", "a number in (0, 1]")
+    if not _is_whole(h["n_val"]):
+        raise bad("n_val", "a whole number >= 0")
+    if not (_is_whole(h["rows"], 1) and h["rows"] <= MAX_TABLE_ROWS):
+        raise bad("rows", f"a whole number in [1, {MAX_TABLE_ROWS}] (MAX_TABLE_ROWS)")
+    if not isinstance(h["proxy"], dict):
+        raise bad("proxy", "an object")
+    if not (isinstance(h["tasks"], list) and all(isinstance(t, str) for t in h["tasks"])):
+        raise bad("tasks", "a list of task names")
+    attacks = h["attacks"]
+    if not (isinstance(attacks, dict) and 1 <= len(attacks) <= MAX_COLUMNS
+            and all(isinstance(a, dict) for a in attacks.values())):
+        raise bad("attacks", f"an object of 1 to {MAX_COLUMNS} attacks by column")
+    cols = h["columns"]
+    if not (isinstance(cols, list) and all(isinstance(c, str) and _COLUMN_NAME.fullmatch(c) for c in cols)
+            and len(set(cols)) == len(cols) and set(cols) == set(attacks)):
+        raise bad("columns", f"the attacks' columns {brief(sorted(attacks), 120)}, each once")
+    if set(cols) & {*COLUMNS, "seconds"}:
+        raise bad("columns", "attack columns (one is named like a fixed column)")
+    stats = h["teacher_stats"]
+    if not isinstance(stats, dict):
+        raise bad("teacher_stats", "an object")
+    if set(stats) != set(cols):
+        raise _Bad(f"line 1: header teacher_stats has keys {brief(sorted(stats), 120)}, not exactly the columns "
+                   f"{sorted(cols)}")
+    for c in cols:
+        try:
+            TeacherStats.from_dict(stats[c])
+        except ValueError as exc:
+            raise _Bad(f"line 1: header teacher_stats[{c!r}]: {exc}") from None
+    if h["teacher"] != task.teacher.name:
+        raise ConfigError(f"{h['teacher']!r} is the table's teacher, not {task.teacher.name} (task {task.name}); a "
+                          "table answers only tasks like the ones it was built for")
+    if h["base_channels"] != list(task.teacher.base_channels):
+        raise bad("base_channels", f"{list(task.teacher.base_channels)}, teacher {task.teacher.name}'s")
+    return h
+
+
+def _fraction(v: str, name: str) -> float:
+    try:
+        x = float(v)
+    except ValueError:
+        raise _Bad(f"{name} {brief(v)} is not a number") from None
+    if not (math.isfinite(x) and 0.0 <= x <= 1.0):
+        raise _Bad(f"{name} {brief(v)} is not a finite accuracy in [0, 1]")
+    return x
+
+
+def _whole(v: str, name: str) -> int:
+    if not _WHOLE.fullmatch(v):
+        raise _Bad(f"{name} {brief(v)} is not a whole number >= 0")
+    return int(v)
+
+
+def _row(fields: list[str], names: list[str], header: dict[str, Any], space: CompressionSpace,
+         valid: list[set[StageChoice]]) -> Row:
+    """One CSV row, checked (raises :class:`_Bad`)."""
+    rec = dict(zip(names, fields))
+    n = space.n_stages
+    depths = [_whole(x, "depth") for x in rec["depths"].split("-")]
+    widths = [_whole(x, "width") for x in rec["widths"].split("-")]
+    blocks = rec["blocks"].split("-")
+    if not len(depths) == len(widths) == len(blocks) == n:
+        raise _Bad(f"depths, widths and blocks {brief(rec['depths'])}, {brief(rec['widths'])}, "
+                   f"{brief(rec['blocks'])} are not {n} stages each, as teacher {space.teacher.name} has")
+    for i, choice in enumerate(map(StageChoice, depths, widths, blocks)):
+        if choice not in valid[i]:
+            raise _Bad(f"stage {i + 1} (depth {choice.depth}, width {choice.width}, block {brief(choice.block)}) "
+                       f"is outside teacher {space.teacher.name}'s space")
+    arch = space.teacher.subnet(tuple(depths), tuple(widths), tuple(blocks))
+    cost = space.cost(arch)
+    macs, params = _whole(rec["macs"], "macs"), _whole(rec["params"], "params")
+    if (macs, params) != (cost.macs, cost.params):
+        raise _Bad(f"{arch.short()} has {cost.macs} MACs and {cost.params} parameters, not the row's {macs} and "
+                   f"{params}")
+    if macs > space.budget:
+        raise _Bad(f"{arch.short()} ({macs} MACs) is over the table's budget (ratio {header['ratio']}: "
+                   f"{space.budget:,.0f} MACs)")
+    if rec["status"] not in STATUSES:
+        raise _Bad(f"status {brief(rec['status'])} is not one of {', '.join(STATUSES)}")
+    try:
+        seconds = float(rec["seconds"])
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise _Bad(f"seconds {brief(rec['seconds'])} is not a finite number >= 0")
+    return Row(arch, macs, params, rec["status"], _fraction(rec["clean"], "clean accuracy"),
+               {c: _fraction(rec[c], f"{c} accuracy") for c in header["columns"]}, seconds)
+
+
 def read_table(path: str | Path, task: Task) -> Table:
     """Read a table written by :func:`write_table`; ``task`` is any task of its teacher (to rebuild the
-    sub-networks). A damaged or foreign file is one clear error."""
+    sub-networks). A damaged, foreign or hostile file is one clear error (see the module's docstring for what is
+    checked), read with bounded memory.
+
+    Raises:
+        ConfigError: one line naming the file, the line (and row) and what is wrong.
+    """
     path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such table file" + ("" if not path.exists() else " (not a regular file)"))
+    table: Table | None = None
+    names: list[str] = []
+    n_rows, lineno = 0, 0
+    lines = _lines(path)
     try:
-        text = gzip.decompress(path.read_bytes()).decode()
-        first, rest = text.split("\n", 1)
-        if not first.startswith("#json "):
-            raise ValueError("no #json header line")
-        header = json.loads(first[len("#json "):])
-        body = "\n".join(line for line in rest.splitlines() if not line.startswith("#"))
-        table = Table({**header, "source": str(path)})
-        for rec in csv.DictReader(io.StringIO(body)):
-            arch = task.teacher.subnet(tuple(int(x) for x in rec["depths"].split("-")),
-                                       tuple(int(x) for x in rec["widths"].split("-")),
-                                       tuple(rec["blocks"].split("-")))
-            table.rows[arch.key()] = Row(arch, int(rec["macs"]), int(rec["params"]), rec["status"],
-                                         float(rec["clean"]), {c: float(rec[c]) for c in header["columns"]},
-                                         float(rec["seconds"]))
-    except (OSError, EOFError, ValueError, KeyError, gzip.BadGzipFile) as exc:
-        raise ConfigError(f"{path}: not a readable rcnas table ({type(exc).__name__}: {exc}); regenerate it with "
-                          "bench/build_table.py") from None
+        for lineno, line in lines:
+            if lineno == 1:
+                if not line.startswith("#json "):
+                    raise _Bad("line 1: no #json header line")
+                try:
+                    raw = json.loads(line[len("#json "):])
+                except (ValueError, RecursionError) as exc:
+                    raise _Bad(f"line 1: the #json header is not JSON ({brief(str(exc), 80)})") from None
+                header = _check_header(raw, task)
+                table = Table({**header, "source": str(path)})
+                budget = float(header["ratio"]) * task.space.teacher_macs
+                space = CompressionSpace(task.teacher, task.shape, budget, GRID_BLOCKS)
+                valid = [set(c.values()) for c in space.choices]
+                continue
+            if line.startswith("#") or not line.strip():
+                continue
+            assert table is not None
+            fields = line.split(",")
+            if not names:
+                names = [*COLUMNS, *table.header["columns"], "seconds"]
+                if fields != names:
+                    raise _Bad(f"line {lineno}: CSV header {brief(line, 200)} is not {','.join(names)}")
+                continue
+            n_rows += 1
+            where = f"line {lineno} (row {n_rows})"
+            if n_rows > table.header["rows"]:
+                raise _Bad(f"{where}: more rows than the header's {table.header['rows']}")
+            if len(fields) != len(names):
+                raise _Bad(f"{where}: {len(fields)} fields, the CSV header has {len(names)}")
+            try:
+                row = _row(fields, names, table.header, space, valid)
+            except _Bad as exc:
+                raise _Bad(f"{where}: {exc}") from None
+            key = row.arch.key()
+            if key in table.rows:
+                raise _Bad(f"{where}: {row.arch.short()} is in the table twice")
+            table.rows[key] = row
+    except _Bad as exc:
+        raise ConfigError(f"{path}: not a readable rcnas table: {exc}; regenerate it with bench/build_table.py"
+                          ) from None
+    except ConfigError as exc:  # a table of another teacher
+        raise ConfigError(f"{path}: {exc}") from None
+    except (OSError, EOFError, zlib.error) as exc:  # not gzip, truncated, damaged, unreadable
+        raise ConfigError(f"{path}: not a readable rcnas table (line {lineno + 1}: {type(exc).__name__}: "
+                          f"{brief(str(exc), 120)}); regenerate it with bench/build_table.py") from None
+    finally:
+        lines.close()  # the gzip file, now
+    if table is None or n_rows != table.header["rows"]:
+        got = "nothing" if table is None else f"{n_rows} rows, its header says {table.header['rows']}"
+        raise ConfigError(f"{path}: not a readable rcnas table: {got} (truncated?); regenerate it with "
+                          "bench/build_table.py")
     return table
 
 
 _OPEN: dict[tuple[str, str], Table] = {}
-REQUESTS: dict[str, list[dict[str, Any]]] = {}
-"""every table evaluator's requests by client, in this process: RLlib builds the env (and its evaluator) deep inside
-an algorithm, so this is how a benchmark reads what a search asked for (the store's request log, for tables)"""
-
-
-def requests_of(client: str, pop: bool = False) -> list[dict[str, Any]]:
-    """``client``'s requests to table evaluators of this process, in order (``pop``: and forget them)."""
-    return REQUESTS.pop(client, []) if pop else REQUESTS.get(client, [])
 
 
 def open_table(path: str | Path, task: Task | str) -> Table:
@@ -225,12 +437,14 @@ class TableEvaluator:
     """The :class:`rcnas.proxy.protocol.Evaluator` of a table: answers in microseconds, never computes.
 
     A sub-network outside the table (or a task the table does not serve) is an error, never a silent live
-    evaluation. Keeps every request in order (``requests``; also in ``REQUESTS[client]`` when a client is named),
-    as the service's store does, for the benchmark."""
+    evaluation. Keeps every request in order (``requests``), as the service's store keeps a client's: whoever needs
+    them (a benchmark) holds this evaluator and hands it to the searcher or env that asks."""
 
     def __init__(self, table: Table, client: str = "") -> None:
         self.table = table
-        self.requests: list[dict[str, Any]] = REQUESTS.setdefault(client, []) if client else []
+        self.client = client
+        """the tag of its requests (the store's client): this evaluator's log holds only its own"""
+        self.requests: list[Request] = []
         self._cols: dict[int, tuple[Task, str]] = {}
         self._seen: set[tuple[str, str]] = set()
 
@@ -261,7 +475,7 @@ class TableEvaluator:
         key = EvalKey(task_key(task), arch.key(), store_fidelity(task.config), seed)
         cached = (task.name, key.arch) in self._seen  # a repeat: a store would have answered it
         self._seen.add((task.name, key.arch))
-        self.requests.append({"task_name": task.name, "arch_key": key.arch, "arch": arch, "metrics": metrics})
+        self.requests.append(Request(task.name, key.arch, arch, metrics, cached))
         return Evaluation(key, metrics, cached=cached)
 
 

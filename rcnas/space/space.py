@@ -10,6 +10,7 @@ Pure Python + numpy: the Gymnasium env calls :meth:`CompressionSpace.mask` on ev
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
@@ -186,6 +187,16 @@ class CompressionSpace:
         for _ in range(self.n_stages):
             actions += (self.cheapest(actions),)
         return actions
+
+    def completions(self, prefix: tuple[int, ...] = ()) -> Iterator[tuple[int, ...]]:
+        """Every action sequence the budget wall allows that starts with ``prefix`` (a valid one), depth first: the
+        finished sub-networks within the budget. The one walk over the space (a table's rows, the env's count of
+        what is left to find)."""
+        if len(prefix) == self.n_stages:
+            yield prefix
+            return
+        for a in np.flatnonzero(self.mask(prefix)):
+            yield from self.completions(prefix + (int(a),))
 
     def sample(self, rng: np.random.Generator) -> tuple[int, ...]:
         """A uniformly random valid action per stage (a random policy)."""

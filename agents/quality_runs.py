@@ -1,0 +1,147 @@
+"""The PPO searchers of the search-quality benchmarks (``bench/``): the ``rl`` searcher's one-off meta-training and
+the fine-tuning of one search, its cost counted in distinct evaluations, answered by the evaluation service
+(:class:`LiveRuns`) or by a tabular benchmark in this process (:class:`TableRuns`).
+
+Both read a search's requests as :class:`rcnas.proxy.records.Request` records (the store's request log, or the
+table evaluator's), so the benchmarks score them with one function (:func:`rcnas.search.quality.scored`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional, Protocol
+
+from ray.rllib.algorithms.ppo import PPOConfig
+
+from agents.config import ExperimentConfig
+from agents.ppo import build_ppo_config
+from agents.stages import StageSettings, module_dir, run_stage, train_iterations
+from envs.compression_env import CompressionEnv
+from rcnas.distributed.service import RayEvaluator
+from rcnas.proxy.records import Request
+from rcnas.search.quality import distinct
+from rcnas.search.table import Table, TableEvaluator
+from rcnas.task import load_task
+
+
+class Runs(Protocol):
+    """Where a benchmark's PPO searches are answered, and how their requests are read back."""
+
+    def config(self, exp: ExperimentConfig, tasks: list[str], client: str,
+               load_module_from: Optional[str] = None) -> PPOConfig:
+        """PPO over ``tasks`` (YAML paths), its requests logged under ``client``."""
+        ...
+
+    def requests(self, client: str) -> list[Request]:
+        """``client``'s requests so far, in order."""
+        ...
+
+
+class LiveRuns:
+    """PPO searches answered by the evaluation service named ``service``: each search is a client of its store."""
+
+    def __init__(self, service: str, grid: tuple[int, int]) -> None:
+        self.service, self.grid = service, grid
+
+    def config(self, exp: ExperimentConfig, tasks: list[str], client: str,
+               load_module_from: Optional[str] = None) -> PPOConfig:
+        return build_ppo_config(exp, tasks, self.service, grid=self.grid, client=client,
+                                load_module_from=load_module_from)
+
+    def requests(self, client: str) -> list[Request]:
+        return RayEvaluator(self.service).requests(client)
+
+
+class SharedTableEvaluator(TableEvaluator):
+    """A :class:`TableEvaluator` handed to RLlib's env in ``env_config``: RLlib deep-copies its config before it
+    builds the env, and a copy's requests would never be read, so a copy is this evaluator itself. (A checkpoint of
+    the algorithm pickles it, table included: about 1 MB for a table of 4,000 rows.)"""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SharedTableEvaluator:
+        return self
+
+
+class TableRuns:
+    """PPO searches answered from ``table`` in this process (the algorithm's env lives in it: ``env_runners`` 0).
+
+    Each client has one evaluator, handed to the env RLlib builds for that client's search (in its ``env_config``)
+    and to a baseline searcher of that client: its request log is the search's."""
+
+    def __init__(self, table: Table, grid: tuple[int, int]) -> None:
+        self.table, self.grid = table, grid
+        self._evaluators: dict[str, SharedTableEvaluator] = {}
+
+    def evaluator(self, client: str) -> SharedTableEvaluator:
+        """``client``'s evaluator (made on first use)."""
+        if client not in self._evaluators:
+            self._evaluators[client] = SharedTableEvaluator(self.table, client=client)
+        return self._evaluators[client]
+
+    def config(self, exp: ExperimentConfig, tasks: list[str], client: str,
+               load_module_from: Optional[str] = None) -> PPOConfig:
+        if exp.env_runners:
+            raise ValueError("a table-backed search runs its env in this process: env_runners must be 0")
+        # table=: no service, so no search metrics read from its store
+        config = build_ppo_config(exp, tasks, "", grid=self.grid, client=client, table=self.table.header["source"],
+                                  load_module_from=load_module_from)
+        # the env class itself (not the registered factory, which opens the table anew): it takes its evaluator from
+        # env_config
+        return config.environment(env=CompressionEnv,
+                                  env_config={**config.env_config, "evaluator": self.evaluator(client)})
+
+    def requests(self, client: str) -> list[Request]:
+        return list(self.evaluator(client).requests)
+
+
+def meta_train(runs: Runs, exp: ExperimentConfig, metas: list[str], out: Path, name: str,
+               client: str) -> dict[str, Any]:
+    """The ``rl`` searcher's one-off cost: ``exp.meta_iterations`` of PPO on the meta tasks ``metas``, its checkpoint
+    under ``out/name``, its figures in ``out/name.json`` (checkpoint, seconds, iterations, episodes, distinct
+    evaluations); read from there when a previous run finished it."""
+    record = out / f"{name}.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    t0 = time.perf_counter()
+    ckpt = run_stage(name, runs.config(exp, metas, client), exp.meta_iterations, out,
+                     StageSettings(no_tune=True, log=lambda m: None))
+    log = runs.requests(client)
+    info = {"checkpoint": ckpt, "seconds": time.perf_counter() - t0, "iterations": exp.meta_iterations,
+            "episodes": len(log), "distinct": len({(r.task_name, r.arch_key) for r in log})}
+    record.write_text(json.dumps(info, indent=2))
+    return info
+
+
+def fine_tune(runs: Runs, exp: ExperimentConfig, target: str, client: str, n: int, meta_checkpoint: Optional[str],
+              patience: int = 5) -> None:
+    """One PPO search of the task ``target`` (a YAML path), from the meta-trained policy (``meta_checkpoint``) or
+    from scratch (None), until it has made ``n`` distinct evaluations, or ``patience`` iterations in a row brought no
+    new sub-network (the policy has converged: it repeats itself, and repeats cost nothing and add nothing), or
+    ``4 n / M`` iterations. Its requests are ``runs.requests(client)``."""
+    task_name = load_task(target).name
+    config = runs.config(exp, [target], client, module_dir(meta_checkpoint) if meta_checkpoint else None)
+    train_until_distinct(config, n, exp.M, lambda: len(distinct(runs.requests(client), task_name)), client,
+                         patience)
+
+
+def train_until_distinct(config: PPOConfig, n: int, M: int, distinct: Callable[[], int], name: str,
+                         patience: int = 5) -> None:
+    """PPO until ``distinct()`` (the search's distinct evaluations so far) reaches ``n``, or ``patience`` iterations in
+    a row bring no new sub-network (the policy has converged: it repeats itself, and repeats add nothing), or
+    ``4 n / M`` iterations. The benchmarks' budget rule: cost is counted in distinct evaluations."""
+    progress = {"made": 0, "idle": 0}
+
+    def enough(_: dict[str, Any]) -> bool:
+        now = distinct()
+        progress["idle"] = 0 if now > progress["made"] else progress["idle"] + 1
+        progress["made"] = now
+        return now >= n or progress["idle"] >= patience
+
+    algo = config.build_algo()
+    try:
+        train_iterations(algo, math.ceil(4 * n / M), name, lambda m: None, stop=enough)
+    finally:
+        algo.stop()
