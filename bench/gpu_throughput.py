@@ -61,12 +61,12 @@ def train_rate(arch, shape: InputShape, mode: str, batch: int, batches: int, dev
     model = build_model(arch, shape).to(device)
     data = DataSplits(synthetic(batch * batches, shape), synthetic(8, shape, 1), synthetic(8, shape, 2))
     warm = DataSplits(synthetic(batch * 2, shape, 3), data.val, data.test)
-    from rcnas.train import adversarial_train
+    from rcnas.train import LoopOptions, adversarial_train
 
-    adversarial_train(model, warm, recipe(mode, batch, 1.0), num_classes=shape.num_classes)
+    adversarial_train(model, warm, recipe(mode, batch, 1.0), LoopOptions(num_classes=shape.num_classes))
     if device.type == "cuda":
         torch.cuda.synchronize()
-    res = adversarial_train(model, data, recipe(mode, batch, 1.0), num_classes=shape.num_classes)
+    res = adversarial_train(model, data, recipe(mode, batch, 1.0), LoopOptions(num_classes=shape.num_classes))
     return batch * batches / res.seconds
 
 

@@ -64,7 +64,7 @@ def truth(task: Task, arch: ArchSpec, seed: int) -> float:
     from rcnas.infra.files import cache_root
     from rcnas.infra.provenance import content_key, derive_seed
     from rcnas.models.builder import build_model
-    from rcnas.train import adversarial_train
+    from rcnas.train import LoopOptions, adversarial_train
 
     cfg, shape = task.config, task.shape
     key = content_key([cfg.dataset.model_dump(), cfg.training.model_dump(), cfg.attack.model_dump(), arch.key(),
@@ -77,8 +77,9 @@ def truth(task: Task, arch: ArchSpec, seed: int) -> float:
     s = derive_seed("truth", arch.key(), seed)
     torch.manual_seed(s)  # initialisation, and below the batch order and attack noise: all of them vary by seed
     model = build_model(arch, shape)
-    adversarial_train(model, data, cfg.training.model_copy(update={"seed": s}), num_classes=shape.num_classes,
-                      **augmentation(cfg.dataset))
+    adversarial_train(model, data, cfg.training.model_copy(update={"seed": s}),
+                      LoopOptions(num_classes=shape.num_classes,
+                                  **augmentation(cfg.dataset)))
     report = robust_accuracy(model, data.test, {"task": cfg.attack}, num_classes=shape.num_classes)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"robust_acc": report.attacks[0].accuracy, "arch": arch.short(), "seed": seed}))

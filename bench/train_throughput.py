@@ -22,7 +22,7 @@ from rcnas.infra.cli import run_main
 from rcnas.models.builder import build_model
 from rcnas.models.teachers import get_teacher
 from rcnas.space.arch import InputShape
-from rcnas.train import adversarial_train
+from rcnas.train import LoopOptions, adversarial_train
 
 EPS, ALPHA, STEPS, BATCH = 0.2, 0.05, 5, 64
 
@@ -65,14 +65,14 @@ def main() -> None:
     arch, shape = get_teacher(args.teacher).arch, InputShape(1, 8, 10)
     n = len(data.train)
     warm = build_model(arch, shape)  # first-call costs (allocator, kernels) hit neither side's figures
-    adversarial_train(warm, splits, cfg, num_classes=10)
+    adversarial_train(warm, splits, cfg, LoopOptions(num_classes=10))
     plain_pgd_at(warm, data.train.x, data.train.y, 0.05)
     ours, plain = [], []
     for r in range(args.rounds):
         torch.manual_seed(r)
         model = build_model(arch, shape)
         t0 = time.perf_counter()
-        adversarial_train(model, splits, cfg, num_classes=10)
+        adversarial_train(model, splits, cfg, LoopOptions(num_classes=10))
         ours.append(n / (time.perf_counter() - t0))
         torch.manual_seed(r)
         model = build_model(arch, shape)

@@ -27,7 +27,7 @@ _API = {
     "TaskConfig": "rcnas.config", "AttackConfig": "rcnas.config",
     "ArchSpec": "rcnas.space.arch", "load_subnet": "rcnas.space.schema", "dump_subnet": "rcnas.space.schema",
     "arch_cost": "rcnas.space.cost", "build_model": "rcnas.models.builder",
-    "adversarial_train": "rcnas.train", "robust_accuracy": "rcnas.evaluation.robustness",
+    "adversarial_train": "rcnas.train", "LoopOptions": "rcnas.train", "robust_accuracy": "rcnas.evaluation.robustness",
     "LocalEvaluator": "rcnas.proxy.local", "EvalJob": "rcnas.evaluation.final",
     "evaluate_job": "rcnas.evaluation.final", "ConfigError": "rcnas.infra.errors",
     "evaluate": "rcnas.evaluation.command",

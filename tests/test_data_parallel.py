@@ -16,7 +16,7 @@ from rcnas.evaluation.final import EvalJob
 from rcnas.models.builder import build_model
 from rcnas.space.schema import load_subnet
 from rcnas.task import load_task
-from rcnas.train import adversarial_train
+from rcnas.train import LoopOptions, adversarial_train
 from rcnas.train.data_parallel import GlobalBatchNorm2d, Shard
 
 
@@ -80,7 +80,8 @@ def test_two_workers_train_what_one_process_trains(tmp_path):
         ray.shutdown()
     torch.manual_seed(job.seed)
     one = build_model(arch, task.shape)
-    adversarial_train(one, load_splits(task.config.dataset), job.recipe(), num_classes=task.shape.num_classes)
+    adversarial_train(one, load_splits(task.config.dataset), job.recipe(),
+                      LoopOptions(num_classes=task.shape.num_classes))
     ref = one.state_dict()
     assert state.keys() == ref.keys() and info["data_parallel"] == 2
     worst = max((state[k].float() - ref[k].float()).abs().max().item() for k in ref)

@@ -245,7 +245,7 @@ def test_training_that_diverges_keeps_its_best_epoch(digits):
     from rcnas.models.builder import build_model
     from rcnas.models.teachers import get_teacher
     from rcnas.space.arch import InputShape
-    from rcnas.train import LOSSES, adversarial_train
+    from rcnas.train import LOSSES, LoopOptions, adversarial_train
 
     cfg = TrainConfig.model_validate({"loss": "pgd_at", "epochs": 3, "batch_size": 256, "val_examples": 64,
                                       "attack": {"epsilon": "1/10", "steps": 1}})
@@ -259,7 +259,7 @@ def test_training_that_diverges_keeps_its_best_epoch(digits):
 
     torch.manual_seed(0)
     model = build_model(get_teacher("tiny-222").arch, InputShape(1, 8, 10))
-    res = adversarial_train(model, digits, cfg, num_classes=10, objective=nan_in_epoch_two)
+    res = adversarial_train(model, digits, cfg, LoopOptions(num_classes=10, objective=nan_in_epoch_two))
     assert res.diverged and res.best_epoch == 1
     assert all(torch.isfinite(p).all() for p in model.state_dict().values() if p.is_floating_point())
 

@@ -10,7 +10,7 @@ from rcnas.config import TrainConfig
 from rcnas.models.builder import build_model, inherit_weights, recalibrate_bn
 from rcnas.models.teachers import get_teacher
 from rcnas.space.arch import InputShape
-from rcnas.train import LOSSES, adversarial_train
+from rcnas.train import LOSSES, LoopOptions, adversarial_train
 from rcnas.train.sandwich import SharedSubnet, sandwich_objective
 from rcnas.vocab import BLOCK_KINDS
 from tests.conftest import randomise_bn_statistics, tiny_task
@@ -55,7 +55,7 @@ def _train(digits, sandwich: bool, seed: int = 0):
     cfg = TrainConfig(loss="pgd_at", epochs=2, batch_size=64, lr=0.05, schedule="cosine", select_on_val=False,
                       attack={"name": "pgd", "epsilon": "1/10", "steps": 2, "step_size": "1/20"}, seed=seed)
     objective = sandwich_objective(model, t, LOSSES.get("pgd_at"), n_random=1) if sandwich else None
-    adversarial_train(model, digits, cfg, num_classes=10, objective=objective)
+    adversarial_train(model, digits, cfg, LoopOptions(num_classes=10, objective=objective))
     return model
 
 

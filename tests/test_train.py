@@ -1,4 +1,5 @@
-"""Adversarial training: it learns, it resumes exactly, it selects on validation, it reports divergence."""
+"""Adversarial training: it learns, it resumes exactly, it selects on validation, it reports divergence; the loop's
+state round-trips through its checkpoint; an epoch reads the device a handful of times."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from rcnas.models.builder import build_model
 from rcnas.models.teachers import get_teacher
 from rcnas.space.arch import InputShape
 from rcnas.train import LOSSES, adversarial_train
-from rcnas.train.trainer import lr_at
+from rcnas.train.loop_state import Diverged, EpochResult, LoopState
+from rcnas.train.trainer import SYNC_EVERY, LoopOptions, TrainingLoop, lr_at
 
 ARCH = get_teacher("tiny-444").subnet((1, 1, 1), (2, 2, 2), ("basic_block",) * 3)
 SHAPE = InputShape(1, 8, 10)
@@ -35,7 +37,7 @@ def fresh(seed=0):
 @pytest.mark.parametrize("loss", LOSSES.names())
 def test_each_loss_trains_and_improves(loss, digits):
     model = fresh()
-    res = adversarial_train(model, small(digits, 640), recipe(loss=loss, epochs=3), num_classes=10)
+    res = adversarial_train(model, small(digits, 640), recipe(loss=loss, epochs=3), LoopOptions(num_classes=10))
     assert not res.diverged and len(res.history) == 3
     assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
     assert res.history[-1]["val_clean"] > 0.3
@@ -44,7 +46,7 @@ def test_each_loss_trains_and_improves(loss, digits):
 def test_resume_continues_exactly_where_it_stopped(digits, tmp_path):
     data, cfg = small(digits), recipe(select_on_val=False)
     straight = fresh()
-    adversarial_train(straight, data, cfg, num_classes=10)
+    adversarial_train(straight, data, cfg, LoopOptions(num_classes=10))
 
     class Killed(Exception):
         pass
@@ -55,9 +57,10 @@ def test_resume_continues_exactly_where_it_stopped(digits, tmp_path):
 
     ckpt = tmp_path / "state.pt"
     with pytest.raises(Killed):
-        adversarial_train(fresh(), data, cfg, num_classes=10, checkpoint=ckpt, progress=die_after_first_epoch)
+        adversarial_train(fresh(), data, cfg,
+                          LoopOptions(num_classes=10, checkpoint=ckpt, progress=die_after_first_epoch))
     resumed = fresh(seed=123)  # a different init: everything must come from the checkpoint
-    res = adversarial_train(resumed, data, cfg, num_classes=10, checkpoint=ckpt)
+    res = adversarial_train(resumed, data, cfg, LoopOptions(num_classes=10, checkpoint=ckpt))
     assert [r["epoch"] for r in res.history] == [1, 2]
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5)
@@ -65,15 +68,69 @@ def test_resume_continues_exactly_where_it_stopped(digits, tmp_path):
 
 def test_selection_keeps_the_best_validation_epoch(digits):
     model = fresh()
-    res = adversarial_train(model, small(digits), recipe(epochs=3), num_classes=10)
+    res = adversarial_train(model, small(digits), recipe(epochs=3), LoopOptions(num_classes=10))
     best = max(res.history, key=lambda r: r["val_robust"])
     assert res.best_epoch == best["epoch"] and res.best_val_robust == best["val_robust"]
 
 
 def test_non_finite_loss_is_reported_not_raised(digits):
     model = fresh()
-    res = adversarial_train(model, small(digits), recipe(lr=1e30, grad_clip=None, epochs=2), num_classes=10)
-    assert res.diverged and "non-finite" in res.reason
+    cfg = recipe(grad_clip=None, epochs=2).model_copy(update={"lr": 1e30})  # past the config's cap, on purpose
+    res = adversarial_train(model, small(digits), cfg, LoopOptions(num_classes=10))
+    assert res.diverged and "non-finite" in res.reason and res.epochs_run == 0 and not res.history
+
+
+def test_an_epoch_is_a_result_or_a_diverged_value(digits):
+    loop = TrainingLoop(fresh(), small(digits), recipe(epochs=1), LoopOptions(num_classes=10))
+    done = loop.train_epoch()
+    assert isinstance(done, EpochResult) and done.seen == 320 and loop.state.step == loop.total == 5
+    assert 0 <= done.train_acc <= 1 and done.train_loss == done.loss_sum / 320
+    nan = LOSSES.get("pgd_at")
+
+    def nan_loss(model, x, y, cfg, g):
+        loss, logits = nan(model, x, y, cfg, g)
+        return loss * float("nan"), logits
+
+    loop = TrainingLoop(fresh(), small(digits), recipe(epochs=1), LoopOptions(num_classes=10, objective=nan_loss))
+    assert loop.train_epoch() == Diverged("non-finite loss within steps 0..5")
+
+
+def same_state(a: LoopState, b: LoopState) -> bool:
+    counters = (a.epoch, a.step, a.best_acc, a.best_epoch, a.history) == (b.epoch, b.step, b.best_acc, b.best_epoch,
+                                                                          b.history)
+    return counters and a.best.keys() == b.best.keys() and all(torch.equal(a.best[k], b.best[k]) for k in a.best)
+
+
+def test_the_loop_state_round_trips_through_its_checkpoint(digits, tmp_path):
+    ckpt = tmp_path / "train_state.pt"
+    model = fresh()
+    adversarial_train(model, small(digits), recipe(epochs=1, ema=0.9), LoopOptions(num_classes=10, checkpoint=ckpt))
+    saved = torch.load(ckpt, weights_only=True)  # plain containers and tensors only
+    state = LoopState.from_checkpoint(saved)
+    assert (state.epoch, state.step, state.best_epoch, len(state.history)) == (1, 5, 1, 1)
+    assert state.best_acc == state.history[0]["val_robust"] and state.best is not None
+    assert saved["ema"] is not None and saved["model"].keys() == model.state_dict().keys()
+    resumed = TrainingLoop(fresh(seed=9), small(digits), recipe(epochs=1, ema=0.9),
+                           LoopOptions(num_classes=10, checkpoint=ckpt))
+    assert same_state(resumed.state, state) and resumed.runner.ema is not None
+    assert torch.equal(resumed.g.get_state(), saved["generator"])
+    again = resumed.state.to_checkpoint(resumed.model, resumed.opt, resumed.g, resumed.runner.ema)
+    assert again.keys() == saved.keys() and same_state(LoopState.from_checkpoint(again), state)
+    assert all(torch.equal(a, b) for a, b in zip(again["ema"].values(), saved["ema"].values()))
+
+
+def test_one_epoch_reads_the_device_a_handful_of_times_not_every_step(digits, monkeypatch):
+    loop = TrainingLoop(fresh(), digits, recipe(batch_size=16, epochs=1), LoopOptions(num_classes=10))
+    calls = {"n": 0}
+    real = torch.Tensor.item
+
+    def counting(self):
+        calls["n"] += 1
+        return real(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", counting)
+    assert isinstance(loop.train_epoch(), EpochResult) and loop.state.step == loop.total > 60
+    assert calls["n"] <= loop.total // SYNC_EVERY + 4, (calls["n"], loop.total)
 
 
 def test_schedules():
@@ -84,5 +141,6 @@ def test_schedules():
 
 
 def test_fractional_epochs_take_that_many_steps(digits):
-    res = adversarial_train(fresh(), small(digits, 640), recipe(epochs=0.5, select_on_val=False), num_classes=10)
+    res = adversarial_train(fresh(), small(digits, 640), recipe(epochs=0.5, select_on_val=False),
+                            LoopOptions(num_classes=10))
     assert res.epochs_run == pytest.approx(0.5)

@@ -19,7 +19,7 @@ from rcnas.data.registry import augmentation, load_splits
 from rcnas.evaluation.final import EvalJob
 from rcnas.infra.log import say
 from rcnas.models.builder import build_model
-from rcnas.train import adversarial_train, save_atomic
+from rcnas.train import LoopOptions, adversarial_train, save_atomic
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
@@ -39,10 +39,12 @@ def _worker_loop(config: dict[str, Any]) -> None:
     same_start(model)
     log = say if rank == 0 else (lambda m: None)
     res = adversarial_train(
-        model, data, job.recipe(), num_classes=job.task.shape.num_classes, **augmentation(job.task.config.dataset),
-        shard=Shard(rank, world),
-        progress=lambda r: log(f"[{job.name}] epoch {r['epoch']}/{r['epochs']} on {world} workers: loss (worker 0's "
-                               f"share) {r['train_loss']:.3f} val robust {r['val_robust']:.3f}"))
+        model, data, job.recipe(),
+        LoopOptions(num_classes=job.task.shape.num_classes, **augmentation(job.task.config.dataset),
+                    shard=Shard(rank, world),
+                    progress=lambda r: log(f"[{job.name}] epoch {r['epoch']}/{r['epochs']} on {world} workers: loss "
+                                           f"(worker 0's share) {r['train_loss']:.3f} val robust "
+                                           f"{r['val_robust']:.3f}")))
     info = {"epochs": res.epochs_run, "best_epoch": res.best_epoch, "best_val_robust": res.best_val_robust,
             "seconds": round(res.seconds, 1), "diverged": res.diverged, "data_parallel": world}
     if rank == 0:

@@ -34,7 +34,7 @@ from rcnas.models.imports import load_weights
 from rcnas.space.arch import ArchSpec
 from rcnas.space.cost import arch_cost
 from rcnas.task import Task
-from rcnas.train import adversarial_train, save_atomic
+from rcnas.train import LoopOptions, adversarial_train, save_atomic
 from rcnas.train.trainer import planned_steps
 
 
@@ -161,13 +161,12 @@ def _train_or_load(job: EvalJob, model: nn.Module, data: DataSplits, out: Path, 
     log(f"[{job.name}] training {training_length(len(data.train), recipe)} ({recipe.loss}, eps "
         f"{eps_label(recipe.attack.epsilon)}) on {len(data.train)} examples, device {device}")
     res = adversarial_train(
-        model, data, recipe, num_classes=job.task.shape.num_classes, **augmentation(cfg.dataset),
-        checkpoint=out / "train_state.pt",
-        progress=lambda r: log(f"[{job.name}] epoch {r['epoch']}/{r['epochs']}: loss {r['train_loss']:.3f} "
-                               f"val clean {r['val_clean']:.3f} val robust {r['val_robust']:.3f} "
-                               f"{eta(r['epoch'], r['epochs'], r['seconds'])}".rstrip()),
-        desc=f"{job.name} training",
-    )
+        model, data, recipe, LoopOptions(
+            num_classes=job.task.shape.num_classes, **augmentation(cfg.dataset), checkpoint=out / "train_state.pt",
+            progress=lambda r: log(f"[{job.name}] epoch {r['epoch']}/{r['epochs']}: loss {r['train_loss']:.3f} "
+                                   f"val clean {r['val_clean']:.3f} val robust {r['val_robust']:.3f} "
+                                   f"{eta(r['epoch'], r['epochs'], r['seconds'])}".rstrip()),
+            desc=f"{job.name} training"))
     if res.diverged and res.best_epoch == 0:
         raise ConfigError(f"[{job.name}] training diverged before its first epoch ended ({res.reason}); lower "
                           "training.lr or set training.grad_clip")

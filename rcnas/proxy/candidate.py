@@ -25,7 +25,7 @@ from rcnas.proxy.records import ProxyMetrics
 from rcnas.space.arch import ArchSpec
 from rcnas.space.cost import arch_cost
 from rcnas.task import Task
-from rcnas.train import adversarial_train
+from rcnas.train import LoopOptions, adversarial_train
 
 
 def proxy_evaluate(task: Task, arch: ArchSpec, data: DataSplits, teacher: Optional[PreActResNet],
@@ -52,8 +52,8 @@ def proxy_evaluate(task: Task, arch: ArchSpec, data: DataSplits, teacher: Option
             if p.epochs > 0:
                 recipe = cfg.training.model_copy(update={"epochs": p.epochs, "lr": p.lr, "schedule": p.schedule,
                                                           "select_on_val": False, "seed": s})
-                res = adversarial_train(model, data, recipe, num_classes=shape.num_classes,
-                                        **augmentation(cfg.dataset), data_fraction=p.data_fraction)
+                res = adversarial_train(model, data, recipe, LoopOptions(
+                    num_classes=shape.num_classes, **augmentation(cfg.dataset), data_fraction=p.data_fraction))
                 if res.diverged:
                     return _failed(base, counts, f"fine-tuning diverged: {res.reason}", t0)
             # the same measurement as the teacher's (rcnas.proxy.teacher.measure_teacher), in one batch of <= 512

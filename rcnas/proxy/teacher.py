@@ -30,7 +30,7 @@ from rcnas.models.imports import load_weights
 from rcnas.proxy.keys import stats_key, teacher_key
 from rcnas.proxy.records import TeacherStats
 from rcnas.task import Task
-from rcnas.train import LOSSES, adversarial_train, save_atomic
+from rcnas.train import LOSSES, LoopOptions, adversarial_train, save_atomic
 from rcnas.train.sandwich import sandwich_objective
 
 
@@ -95,12 +95,12 @@ def _train(task: Task, model: PreActResNet, data: DataSplits, folder: Path, log:
     objective = (sandwich_objective(model, task.teacher, LOSSES.get(cfg.training.loss),
                                     cfg.proxy.sandwich_random) if sandwich else None)
     name = task.teacher.name
-    res = adversarial_train(model, data, cfg.training, num_classes=task.shape.num_classes,
-                            **augmentation(cfg.dataset), checkpoint=folder / "train_state.pt", objective=objective,
-                            progress=lambda r: log(f"teacher {name} epoch {r['epoch']}/{r['epochs']}: loss "
-                                                   f"{r['train_loss']:.3f} val robust {r['val_robust']:.3f} "
-                                                   f"{eta(r['epoch'], r['epochs'], r['seconds'])}".rstrip()),
-                            desc=f"teacher {name}")
+    res = adversarial_train(model, data, cfg.training, LoopOptions(
+        num_classes=task.shape.num_classes, **augmentation(cfg.dataset), checkpoint=folder / "train_state.pt",
+        objective=objective,
+        progress=lambda r: log(f"teacher {name} epoch {r['epoch']}/{r['epochs']}: loss {r['train_loss']:.3f} val "
+                               f"robust {r['val_robust']:.3f} {eta(r['epoch'], r['epochs'], r['seconds'])}".rstrip()),
+        desc=f"teacher {name}"))
     if res.diverged:
         raise RuntimeError(f"teacher {task.teacher.name} diverged: {res.reason}; lower training.lr")
     return {"seconds": res.seconds, "best_epoch": res.best_epoch, "best_val_robust": res.best_val_robust}
