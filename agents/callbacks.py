@@ -46,7 +46,7 @@ class SearchMetrics(RLlibCallback):
     def on_train_result(self, *, algorithm: Any, result: dict, metrics_logger: Any = None, **kwargs: Any) -> None:
         """Best-so-far figures over every evaluation the run has stored for its tasks (the store is the truth:
         it survives restarts, and it includes evaluations answered for other env runners)."""
-        from agents.summary import best_candidate
+        from agents.scoring import best_candidate
 
         cfg = algorithm.config.env_config
         if self._tasks is None:  # resolved once per run, not re-read every iteration

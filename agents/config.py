@@ -209,3 +209,15 @@ def load_experiment(path: str | Path) -> tuple[ExperimentConfig, list[str], str]
     for p in [*metas, target]:
         load_task(p)
     return exp, metas, target
+
+
+def with_changes(exp: ExperimentConfig, where: str, **changes: object) -> ExperimentConfig:
+    """``exp`` with top-level ``changes``, validated like the file was (a flag or a benchmark setting gets every
+    check a YAML value gets; pydantic's ``model_copy`` would skip them).
+
+    Raises:
+        ConfigError: one line naming ``where`` and the key.
+    """
+    from rcnas.infra.configio import validate
+
+    return validate(ExperimentConfig, {**exp.model_dump(mode="json"), **changes}, where)

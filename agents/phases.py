@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,10 +18,10 @@ from agents.config import ExperimentConfig
 from agents.manifest import verify_from
 from agents.ppo import build_ppo_config
 from agents.rerun import relative_paths
+from agents.scoring import scored_rows
 from agents.search_report import write_report
 from agents.stages import StageSettings, check_layout, module_dir, run_stage
 from agents.storage import Keeper, tune_uri
-from agents.summary import scored_rows
 from agents.trackers import tracker_callbacks
 from rcnas.distributed.resources import ensure_ray
 from rcnas.distributed.service import RayEvaluator, evaluation_service
@@ -155,9 +155,8 @@ def run_phases(exp: ExperimentConfig, tasks: list[Task], opts: SearchOptions,
     with evaluation_service(out, n_workers=exp.workers.count, name=service_name, data_root=opts.data_root,
                             worker_spec=exp.workers.spec()) as client:
         client.stats()
-        stages: dict[str, Path] = {}
         with Keeper(out, opts.storage, include_tune=opts.no_tune):  # copies the run folder every 10 min meanwhile
-            meta_ckpt, ft_ckpt = _search(run, stages)
+            phases = _search(run)
         # 4. the result: the best sub-network evaluated on the target task, its report and plots
         space = task.on_grid(action_grid)
         rows = scored_rows(task, client)
@@ -170,12 +169,13 @@ def run_phases(exp: ExperimentConfig, tasks: list[Task], opts: SearchOptions,
             r = exp.rerank
             log(f"re-ranking the top {r.top_k} at {r.epochs:g} fine-tuning epochs x {r.repeats} seeds")
             reranked = rerank(task, rows, RayEvaluator(service_name, client="rerank"), r.top_k, r.epochs, r.repeats)
-        chosen, yaml_path = write_report(out, task, space, rows, stages, reranked)
+        chosen, yaml_path = write_report(out, task, space, rows, phases.experiments, reranked)
         summary = {
             "experiment": exp.name, "searcher": opts.searcher, "target": task.name, "chosen": chosen.arch.short(),
             "yaml": str(yaml_path), "reward": chosen.reward, "val_robust_acc": chosen.robust_acc,
-            "macs": chosen.macs, "budget": space.budget, "meta_checkpoint": meta_ckpt,
-            "finetune_checkpoint": ft_ckpt, "evaluated": len(rows), "search_seconds": time.perf_counter() - t0,
+            "macs": chosen.macs, "budget": space.budget, "meta_checkpoint": phases.meta_checkpoint,
+            "finetune_checkpoint": phases.finetune_checkpoint, "evaluated": len(rows),
+            "search_seconds": time.perf_counter() - t0,
             "provenance": environment(),
             **({"rerank": [{"arch": lo.arch.short(), "search_reward": lo.reward, "rerank_reward": hi.reward,
                             "rerank_robust_acc": hi.robust_acc} for lo, hi in reranked]} if reranked else {})}
@@ -186,16 +186,28 @@ def run_phases(exp: ExperimentConfig, tasks: list[Task], opts: SearchOptions,
     return SearchOutcome(summary, teacher)
 
 
-def _search(run: _Run, stages: dict[str, Path]) -> tuple[Optional[str], Optional[str]]:
+@dataclass(frozen=True)
+class Phases:
+    """What the search's phases leave behind."""
+
+    meta_checkpoint: Optional[str] = None
+    """the meta-trained policy (None: no meta-training ran)"""
+    finetune_checkpoint: Optional[str] = None
+    experiments: dict[str, Path] = field(default_factory=dict)
+    """each PPO stage's Tune experiment folder on this disk, by stage name (for the report's reward plot)"""
+
+
+def _search(run: _Run) -> Phases:
     """Phases 2 and 3 (a baseline searcher, or meta-training then fine-tuning); returns the meta and fine-tuning
-    checkpoints (None where a phase did not run) and fills ``stages`` with the Tune experiments' folders."""
+    checkpoints (None where a phase did not run) and the Tune experiments' folders."""
     exp, opts, task, log = run.exp, run.opts, run.task, run.log
-    meta_ckpt = ft_ckpt = None
+    meta_ckpt: Optional[str] = None
+    experiments: dict[str, Path] = {}
     if opts.searcher in SEARCHERS:
         # 2'. a baseline searcher on the same service, store and budget wall
         log(f"searcher {opts.searcher}: {opts.n} evaluations on {task.name}")
         run_searcher(opts.searcher, task, RayEvaluator(run.service, client=opts.searcher), opts.n, exp.seed)
-        return meta_ckpt, ft_ckpt
+        return Phases()
     # 2. meta-training across the task set (skipped by the downstream run, which starts from a checkpoint, and by
     # the PPO-from-scratch baseline)
     if opts.from_checkpoint:
@@ -207,7 +219,7 @@ def _search(run: _Run, stages: dict[str, Path]) -> tuple[Optional[str], Optional
         meta_ckpt = run.stage("meta", build_ppo_config(exp, run.metas, run.service, grid=run.grid,
                                                        client="rl-meta"), exp.meta_iterations)
         log(f"meta checkpoint: {meta_ckpt}")
-        stages["meta"] = _stage_folder(run.storage, "meta", run.out / "tune")
+        experiments["meta"] = _stage_folder(run.storage, "meta", run.out / "tune")
         _keep(run.out, opts, log)
     # 3. fine-tuning on the held-out task, starting from the meta-trained policy (or from scratch)
     log(f"fine-tuning on {task.name}, {exp.finetune_iterations} iterations"
@@ -216,5 +228,5 @@ def _search(run: _Run, stages: dict[str, Path]) -> tuple[Optional[str], Optional
                                  load_module_from=module_dir(meta_ckpt) if meta_ckpt else None,
                                  client=f"{opts.searcher}-finetune")
     ft_ckpt = run.stage("finetune", ft_config, exp.finetune_iterations)
-    stages["finetune"] = _stage_folder(run.storage, "finetune", run.out / "tune")
-    return meta_ckpt, ft_ckpt
+    experiments["finetune"] = _stage_folder(run.storage, "finetune", run.out / "tune")
+    return Phases(meta_ckpt, ft_ckpt, experiments)

@@ -11,7 +11,7 @@ from typing import Any
 
 from agents import rerun
 from agents.comparison import final_comparison
-from agents.config import ExperimentConfig, load_experiment, task_path
+from agents.config import ExperimentConfig, load_experiment, task_path, with_changes
 from agents.manifest import verify_from, verify_resume
 from agents.overrides import apply_overrides, parse_sets
 from agents.phases import SearchOptions, run_phases
@@ -22,7 +22,6 @@ from rcnas.data.registry import load_splits
 from rcnas.evaluation.jobs import read_results
 from rcnas.evaluation.tables import text_table
 from rcnas.infra.cli import RESUME_HINT
-from rcnas.infra.configio import validate
 from rcnas.infra.errors import ConfigError
 from rcnas.infra.files import inside
 from rcnas.infra.locks import run_folder_lock
@@ -52,10 +51,27 @@ def run_search(experiment: str | Path = "configs/experiments/digits.yaml", *, ou
            allow_pending_workers: bool = False, overrides: list[str] | dict[str, Any] | None = None,
            verbose: bool = False, trust_checkpoint: bool = False, log: Callable[[str], None] = log) -> SearchRun:
     """Run the search (meta-train, fine-tune, report) and the final comparison; the Python form of train.py, whose
-    flags are these keywords (``overrides`` is ``--set``: ``["training.epochs=2"]`` or ``{"ppo.lr": 0.001}``).
+    flags are these keywords. Leaves the caller's process as it found it (Ray, torch's threads).
+
+    Args:
+        experiment: the experiment YAML (meta-training tasks, target task, PPO and worker settings).
+        out: the run folder (default ``runs/<experiment name>``); one run at a time holds it.
+        task: the target task (a YAML path or a name under ``configs/tasks``) instead of the experiment's.
+        searcher: ``rl`` (meta-train + fine-tune), ``ppo-scratch``, or a baseline spending ``n`` evaluations.
+        from_checkpoint: a meta checkpoint (``summary.json``'s ``meta_checkpoint``): fine-tune only.
+        resume: continue the interrupted run in ``out`` (same settings).
+        storage: a URI that keeps the run beyond this machine (``s3://``, ``gs://``, ``file://``).
+        overrides: ``--set``: ``["training.epochs=2"]`` or ``{"ppo.lr": 0.001}``, any experiment or task key.
+        trust_checkpoint: restore a checkpoint this user's key did not sign (pickles: only ones you trust).
+
+    Returns:
+        the run folder, what ``summary.json`` holds (paths absolute) and the final comparison's results.
 
     Raises:
         ConfigError: any bad input, before Ray starts or anything is computed.
+
+    Example:
+        >>> run = run_search("configs/experiments/smoke.yaml", out="runs/smoke", final_eval=False)  # doctest: +SKIP
     """
     import torch
 
@@ -69,9 +85,9 @@ def run_search(experiment: str | Path = "configs/experiments/digits.yaml", *, ou
     if M is not None:
         if M < 1:
             raise ConfigError(f"--M {M}: the number of sub-networks per policy update must be >= 1")
-        exp = validate(ExperimentConfig, {**exp.model_dump(mode="json"), "M": M}, f"--M {M}")
+        exp = with_changes(exp, f"--M {M}", M=M)
     if seed is not None:
-        exp = validate(ExperimentConfig, {**exp.model_dump(mode="json"), "seed": seed}, f"--seed {seed}")
+        exp = with_changes(exp, f"--seed {seed}", seed=seed)
     out = Path(out or f"runs/{exp.name}")
     if from_checkpoint and "://" not in from_checkpoint:
         from_checkpoint = str(Path(from_checkpoint).resolve())  # Ray reads a relative path as a URI without scheme

@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from agents.config import load_experiment, task_path
+from agents.config import load_experiment, task_path, with_changes
 from agents.quality_runs import LiveRuns, fine_tune, meta_train
 from rcnas.distributed.resources import ensure_ray
 from rcnas.distributed.service import RayEvaluator, evaluation_service
@@ -57,7 +57,7 @@ def search(name: str, exp: Any, target: str, seed: int, n: int, runs: LiveRuns, 
     if client in _finished(finished):
         return client
     if name in PPO_SEARCHERS:
-        fine_tune(runs, exp.model_copy(update={"seed": seed}), target, client, n,
+        fine_tune(runs, with_changes(exp, "seed", seed=seed), target, client, n,
                   meta_checkpoint if name == "rl" else None)
     else:
         run_searcher(name, task, RayEvaluator(SERVICE, client=client), n, seed)
@@ -134,9 +134,10 @@ def main() -> None:
     args = parse_args()
     t_start = time.perf_counter()
     exp, metas, _ = load_experiment(args.experiment)
-    exp = exp.model_copy(update={"meta_iterations": args.meta_iterations})
+    exp = with_changes(exp, "--meta-iterations", meta_iterations=args.meta_iterations)
     if args.entropy_coeff is not None:
-        exp = exp.model_copy(update={"ppo": exp.ppo.model_copy(update={"entropy_coeff": args.entropy_coeff})})
+        ppo = {**exp.ppo.model_dump(mode="json"), "entropy_coeff": args.entropy_coeff}
+        exp = with_changes(exp, "--entropy-coeff", ppo=ppo)
     held_out = [task_path(t) for t in args.held_out.split(",")]
     tasks = {t: load_task(t) for t in held_out}
     meta_tasks = [load_task(m) for m in metas]

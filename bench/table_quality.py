@@ -28,7 +28,7 @@ from typing import Any
 
 import ray
 
-from agents.config import load_experiment, task_path
+from agents.config import load_experiment, task_path, with_changes
 from agents.quality_runs import TableRuns, fine_tune, meta_train
 from rcnas.distributed.resources import ensure_ray
 from rcnas.infra.cli import run_main
@@ -68,7 +68,7 @@ def one_search(s: str, task_file: str, seed: int, exp: Any, grid: tuple[int, int
     client = f"{s}/{task.name}/seed{seed}"
     runs = TableRuns(open_table(table, task), grid)
     if s in PPO_VARIANTS:
-        fine_tune(runs, exp.model_copy(update={"seed": seed, "avoid_repeats": PPO_VARIANTS[s][1]}), task_file, client,
+        fine_tune(runs, with_changes(exp, s, seed=seed, avoid_repeats=PPO_VARIANTS[s][1]), task_file, client,
                   n, meta)
     else:
         run_searcher(s, task, runs.evaluator(client), n, seed)
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     table_file = str(Path(args.table).resolve())
     # one process: the env lives in the search's own process (env_runners 0), so the table evaluator handed to it is
     # the one whose requests are read (agents/quality_runs.py)
-    exp = exp.model_copy(update={"meta_iterations": args.meta_iterations, "env_runners": 0})
+    exp = with_changes(exp, "--meta-iterations", meta_iterations=args.meta_iterations, env_runners=0)
     budgets = sorted(int(x) for x in args.n.split(","))
     searchers = args.searchers.split(",")
     out = Path(args.out).resolve()
