@@ -13,7 +13,7 @@ stores follow the content, so an override never reuses a result measured without
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -56,12 +56,13 @@ def _put(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def apply_overrides(exp: ExperimentConfig, metas: list[str], target: str, sets: dict[str, Any],
-                    folder: Path) -> tuple[ExperimentConfig, list[str], str]:
+                    folder: Optional[Path]) -> tuple[ExperimentConfig, list[str], str]:
     """The experiment and task paths with ``sets`` applied (unchanged when empty); every problem is one line
-    naming the key, before any work starts."""
+    naming the key, before any work starts. The overridden tasks are written to ``folder``; with ``folder=None``
+    everything is checked and nothing written (a command refused before it takes its run folder)."""
     if not sets:
         return exp, metas, target
-    from rcnas.task import load_task
+    from rcnas.task import resolve_task
 
     exp_fields, task_fields = set(ExperimentConfig.model_fields), set(TaskConfig.model_fields) - {"name"}
     exp_sets = {k: v for k, v in sets.items() if k.split(".")[0] in exp_fields}
@@ -76,7 +77,7 @@ def apply_overrides(exp: ExperimentConfig, metas: list[str], target: str, sets: 
             _put(data, k, v)
         exp = validate(ExperimentConfig, data, f"--set {', '.join(exp_sets)}")
     if task_sets:
-        paths = []
+        changed = []
         for p in [*metas, target]:
             # the raw YAML (bases merged), not a dump of the parsed config: values keep their units ("1/5")
             data = read_yaml(p)
@@ -84,9 +85,14 @@ def apply_overrides(exp: ExperimentConfig, metas: list[str], target: str, sets: 
             for k, v in task_sets.items():
                 _put(data, k, v)
             cfg = validate(TaskConfig, data, f"--set {', '.join(task_sets)} ({p})")
-            path = folder / f"{cfg.name}.yaml"
+            resolve_task(cfg, str(p))  # resolved: e.g. a budget the teacher cannot meet is refused here
+            changed.append((cfg.name, data))
+        if folder is None:
+            return exp, metas, target  # checked only: nothing written
+        paths = []
+        for name, data in changed:  # written only once every task passed
+            path = folder / f"{name}.yaml"
             write_atomic(path, yaml.safe_dump(data, sort_keys=False))
-            load_task(path)  # resolved again: e.g. a budget the teacher cannot meet is refused here
             paths.append(str(path))
         metas, target = paths[:-1], paths[-1]
     return exp, metas, target

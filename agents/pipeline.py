@@ -123,7 +123,8 @@ def run_search(experiment: str | Path = "configs/experiments/digits.yaml", *, ou
     check_tasks(tasks, data_root)
     if ray_address:
         check_ray_address(ray_address)
-    check_workers_can_run(exp, ray_address, allow_pending_workers)
+    # --set checked now (nothing written: a refused command leaves no run folder), written under the lock
+    check_workers_can_run(apply_overrides(exp, metas, target, sets, None)[0], ray_address, allow_pending_workers)
     opts = SearchOptions(out=out, no_tune=no_tune, resume=resume, from_checkpoint=from_checkpoint,
                          ray_address=ray_address, searcher=searcher, n=n, data_root=data_root, storage=storage,
                          verbose=verbose, trust_checkpoint=trust_checkpoint)

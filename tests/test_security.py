@@ -294,3 +294,13 @@ def test_a_planted_pickle_in_a_signed_checkpoint_is_refused_before_ray(tmp_path,
     with pytest.raises(ConfigError, match="trust-checkpoint") as err:
         run_search(SMOKE, out=tmp_path / "run", from_checkpoint=str(ckpt), final_eval=False)
     assert "\n" not in str(err.value) and not marker.exists() and not ray.is_initialized()
+
+
+def test_a_bad_override_is_refused_before_the_run_folder_exists(tmp_path):
+    """--set is checked in full (every task resolved) before the lock takes the folder: nothing is left behind."""
+    from agents.pipeline import run_search
+
+    for sets, fragment in (({"training.epochs": 1e12}, "training.epochs"), ({"budget.ratio": 0.001}, "budget")):
+        with pytest.raises(ConfigError, match=fragment):
+            run_search(SMOKE, out=tmp_path / "run", overrides=sets, final_eval=False)
+        assert not (tmp_path / "run").exists()
