@@ -39,10 +39,11 @@ HARMLESS_WORKER_LINES = (
                r"object store and max_restarts > 0"),
 )
 """worker log lines the driver drops unless ``--verbose``"""
-_IGNORED = re.compile(r"Exception ignored in(?: atexit callback)?: <function (?:\w*EnvRunner\.__del__|"
+_IGNORED = re.compile(r"Exception ignored in(?: atexit callback)?: <function (?:[\w.]+\.__del__|"
                       r"_start_and_connect_service\.<locals>\.teardown_atexit)")
-"""tracebacks Python itself reports as ignored, at a worker's exit: an env runner's ``__del__`` after Ray shut its
-worker down, W&B's service teardown after Ray ended the service process (its offline run is already written)"""
+"""tracebacks Python itself reports as ignored, at a worker's exit: a finaliser (``__del__``: RLlib's env runners and
+learner group) running after Ray shut its worker down, W&B's service teardown after Ray ended the service process
+(its offline run is already written)"""
 
 
 def harmless_dropped(lines: list[str]) -> list[str]:
