@@ -1,5 +1,4 @@
-"""The one place that wires an evaluator into the (Ray-free) environment for RLlib: the Ray evaluation service, or
-a tabular benchmark's table."""
+"""The one place that wires the Ray evaluation service into the (Ray-free) environment for RLlib."""
 
 from __future__ import annotations
 
@@ -17,15 +16,10 @@ ENV_NAME = "rcnas-compression"
 def make_env(env_config: Mapping[str, Any]) -> CompressionEnv:
     """``env_config``: ``tasks`` (YAML paths; one per episode is drawn), ``grid``, ``service`` (the evaluation
     service's actor name, looked up in whichever process RLlib builds the env), ``client`` (the tag under which the
-    service logs this run's requests), ``avoid_repeats``; or ``table`` (a table file) instead of ``service``."""
+    service logs this run's requests), ``avoid_repeats``. (Table-backed benchmarks give the env class its evaluator
+    directly: ``agents.quality_runs.TableRuns``.)"""
     cfg = dict(env_config)
-    evaluator: Any
-    if cfg.get("table"):
-        from rcnas.search.table import TableEvaluator, open_table
-
-        evaluator = TableEvaluator(open_table(cfg["table"], cfg["tasks"][0]), client=cfg.get("client", ""))
-    else:
-        evaluator = RayEvaluator(cfg["service"], client=cfg.get("client", ""))
+    evaluator = RayEvaluator(cfg["service"], client=cfg.get("client", ""))
     return CompressionEnv(tasks=cfg["tasks"], grid=cfg.get("grid"), evaluator=evaluator,
                           avoid_repeats=cfg.get("avoid_repeats", False))
 

@@ -15,12 +15,13 @@ from agents.rl_module import StageEncoderModule
 
 def build_ppo_config(exp: ExperimentConfig, tasks: list[str], service: str,
                      grid: Optional[tuple[int, int]] = None, load_module_from: Optional[str] = None,
-                     client: str = "", table: Optional[str] = None) -> PPOConfig:
+                     client: str = "", search_metrics: bool = True) -> PPOConfig:
     """PPO over the compression env: ``M`` episodes (sub-networks) per policy update.
 
     Args:
         load_module_from: an RLModule checkpoint folder to start from (fine-tuning after meta-training).
-        table: a tabular benchmark's file: the envs answer from it instead of the service (``bench/``).
+        search_metrics: report the search's ``rcnas/*`` metrics, read from the service's store (a benchmark whose
+            envs answer from a table has no service: off).
     """
     from rcnas.task import load_task
 
@@ -29,7 +30,7 @@ def build_ppo_config(exp: ExperimentConfig, tasks: list[str], service: str,
     batch = exp.M * n_stages
     minibatch = (exp.ppo.minibatch_episodes or exp.M) * n_stages
     env_config: dict[str, Any] = {"tasks": tasks, "service": service, "grid": list(grid) if grid else None,
-                                  "client": client, "avoid_repeats": exp.avoid_repeats, "table": table}
+                                  "client": client, "avoid_repeats": exp.avoid_repeats}
     return (
         PPOConfig()
         .environment(env=register(), env_config=env_config, disable_env_checking=True)
@@ -57,7 +58,6 @@ def build_ppo_config(exp: ExperimentConfig, tasks: list[str], service: str,
         .rl_module(rl_module_spec=RLModuleSpec(module_class=StageEncoderModule,
                                                model_config=exp.model.model_dump(),
                                                load_state_path=load_module_from))
-        # the search's metrics read the service's store; a table-backed run (a benchmark) has none
-        .callbacks(SearchMetrics if table is None else None)
+        .callbacks(SearchMetrics if search_metrics else None)
         .debugging(seed=exp.seed)
     )

@@ -85,8 +85,8 @@ class TableRuns:
                load_module_from: Optional[str] = None) -> PPOConfig:
         if exp.env_runners:
             raise ValueError("a table-backed search runs its env in this process: env_runners must be 0")
-        # table=: no service, so no search metrics read from its store
-        config = build_ppo_config(exp, tasks, "", grid=self.grid, client=client, table=self.table.header["source"],
+        # no service, so no search metrics read from its store
+        config = build_ppo_config(exp, tasks, "", grid=self.grid, client=client, search_metrics=False,
                                   load_module_from=load_module_from)
         # the env class itself (not the registered factory, which opens the table anew): it takes its evaluator from
         # env_config
