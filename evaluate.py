@@ -50,7 +50,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-examples", type=int, help="attack only the first N test examples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder (default runs/eval/<time>)")
-    p.add_argument("--data-root", help="dataset folder (default $RCNAS_DATA or ./data)")
+    p.add_argument("--data-root", help="dataset folder, or a URI (s3://, gs://, file://) copied once per node "
+                   "into its cache (default $RCNAS_DATA or ./data)")
     p.add_argument("--profile", action="store_true", help="print params and MACs as JSON and exit")
     p.add_argument("--no-ray", action="store_true", help="evaluate several configs one by one in this process")
     p.add_argument("--ray-address", help="an existing Ray cluster (default $RAY_ADDRESS or a local one)")

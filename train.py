@@ -49,7 +49,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-tune", action="store_true", help="plain algo.train() loops instead of Tune")
     p.add_argument("--no-final-eval", action="store_true", help="stop after the search report")
-    p.add_argument("--data-root", help="dataset folder, passed to every worker (default $RCNAS_DATA or ./data)")
+    p.add_argument("--data-root", help="dataset folder, or a URI (s3://, gs://, file://) copied once per node "
+                   "into its cache; passed to every worker (default $RCNAS_DATA or ./data)")
     p.add_argument("--storage", help="a URI that keeps the run beyond this machine (s3://..., gs://..., file://...): "
                    "Tune writes there, the run folder is copied there after each phase, --resume pulls it back")
     p.add_argument("--ray-address", help="an existing Ray cluster (default $RAY_ADDRESS or a local one)")

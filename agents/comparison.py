@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from agents.config import ExperimentConfig
+from rcnas.distributed.resources import whole_gpu
 from rcnas.evaluation.final import EvalJob, FinalResult
 from rcnas.evaluation.jobs import run_jobs
 from rcnas.evaluation.tables import text_table
@@ -37,6 +38,8 @@ def final_comparison(exp: ExperimentConfig, task: Task, chosen: ArchSpec, out: P
         EvalJob(f"teacher-{task.teacher.name}", task.teacher.arch, task, attacks, str(out), fe.epochs, None,
                 fe.n_examples, exp.seed, data_root, **teacher),
     ]
-    results = run_jobs(jobs, out)
+    # whole GPUs when the experiment's workers use GPUs, asked for even when no GPU node is left (the autoscaler
+    # adds them): deciding from what the cluster has now would train for days on the head's CPUs
+    results = run_jobs(jobs, out, resources=whole_gpu(exp.workers.spec()))
     write_atomic(out / "comparison.txt", text_table(results) + "\n")
     return results

@@ -139,6 +139,10 @@ def run_phases(exp: ExperimentConfig, tasks: list[Task], opts: SearchOptions,
     out = opts.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray(opts.ray_address, verbose=opts.verbose)
+    if not opts.storage and on_shared_cluster(opts.ray_address):
+        log(f"warning: no --storage: the run folder {out} exists only on this node's disk; `ray down` (or losing "
+            "this node) deletes it, its teachers and its checkpoints with the container; pass --storage "
+            "s3://bucket/prefix to keep them")
     # one service per run folder: two runs whose folders share a base name never share a service or a store
     service_name = f"rcnas-eval-{out.name}-{content_key(str(out))[:8]}"
     # the env runners load the tasks from their files, by absolute path: Tune runs trials in their own folders
@@ -156,6 +160,9 @@ def run_phases(exp: ExperimentConfig, tasks: list[Task], opts: SearchOptions,
                             worker_spec=exp.workers.spec()) as client:
         client.stats()
         with Keeper(out, opts.storage, include_tune=opts.no_tune):  # copies the run folder every 10 min meanwhile
+            # every teacher ready (its checkpoints in the run folder as it trains) before the first policy
+            # iteration samples: an iteration waiting hours on a teacher would pass RLlib's sample timeout
+            client.prepare_teachers(tasks)
             phases = _search(run)
         # 4. the result: the best sub-network evaluated on the target task, its report and plots
         space = task.on_grid(action_grid)
@@ -184,6 +191,18 @@ def run_phases(exp: ExperimentConfig, tasks: list[Task], opts: SearchOptions,
         log(f"evaluation service: {client.stats()}")
         teacher = client.teacher_weights(task)  # before the service goes: it owns the teachers it shipped
     return SearchOutcome(summary, teacher)
+
+
+def on_shared_cluster(address: str | None) -> bool:
+    """This run joined a cluster (an address, or $RAY_ADDRESS as ``ray job submit`` sets it) or sees other nodes:
+    its run folder is then one node's disk among several, not the user's own machine."""
+    import os
+
+    import ray
+
+    if address or os.environ.get("RAY_ADDRESS"):
+        return True
+    return sum(1 for node in ray.nodes() if node.get("Alive")) > 1
 
 
 @dataclass(frozen=True)

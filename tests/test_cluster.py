@@ -1,4 +1,4 @@
-"""Multi-node, simulated: two Ray nodes, one declaring a GPU that torch cannot see."""
+"""Multi-node, simulated: nodes joining, leaving, and declaring a GPU that torch cannot see."""
 
 from __future__ import annotations
 
@@ -11,12 +11,18 @@ import pytest
 pytestmark = pytest.mark.ray
 
 
-def test_workers_spread_over_nodes_and_an_invisible_gpu_falls_back_to_cpu(tmp_path):
+def test_a_worker_given_a_gpu_torch_cannot_see_stops_with_one_line_and_never_runs_on_the_cpu(tmp_path):
+    """A node declaring a GPU that torch cannot see: the pool's GPU worker dies in its ``__init__`` with
+    GpuNotVisible's line (driver, torch's CUDA build, the fix), never computing on the CPU; the CPU worker runs."""
     import ray
+    import torch
     from ray.cluster_utils import Cluster
 
     from rcnas.distributed.service import evaluation_service
+    from rcnas.infra.errors import GpuNotVisible
 
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine where torch sees no GPU")
     if ray.is_initialized():
         ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
@@ -27,14 +33,29 @@ def test_workers_spread_over_nodes_and_an_invisible_gpu_falls_back_to_cpu(tmp_pa
         assert ray.cluster_resources().get("GPU") == 1
         with evaluation_service(tmp_path / "run", n_workers=1, n_cpu_workers=1, cache_dir=tmp_path / "cache",
                                 name="svc-cluster") as svc:
-            placement = ray.get(svc.handle.placement.remote(), timeout=480)
-        assert len(placement) == 2
-        assert len({p["node_id"] for p in placement}) == 2, "one worker on each node"
-        (gpu,) = [p for p in placement if p["gpu_ids"]]
-        assert gpu["device"] == "cpu"
-        assert any("cannot see" in w for w in gpu["warnings"])
-        (cpu,) = [p for p in placement if not p["gpu_ids"]]
-        assert cpu["device"] == "cpu" and not cpu["warnings"]
+            with pytest.raises(ray.exceptions.RayError) as info:  # the pool's placement: waits on every worker
+                ray.get(svc.handle.placement.remote(), timeout=480)
+            # every call of the pool now fails with that line at once, never waiting for a worker that cannot come
+            from rcnas.infra.errors import RcnasError
+            from rcnas.space.baselines import uniform_shrink
+            from tests.conftest import tiny_task
+
+            task = tiny_task()
+            with pytest.raises(RcnasError, match="torch cannot see it"):
+                svc.evaluate(task, uniform_shrink(task.space))
+            outcomes = []
+            for worker in ray.get(svc.handle.worker_handles.remote(), timeout=480):
+                try:
+                    outcomes.append(ray.get(worker.where.remote(), timeout=480))
+                except ray.exceptions.RayActorError as exc:
+                    outcomes.append(exc)
+        found = GpuNotVisible.find(str(info.value))
+        assert found is not None and "torch cannot see it" in str(found) and "GPU ids ['0']" in str(found)
+        (died,) = [o for o in outcomes if isinstance(o, Exception)]
+        assert isinstance(died, ray.exceptions.ActorDiedError) and died.actor_init_failed
+        assert str(GpuNotVisible.find(str(died))) == str(found)
+        (cpu,) = [o for o in outcomes if isinstance(o, dict)]
+        assert cpu["device"] == "cpu" and not cpu["gpu_ids"] and not cpu["warnings"]
     finally:
         ray.shutdown()
         cluster.shutdown()

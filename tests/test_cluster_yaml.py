@@ -19,7 +19,8 @@ def test_cluster_yaml_validates_against_rays_schema():
     schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
     jsonschema.validate(config, schema)  # the file as written
     validate_config(prepare_config(config))  # and as `ray up` sees it, defaults filled in
-    assert config["available_node_types"]["gpu_worker"]["node_config"]["InstanceType"].startswith("g")
+    # the H100 instance BENCHMARKS.md's cost model was measured on
+    assert config["available_node_types"]["gpu_worker"]["node_config"]["InstanceType"] == "p5.4xlarge"
     assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
     # token authentication on every node: the token is shipped, and both kinds of node start Ray with it
     assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
@@ -51,18 +52,14 @@ def test_a_local_ray_started_by_rcnas_keeps_token_authentication(tmp_path):
 
 def test_cluster_yaml_copies_no_venv_runs_or_data_and_tensorboard_watches_the_readme_run_folder():
     config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
-    assert ".gitignore" in config["rsync_filter"]
-    ignored = (ROOT / ".gitignore").read_text().split()
-    for folder in (".venv/", "/runs/", "/data/", "/models/"):
-        assert folder in ignored, f"{folder} would be copied to every node"
+    assert "." not in config["file_mounts"].values(), "the whole checkout (.venv, runs/, data/) would be hashed"
     # the README's cluster command writes its run folder under TensorBoard's logdir on the head
-    readme = (ROOT / "README.md").read_text()
-    out = re.search(r"train\.py --experiment configs/experiments/cifar10\.yaml .*--out (\S+)", readme)[1]
+    readme = (ROOT / "README.md").read_text().replace("\\\n", " ")  # continuation lines joined
+    out = re.search(r"train\.py --experiment configs/experiments/cifar10\.yaml .*?--out (\S+)", readme)[1]
     (tb,) = [c for c in config["head_start_ray_commands"] if "tensorboard" in c]
     logdir = re.search(r"--logdir (\S+)", tb)[1]
     assert Path(out).parent == Path(logdir), (out, logdir)
-    # and --data-root points where setup_commands put CIFAR on every node
-    root = re.search(r"train\.py --experiment configs/experiments/cifar10\.yaml .*--data-root (\S+)", readme)[1]
-    assert any(f"expanduser('{root}')" in c and "CIFAR10" in c for c in config["setup_commands"])
-    assert config["docker"]["image"].startswith("rayproject/ray:2.60.0-")  # the Ray version pyproject.toml pins
-    assert "ray[rllib,tune]==2.60.0" in (ROOT / "pyproject.toml").read_text()
+    # the data comes from the user's bucket (copied once per node), never downloaded by every node's setup
+    root = re.search(r"train\.py --experiment configs/experiments/cifar10\.yaml .*?--data-root (\S+)", readme)[1]
+    assert root.startswith("s3://")
+    assert not any("download" in c for c in config["setup_commands"])

@@ -72,11 +72,33 @@ DATASETS.add("tiny-imagenet", DatasetInfo("tiny-imagenet", InputShape(3, 64, 200
 def load_splits(cfg: DatasetConfig, root: str | Path | None = None) -> DataSplits:
     """Load a dataset and carve its validation split (deterministic in ``cfg.split_seed``).
 
-    Raises:
-        rcnas.infra.errors.DataNotFoundError: the files are missing (one line: which dataset, where, how to get it).
-    """
-    from rcnas.data.tensors import DataSplits, split_train_val
+    ``root`` (else ``$RCNAS_DATA``) may be a URI (``s3://``, ``gs://``, ``file://``): it is copied once into this
+    node's cache first (:func:`rcnas.data.remote_root.local_data_root`), here, so that every caller (the driver's
+    up-front check, each evaluation worker on its own node, evaluate.py) gets URIs alike. With a URI the dataset is
+    never downloaded from its origin (``cfg.download`` is ignored): the bucket is where the data comes from, and every
+    node downloading at once is what a bucket avoids.
 
-    pool, test = DATASETS.get(cfg.name).load(data_root(root), cfg.download)
+    Raises:
+        rcnas.infra.errors.DataNotFoundError: the files are missing (one line: which dataset, where, how to get it),
+            or a URI cannot be read from this node.
+        rcnas.infra.errors.ConfigError: a URI with credentials in it, or one pyarrow cannot open.
+    """
+    from rcnas.data.remote_root import local_data_root
+    from rcnas.data.tensors import DataSplits, split_train_val
+    from rcnas.infra.errors import DataNotFoundError
+    from rcnas.infra.uris import is_uri, redact
+
+    given = root or os.environ.get(DATA_ENV)
+    if not is_uri(given):
+        pool, test = DATASETS.get(cfg.name).load(data_root(root), cfg.download)
+    else:
+        local = local_data_root(str(given))
+        try:
+            pool, test = DATASETS.get(cfg.name).load(Path(str(local)), False)
+        except DataNotFoundError as exc:
+            # the loader's what-and-where only: its advice (download it, set --data-root) is for a local folder
+            raise DataNotFoundError(f"--data-root {redact(str(given))} (copied to {os.path.abspath(str(local))} on "
+                                    f"this node): {str(exc).split('; ')[0]}; put the dataset's extracted files in "
+                                    "the bucket (with a URI nothing is downloaded from the dataset's origin)") from None
     train, val = split_train_val(pool, cfg.val_fraction, cfg.split_seed)
     return DataSplits(train=train, val=val, test=test)

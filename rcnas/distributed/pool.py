@@ -7,11 +7,18 @@ and replaces the ones that die.
   Without a spec, workers ask for one GPU each when the cluster reports GPUs, and fractional CPUs otherwise, so
   that RLlib's own workers can never be starved of the CPUs they hold.
 - A worker that dies (or passes ``call_timeout_s``) mid-call is replaced and the call retried on another worker.
+  A long job (a teacher's training: a day on a GPU) has no wall-clock limit: it is judged alive by its progress
+  (an epoch ended) and given up on only after ``stall_s`` without any; its retry continues from the checkpoint it
+  kept in the run folder (``rcnas.distributed.run_files``).
+- A worker that cannot start (e.g. given a GPU that torch cannot see) stops the pool's calls with its one line
+  instead of leaving them waiting for a worker that never comes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -19,7 +26,7 @@ import ray
 
 from rcnas.distributed.remote import raise_unwrapped, start_worker
 from rcnas.distributed.resources import cluster_gpus
-from rcnas.infra.errors import EvaluationFailed
+from rcnas.infra.errors import EvaluationFailed, GpuNotVisible
 from rcnas.infra.log import say
 from rcnas.proxy.local import ProxyRunner
 from rcnas.proxy.records import ProxyMetrics, TeacherStats
@@ -36,7 +43,13 @@ class PoolSettings:
     wait_s: float = 3600.0
     """the longest wait for a free worker (e.g. for one that cannot be placed): then one line, not a hang"""
     call_timeout_s: float = 6 * 3600.0
-    """a call still running after this long is given up on: its worker is replaced and the call retried"""
+    """a short call (a proxy evaluation) still running after this long is given up on: its worker is replaced and
+    the call retried"""
+    stall_s: float = 3 * 3600.0
+    """a long call (a teacher's training) is given up on (worker replaced, call retried) only after this long
+    without progress: no epoch ended and nothing kept"""
+    check_s: float = 60.0
+    """how often a long call's progress is looked at"""
     pending_warn_s: float = 300.0
     """while no worker is free and some are not placed yet, one line this often says what they ask for"""
     gpus_per_worker: float = 1.0
@@ -71,12 +84,13 @@ class EvalWorker:
         self.gpu_ids, self.warnings = started.gpu_ids, started.warnings
         self.runner = ProxyRunner(cache_dir, data_root, device=started.device, log=say)
 
-    def teacher_state(self, task: Task) -> dict[str, Any]:
+    def teacher_state(self, task: Task, mirror: Any = None) -> dict[str, Any]:
         """The task's teacher, trained or imported here (or found in this node's cache), as CPU tensors and its
-        training record: the service ships it to every other worker through the object store."""
+        training record: the service ships it to every other worker through the object store. ``mirror``
+        (``rcnas.distributed.run_files.Mirror``) keeps a training's checkpoints in the run folder."""
         from rcnas.proxy.teacher import teacher_record
 
-        model, _ = self.runner.teacher(task)
+        model, _ = self.runner.teacher(task, mirror)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         record = teacher_record(task, self.runner.cache)
         return {"state": state, "record": {**record, "node": ray.get_runtime_context().get_node_id()}}
@@ -104,6 +118,35 @@ class EvalWorker:
                 "cache": str(self.runner.cache.resolve()), "data_root": self.runner.data_root}
 
 
+async def _alive_while_progressing(ref: Any, progress: tuple[Any, str], s: PoolSettings) -> Any:
+    """``ref``'s result, however long it takes while its job reports progress; TimeoutError after ``stall_s``
+    without any (counted from the call's start until the first report)."""
+    files, tag = progress
+    task = asyncio.ensure_future(_awaited(ref))
+    started = time.monotonic()
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=s.check_s)
+        if done:
+            return task.result()
+        quiet = await files.quiet_for.remote(tag)
+        if min(quiet if quiet is not None else math.inf, time.monotonic() - started) > s.stall_s:
+            task.cancel()
+            raise asyncio.TimeoutError
+
+
+async def _awaited(ref: Any) -> Any:
+    return await ref
+
+
+def startup_failure(exc: BaseException) -> Optional[BaseException]:
+    """The setup error a worker's constructor raised (:class:`GpuNotVisible`), from the error Ray gives for a call
+    on it; None when the worker died for another reason (a lost node: replaced, not fatal). Ray 2.60 hands the
+    caller an ``ActorDiedError`` that carries the constructor's failure only as text (its remote traceback)."""
+    if not getattr(exc, "actor_init_failed", False):
+        return None
+    return GpuNotVisible.find(str(exc))
+
+
 class WorkerPool:
     """:class:`EvalWorker` actors, spread over the cluster, and a queue of the idle ones. Lives in an actor's event
     loop (the service's): workers are created on the first call, each joining the pool when it is placed."""
@@ -117,6 +160,8 @@ class WorkerPool:
         self.workers: dict[Any, dict[str, Any]] = {}
         self.placed: set[Any] = set()
         self.retried = 0
+        self.broken: Optional[BaseException] = None
+        """why a worker could not start (set once): every call then fails with it instead of waiting"""
         self._started = False
 
     def start(self) -> None:
@@ -141,8 +186,12 @@ class WorkerPool:
     async def _when_placed(self, worker: Any) -> None:
         try:
             where = await worker.where.remote()
-        except ray.exceptions.RayActorError:
-            return  # died before it was placed: whoever killed it spawns the replacement
+        except ray.exceptions.RayActorError as exc:
+            cause = startup_failure(exc)
+            if cause is not None and self.broken is None:
+                self.broken = cause
+                self.idle.put_nowait(None)  # wakes a caller waiting for a worker: it raises the cause
+            return  # else died before it was placed: whoever killed it spawns the replacement
         self.placed.add(worker)
         say(f"evaluation pool: worker {len(self.placed)}/{len(self.workers)} placed on node "
               f"{where['node_id'][:8]} ({where['device']})")
@@ -156,7 +205,11 @@ class WorkerPool:
         while True:
             step = min(s.pending_warn_s, s.wait_s - waited)
             try:
-                return await asyncio.wait_for(self.idle.get(), timeout=step)
+                worker = await asyncio.wait_for(self.idle.get(), timeout=step)
+                if self.broken is not None:
+                    self.idle.put_nowait(worker)  # the next caller learns it too
+                    raise self.broken
+                return worker
             except asyncio.TimeoutError:
                 waited += step
                 if waited >= s.wait_s:
@@ -167,10 +220,15 @@ class WorkerPool:
                       f"after {waited:.0f} s, asking for {pending[0]} each; the cluster has "
                       f"{ray.cluster_resources()}; an autoscaler adds nodes for them (see `ray status`)")
 
-    async def call(self, what: str, method: str, *args: Any) -> Any:
+    async def call(self, what: str, method: str, *args: Any, progress: Optional[tuple[Any, str]] = None) -> Any:
         """Call ``method`` on the next idle worker. A worker goes back to the pool whatever the outcome; a dead (or
         timed-out) one is replaced and the call retried elsewhere; any other failure is one
-        :class:`EvaluationFailed` line naming ``what``, the worker's node and the cause. Nothing waits forever."""
+        :class:`EvaluationFailed` line naming ``what``, the worker's node and the cause. Nothing waits forever.
+
+        Args:
+            progress: ``(run_files, tag)`` for a long call: no time limit, but given up on after ``stall_s``
+                without a progress report under ``tag`` (``rcnas.distributed.run_files.RunFiles``).
+        """
         self.start()
         s = self.settings
         for _ in range(s.max_retries + 1):
@@ -183,7 +241,9 @@ class WorkerPool:
                     f"{ray.cluster_resources()}): a worker that cannot be placed waits for resources; see `ray status`"
                 ) from None
             try:
-                result = await asyncio.wait_for(getattr(worker, method).remote(*args), timeout=s.call_timeout_s)
+                ref = getattr(worker, method).remote(*args)
+                result = await (_alive_while_progressing(ref, progress, s) if progress
+                                else asyncio.wait_for(ref, timeout=s.call_timeout_s))
             except (ray.exceptions.RayActorError, asyncio.TimeoutError):
                 self._replace(worker)
                 continue
@@ -192,8 +252,16 @@ class WorkerPool:
                 raise_unwrapped(exc, what)
             self.idle.put_nowait(worker)
             return result
+        limit = f"{s.stall_s:.0f} s without progress" if progress else f"{s.call_timeout_s:.0f} s"
         raise EvaluationFailed(f"{what}: failed on {s.max_retries + 1} workers in a row (each died or passed "
-                               f"{s.call_timeout_s:.0f} s)")
+                               f"{limit})")
+
+    def close(self) -> None:
+        """End every worker (their resources, e.g. whole GPUs, go back to the cluster)."""
+        for worker in self.workers:
+            ray.kill(worker, no_restart=True)
+        self.workers.clear()
+        self.placed.clear()
 
     def handles(self) -> list[Any]:
         self.start()

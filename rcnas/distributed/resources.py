@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import ray
 
@@ -129,3 +130,12 @@ def worker_resources(gpus_per_worker: float = 1.0, cpus_without_gpu: float = 1.0
     if cluster_gpus() > 0:
         return {"num_gpus": gpus_per_worker, "num_cpus": 1}
     return {"num_gpus": 0, "num_cpus": cpus_without_gpu}
+
+
+def whole_gpu(spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A worker spec for a long training (a teacher, a final network): ``spec`` with a whole GPU where it asks for a
+    fraction, since a training of hours must not share its GPU's memory with evaluations; ``spec`` itself otherwise
+    (``None``: no spec)."""
+    if not spec or not 0 < float(spec.get("num_gpus", 0) or 0) < 1:
+        return spec
+    return {**spec, "num_gpus": 1}

@@ -4,7 +4,12 @@ through a global), in front of a pool of evaluation workers (``rcnas.distributed
 - Every result goes into the run's SQLite store; an identical request is answered from it, and two identical
   requests in flight are computed once.
 - Each task's teacher is trained (or imported) once, on one worker, and shipped to the others through the object
-  store.
+  store. A trained teacher is kept in the run folder (``teachers/<key>/``), and so in ``--storage``: a run resumed
+  on a new head, or after ``ray down``, trains none again. While it trains, its checkpoint reaches the run folder
+  after every epoch, and the training is judged alive by that progress, not by a time limit: a worker lost mid-way
+  is replaced and the training continues from its last epoch on another node. With fractional GPUs per
+  evaluation worker, teachers train in a pool of whole-GPU workers of their own, ended once every teacher is ready
+  (:meth:`EvaluationService.prepare_teachers`).
 - A worker that dies mid-evaluation is replaced and the request retried on another worker; nothing stored is lost.
 - :func:`evaluation_service` owns the service's lifetime: started on entry, its store closed and the actor (and so
   its workers) gone on exit.
@@ -13,6 +18,7 @@ through a global), in front of a pool of evaluation workers (``rcnas.distributed
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterator
 from contextlib import contextmanager
@@ -24,12 +30,14 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rcnas.distributed.pool import PoolSettings, WorkerPool
 from rcnas.distributed.remote import raise_unwrapped
-from rcnas.distributed.resources import cluster_gpus
+from rcnas.distributed.resources import cluster_gpus, whole_gpu
+from rcnas.distributed.run_files import Mirror, start_run_files
 from rcnas.infra.errors import EvaluationFailed
 from rcnas.proxy.keys import stats_key, store_fidelity, task_key, teacher_key
 from rcnas.proxy.local import eval_key
 from rcnas.proxy.records import Evaluation, Request, TeacherStats
 from rcnas.proxy.store import EvaluationStore
+from rcnas.proxy.teacher import install_teacher, teacher_folder
 from rcnas.space.arch import ArchSpec
 from rcnas.task import Task
 
@@ -60,8 +68,16 @@ class EvaluationService:
 
     def __init__(self, run_dir: str, n_workers: int, cache_dir: Optional[str], data_root: Optional[str] = None,
                  settings: Optional[PoolSettings] = None) -> None:
-        self.store = EvaluationStore(Path(run_dir) / "evaluations.sqlite")
-        self.pool = WorkerPool(n_workers, settings or PoolSettings(), cache_dir, data_root)
+        self.run_dir = Path(run_dir)
+        self.store = EvaluationStore(self.run_dir / "evaluations.sqlite")
+        self.files = start_run_files(run_dir)
+        self.files_where = ray.get(self.files.where.remote())
+        settings = settings or PoolSettings()
+        self.pool = WorkerPool(n_workers, settings, cache_dir, data_root)
+        whole = whole_gpu_settings(settings)
+        # a teacher trains for hours to days: never on a fraction of a GPU shared with evaluations
+        self.teacher_pool = (WorkerPool(max(1, math.ceil(n_workers * settings.worker_spec["num_gpus"])), whole,
+                                        cache_dir, data_root) if whole is not settings else self.pool)
         self.inflight: dict[Any, asyncio.Future] = {}
         self.teachers: dict[Hashable, asyncio.Future] = {}
         self.teacher_refs: dict[Hashable, asyncio.Future] = {}
@@ -74,13 +90,30 @@ class EvaluationService:
         return [await memoised(self.teacher_refs, teacher_key(task), lambda: self._ship_teacher(task))]
 
     async def _ship_teacher(self, task: Task) -> Any:
+        loop = asyncio.get_running_loop()
         if task.config.teacher_weights is not None:
             # an imported teacher's file lies on this (the head's) disk, not necessarily on the workers' nodes
-            shipped = await asyncio.get_running_loop().run_in_executor(None, _read_imported, task)
+            shipped = await loop.run_in_executor(None, _read_imported, task)
+        elif (kept := await loop.run_in_executor(None, read_kept_teacher, task, self.run_dir)) is not None:
+            shipped = kept  # trained by an earlier run of this folder (or pulled back from --storage)
         else:
-            shipped = await self.pool.call(_teacher_what(task), "teacher_state", task)
+            tag = f"teacher {teacher_key(task)}"
+            mirror = Mirror(self.files, str(teacher_folder(task, Path()) / "train_state.pt"), tag,
+                            *self.files_where)
+            shipped = await self.teacher_pool.call(_teacher_what(task), "teacher_state", task, mirror,
+                                                   progress=(self.files, tag))
+            await loop.run_in_executor(None, keep_teacher, task, self.run_dir, shipped)
         self.counts["teachers_shipped"] += 1
         return ray.put(shipped)
+
+    async def prepare_teachers(self, tasks: list[Task]) -> list[TeacherStats]:
+        """Every task's teacher ready (trained, imported or restored) and measured, side by side, before the search
+        samples anything: a policy iteration then never waits on a teacher. Ends the whole-GPU teacher pool."""
+        try:
+            return list(await asyncio.gather(*(self.teacher_stats(t) for t in tasks)))
+        finally:
+            if self.teacher_pool is not self.pool:
+                self.teacher_pool.close()
 
     async def teacher_stats(self, task: Task) -> TeacherStats:
         return await memoised(self.teachers, teacher_key(task) + stats_key(task.config), lambda: self._stats(task))
@@ -137,6 +170,10 @@ class EvaluationService:
         """``client``'s evaluation requests in order, with their metrics."""
         return self.store.requests(client)
 
+    def run_files(self) -> Any:
+        """The run folder's :class:`~rcnas.distributed.run_files.RunFiles` (long jobs' checkpoints and progress)."""
+        return self.files
+
     def worker_handles(self) -> list[Any]:
         return self.pool.handles()
 
@@ -147,6 +184,45 @@ class EvaluationService:
     def close(self) -> None:
         """Close the store (everything in it written to its file): the last call before the actor is killed."""
         self.store.close()
+
+
+def whole_gpu_settings(settings: PoolSettings) -> PoolSettings:
+    """``settings`` for long trainings: the same worker spec with a whole GPU where it asks for a fraction (the
+    same ``settings`` object when nothing changes)."""
+    from dataclasses import replace
+
+    spec = whole_gpu(settings.worker_spec)
+    return settings if spec is settings.worker_spec else replace(settings, worker_spec=spec)
+
+
+def keep_teacher(task: Task, run_dir: Path, shipped: dict[str, Any]) -> None:
+    """A trained teacher kept in the run folder (``teachers/<key>/``), as a teacher cache entry: the run folder is
+    its cache. Its training checkpoint there is done with."""
+    install_teacher(task, run_dir, shipped["state"], {**shipped["record"], "kept": "run folder"})
+    (teacher_folder(task, run_dir) / "train_state.pt").unlink(missing_ok=True)
+
+
+def read_kept_teacher(task: Task, run_dir: Path) -> Optional[dict[str, Any]]:
+    """The teacher this run folder kept, checked (safe tensors only, every tensor of the teacher's network), or
+    None when it has none."""
+    import json
+
+    import torch
+
+    from rcnas.infra.errors import ConfigError
+    from rcnas.models.builder import build_model
+
+    folder = teacher_folder(task, run_dir)
+    if not (folder / "model.pt").is_file():
+        return None
+    model = build_model(task.teacher.arch, task.shape)
+    try:
+        model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+        record = dict(json.loads((folder / "train.json").read_text()))
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file: say which, never run its code
+        raise ConfigError(f"{folder / 'model.pt'}: not a usable teacher {task.teacher.name} "
+                          f"({type(exc).__name__}); delete {folder} to train it again") from None
+    return {"state": model.state_dict(), "record": {**record, "received": "run folder"}}
 
 
 def _teacher_what(task: Task) -> str:
@@ -263,6 +339,14 @@ class RayEvaluator:
 
     def teacher_stats(self, task: Task) -> TeacherStats:
         return self._get(self.handle.teacher_stats.remote(task))
+
+    def prepare_teachers(self, tasks: list[Task]) -> list[TeacherStats]:
+        """Every task's teacher ready and measured (``EvaluationService.prepare_teachers``). No time limit here: a
+        training is judged by its progress in the service's pool, and a stalled one fails there."""
+        try:
+            return ray.get(self.handle.prepare_teachers.remote(tasks))
+        except ray.exceptions.RayTaskError as exc:
+            raise_unwrapped(exc, findable=True)
 
     def evaluate(self, task: Task, arch: ArchSpec) -> Evaluation:
         return self._get(self.handle.evaluate.remote(task, arch, 0, self.client))

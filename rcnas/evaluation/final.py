@@ -34,7 +34,7 @@ from rcnas.models.imports import load_weights
 from rcnas.space.arch import ArchSpec
 from rcnas.space.cost import arch_cost
 from rcnas.task import Task
-from rcnas.train import LoopOptions, adversarial_train, save_atomic
+from rcnas.train import CheckpointMirror, LoopOptions, adversarial_train, save_atomic
 from rcnas.train.trainer import planned_steps
 
 
@@ -146,8 +146,9 @@ def training_length(n_train: int, recipe: TrainConfig) -> str:
 
 
 def _train_or_load(job: EvalJob, model: nn.Module, data: DataSplits, out: Path, device: torch.device,
-                   log: Callable[[str], None]) -> dict[str, Any]:
-    """Give ``model`` its weights: the job's checkpoint, or adversarial training from scratch (resumable)."""
+                   log: Callable[[str], None], mirror: Optional[CheckpointMirror] = None) -> dict[str, Any]:
+    """Give ``model`` its weights: the job's checkpoint, or adversarial training from scratch (resumable; with
+    ``mirror``, from and into the run folder on the driver's node, and the trained weights kept there)."""
     if job.weights:
         import ray  # only jobs created on Ray carry object-store weights
 
@@ -160,13 +161,21 @@ def _train_or_load(job: EvalJob, model: nn.Module, data: DataSplits, out: Path, 
     recipe = job.recipe()
     log(f"[{job.name}] training {training_length(len(data.train), recipe)} ({recipe.loss}, eps "
         f"{eps_label(recipe.attack.epsilon)}) on {len(data.train)} examples, device {device}")
+    checkpoint = out / "train_state.pt"
+    if mirror is not None:
+        mirror.restore(checkpoint)
+
+    def progress(r: dict[str, float]) -> None:
+        if mirror is not None:  # after the epoch's checkpoint is saved: keeping it keeps the epoch
+            mirror.keep(checkpoint)
+        log(f"[{job.name}] epoch {r['epoch']}/{r['epochs']}: loss {r['train_loss']:.3f} val clean "
+            f"{r['val_clean']:.3f} val robust {r['val_robust']:.3f} {eta(r['epoch'], r['epochs'], r['seconds'])}"
+            .rstrip())
+
     res = adversarial_train(
         model, data, recipe, LoopOptions(
-            num_classes=job.task.shape.num_classes, **augmentation(cfg.dataset), checkpoint=out / "train_state.pt",
-            progress=lambda r: log(f"[{job.name}] epoch {r['epoch']}/{r['epochs']}: loss {r['train_loss']:.3f} "
-                                   f"val clean {r['val_clean']:.3f} val robust {r['val_robust']:.3f} "
-                                   f"{eta(r['epoch'], r['epochs'], r['seconds'])}".rstrip()),
-            desc=f"{job.name} training"))
+            num_classes=job.task.shape.num_classes, **augmentation(cfg.dataset), checkpoint=checkpoint,
+            progress=progress, desc=f"{job.name} training"))
     if res.diverged and res.best_epoch == 0:
         raise ConfigError(f"[{job.name}] training diverged before its first epoch ended ({res.reason}); lower "
                           "training.lr or set training.grad_clip")
@@ -174,12 +183,16 @@ def _train_or_load(job: EvalJob, model: nn.Module, data: DataSplits, out: Path, 
         log(f"[{job.name}] training diverged: {res.reason}; evaluating the best checkpoint kept (epoch "
             f"{res.best_epoch})")
     save_atomic(model.state_dict(), out / "model.pt")
+    if mirror is not None:
+        mirror.keep(out / "model.pt", f"{job.name}/model.pt")  # the weights back in the run folder, off the worker
     return {"epochs": res.epochs_run, "best_epoch": res.best_epoch, "best_val_robust": res.best_val_robust,
             "seconds": round(res.seconds, 1), "diverged": res.diverged, "loss": recipe.loss}
 
 
-def evaluate_job(job: EvalJob, log: Callable[[str], None] = say, device: torch.device | None = None) -> FinalResult:
-    """Train (or load) and attack ``job``'s sub-network; saves the weights in ``out_dir/name``."""
+def evaluate_job(job: EvalJob, log: Callable[[str], None] = say, device: torch.device | None = None,
+                 mirror: Optional[CheckpointMirror] = None) -> FinalResult:
+    """Train (or load) and attack ``job``'s sub-network; saves the weights in ``out_dir/name`` (and, with
+    ``mirror``, keeps its checkpoints and weights in the run folder of the driver's node)."""
     t0 = time.perf_counter()
     device = device or pick_device()
     shape, eps = job.task.shape, job.task.config.attack.epsilon
@@ -188,7 +201,7 @@ def evaluate_job(job: EvalJob, log: Callable[[str], None] = say, device: torch.d
     model = build_model(job.arch, shape).to(device)
     out = inside(Path(job.out_dir), job.name)
     out.mkdir(parents=True, exist_ok=True)
-    train_info = _train_or_load(job, model, data, out, device, log)
+    train_info = _train_or_load(job, model, data, out, device, log, mirror)
     measured = state_sha256(model.state_dict())  # the weights attacked below: what an export must ship
     test = data.test if job.n_examples is None else data.test.head(job.n_examples)
     attacks = {label: AttackConfig.suite(label, eps) for label in job.attacks if label != "clean"}

@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from rcnas.evaluation.final import EvalJob, FinalResult, evaluate_job
 from rcnas.evaluation.tables import markdown_table
@@ -28,9 +29,10 @@ def read_results(out: Path) -> list[FinalResult]:
 
 
 def run_jobs(jobs: list[EvalJob], out: Path, no_ray: bool = False, ray_address: str | None = None,
-             log: Callable[[str], None] = log) -> list[FinalResult]:
-    """Evaluate ``jobs`` (on Ray workers when there are several), writing ``results.json`` / ``results.md`` under
-    ``out`` after every finished job, so an interrupted run keeps what it finished.
+             log: Callable[[str], None] = log, resources: dict[str, Any] | None = None) -> list[FinalResult]:
+    """Evaluate ``jobs`` (on Ray workers when there are several, each asking for ``resources`` when given),
+    writing ``results.json`` / ``results.md`` under ``out`` after every finished job, so an interrupted run keeps
+    what it finished.
 
     A job whose result is already in ``out/results.json`` with the same :meth:`EvalJob.key` is not run again (a
     rerun into the same folder answers from it); other earlier results there are kept, except those replaced by a
@@ -63,7 +65,7 @@ def run_jobs(jobs: list[EvalJob], out: Path, no_ray: bool = False, ray_address: 
     if len(todo) > 1 and not no_ray:
         from rcnas.distributed.final_jobs import evaluate_jobs
 
-        evaluate_jobs(todo, log, keep, ray_address)
+        evaluate_jobs(todo, log, keep, ray_address, resources)
     else:
         for job in todo:
             keep(evaluate_job(job, log=log))

@@ -44,3 +44,24 @@ class EvaluationFailed(RcnasError):
             if at >= 0:
                 return cls(line[at + len(cls.MARKER):].strip())
         return None
+
+
+class GpuNotVisible(RcnasError):
+    """Ray assigned this process a GPU that torch cannot see (a driver too old for torch's CUDA build, a CPU-only
+    torch, no driver at all): one line with the GPU ids, the driver version, torch's CUDA build and the fix.
+
+    Exit code 2 (RcnasError's): the machine's setup is wrong, which its user fixes (another machine image, the
+    project's Docker image); it is not a bug in rcnas, and retrying on the same node fails the same way. It is never
+    papered over by computing on the CPU: a worker that holds a GPU and runs on the CPU keeps the GPU from anyone who
+    could use it and is tens of times slower, with nothing but a warning to say why.
+    """
+
+    PREFIX = "a GPU was assigned by Ray"
+    """starts every message, so that the line can be found again inside Ray's reports (an actor that died in its
+    ``__init__`` reaches its caller as an ``ActorDiedError`` whose text holds the remote traceback, not this error)"""
+
+    @classmethod
+    def find(cls, text: str) -> GpuNotVisible | None:
+        """The first such line in ``text`` (e.g. ``str()`` of a Ray error), as an error again."""
+        at = text.find(cls.PREFIX)
+        return cls(text[at:].splitlines()[0].strip()) if at >= 0 else None

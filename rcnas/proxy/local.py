@@ -22,6 +22,7 @@ from rcnas.proxy.store import EvaluationStore
 from rcnas.proxy.teacher import load_or_train_teacher, measure_teacher
 from rcnas.space.arch import ArchSpec
 from rcnas.task import Task
+from rcnas.train import CheckpointMirror
 
 
 def eval_key(task: Task, arch: ArchSpec, seed: int = 0) -> EvalKey:
@@ -46,10 +47,12 @@ class ProxyRunner:
             self._data[k] = load_splits(task.config.dataset, self.data_root)
         return self._data[k]
 
-    def teacher(self, task: Task) -> tuple[PreActResNet, float]:
+    def teacher(self, task: Task, mirror: Optional[CheckpointMirror] = None) -> tuple[PreActResNet, float]:
+        """The task's teacher (``mirror``: where a training keeps its checkpoints besides this node's cache)."""
         k = teacher_key(task)
         if k not in self._teachers:
-            self._teachers[k] = load_or_train_teacher(task, self.data(task), self.cache, self.device, self.log)
+            self._teachers[k] = load_or_train_teacher(task, self.data(task), self.cache, self.device, self.log,
+                                                      mirror)
         return self._teachers[k]
 
     def teacher_stats(self, task: Task) -> TeacherStats:

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -30,13 +30,15 @@ from rcnas.models.imports import load_weights
 from rcnas.proxy.keys import stats_key, teacher_key
 from rcnas.proxy.records import TeacherStats
 from rcnas.task import Task
-from rcnas.train import LOSSES, LoopOptions, adversarial_train, save_atomic
+from rcnas.train import LOSSES, CheckpointMirror, LoopOptions, adversarial_train, save_atomic
 from rcnas.train.sandwich import sandwich_objective
 
 
 def load_or_train_teacher(task: Task, data: DataSplits, cache: Path, device: torch.device,
-                          log: Callable[[str], None] = say) -> tuple[PreActResNet, float]:
-    """The task's teacher with trained weights; trains and caches it on first use.
+                          log: Callable[[str], None] = say,
+                          mirror: Optional[CheckpointMirror] = None) -> tuple[PreActResNet, float]:
+    """The task's teacher with trained weights; trains and caches it on first use. With ``mirror``, a training
+    continues from the run folder's checkpoint and keeps each epoch's there (a retry on another node loses nothing).
 
     Returns:
         (model in eval mode on ``device``, training seconds spent when it was trained).
@@ -48,7 +50,7 @@ def load_or_train_teacher(task: Task, data: DataSplits, cache: Path, device: tor
         model = build_model(task.teacher.arch, task.shape).to(device)
         if not (folder / "model.pt").is_file():
             record = (_import_weights(task, model, log) if cfg.teacher_weights is not None
-                      else _train(task, model, data, folder, log))
+                      else _train(task, model, data, folder, log, mirror))
             # the record first, the weights last: model.pt (swapped in atomically) marks a complete cache entry
             write_atomic(folder / "train.json", json.dumps(record))
             save_atomic(model.state_dict(), folder / "model.pt")
@@ -86,21 +88,30 @@ def install_teacher(task: Task, cache: Path, state: dict[str, torch.Tensor], rec
 
 
 def _train(task: Task, model: PreActResNet, data: DataSplits, folder: Path, log: Callable[[str], None],
-           ) -> dict[str, float]:
-    """Adversarially train the teacher with the task's recipe (resumable from ``folder/train_state.pt``)."""
+           mirror: Optional[CheckpointMirror] = None) -> dict[str, float]:
+    """Adversarially train the teacher with the task's recipe (resumable from ``folder/train_state.pt``, which
+    ``mirror`` first fetches from the run folder when this node has none)."""
     cfg = task.config
+    checkpoint = folder / "train_state.pt"
+    if mirror is not None:
+        mirror.restore(checkpoint)
     sandwich = cfg.proxy.supernet == "sandwich"
     log(f"training teacher {task.teacher.name} on {cfg.dataset.name} ({cfg.training.epochs:g} epochs, "
         f"{cfg.training.loss}{', sandwich rule' if sandwich else ''}); cached as {folder}")
     objective = (sandwich_objective(model, task.teacher, LOSSES.get(cfg.training.loss),
                                     cfg.proxy.sandwich_random) if sandwich else None)
     name = task.teacher.name
+
+    def progress(r: dict[str, float]) -> None:
+        # called after the epoch's checkpoint is saved: keeping it now is keeping the epoch
+        if mirror is not None:
+            mirror.keep(checkpoint)
+        log(f"teacher {name} epoch {r['epoch']}/{r['epochs']}: loss {r['train_loss']:.3f} val robust "
+            f"{r['val_robust']:.3f} {eta(r['epoch'], r['epochs'], r['seconds'])}".rstrip())
+
     res = adversarial_train(model, data, cfg.training, LoopOptions(
-        num_classes=task.shape.num_classes, **augmentation(cfg.dataset), checkpoint=folder / "train_state.pt",
-        objective=objective,
-        progress=lambda r: log(f"teacher {name} epoch {r['epoch']}/{r['epochs']}: loss {r['train_loss']:.3f} val "
-                               f"robust {r['val_robust']:.3f} {eta(r['epoch'], r['epochs'], r['seconds'])}".rstrip()),
-        desc=f"teacher {name}"))
+        num_classes=task.shape.num_classes, **augmentation(cfg.dataset), checkpoint=checkpoint,
+        objective=objective, progress=progress, desc=f"teacher {name}"))
     if res.diverged:
         raise RuntimeError(f"teacher {task.teacher.name} diverged: {res.reason}; lower training.lr")
     return {"seconds": res.seconds, "best_epoch": res.best_epoch, "best_val_robust": res.best_val_robust}

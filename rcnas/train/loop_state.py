@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 import torch
 from torch import nn
@@ -82,6 +82,17 @@ class LoopState:
         :func:`resume`)."""
         return cls(epoch=saved["epoch"], step=saved["step"], best_acc=saved["best_acc"],
                    best_epoch=saved["best_epoch"], best=saved["best"], history=list(saved["history"]))
+
+
+class CheckpointMirror(Protocol):
+    """Where a long training's checkpoint is kept besides the worker's disk (``rcnas.distributed.run_files.Mirror``:
+    the run folder on the driver's node), so that a retry on another node continues from its last epoch."""
+
+    def restore(self, local: Path) -> bool:
+        """Put the kept checkpoint at ``local`` unless one is there; True when one was fetched."""
+
+    def keep(self, local: Path, rel: Optional[str] = None) -> None:
+        """Keep ``local`` (the checkpoint just written, or ``rel``: another file of the job) and report progress."""
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
