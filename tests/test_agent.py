@@ -87,8 +87,9 @@ def _check_fine_tuning_starts_from(exp, metas, target, tmp_path):
 @pytest.mark.ray
 def test_train_smoke_writes_every_output(tmp_path):
     kept = tmp_path / "kept"  # --storage: a URI that outlives the head (file:// here; s3:// or gs:// on a cluster)
+    cache = {"RCNAS_CACHE": str(tmp_path / "cache")}  # the nodes' own cache, lost with the head below
     proc = run_script("train.py", "--smoke-test", "--out", str(tmp_path / "run"), "--storage", kept.as_uri(),
-                      "--set", "trackers.mlflow={}", "--set", "trackers.wandb={}", timeout=900)
+                      "--set", "trackers.mlflow={}", "--set", "trackers.wandb={}", env=cache, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
@@ -142,10 +143,15 @@ def test_train_smoke_writes_every_output(tmp_path):
     import shutil
 
     shutil.rmtree(run)
+    shutil.rmtree(tmp_path / "cache")
+    assert list((kept / "teachers").glob("*/model.pt")), "the trained teachers are kept in the run's storage"
     again = run_script("train.py", "--smoke-test", "--out", str(run), "--storage", kept.as_uri(), "--resume",
-                       "--set", "trackers.mlflow={}", "--set", "trackers.wandb={}", timeout=900)
+                       "--set", "trackers.mlflow={}", "--set", "trackers.wandb={}", env=cache, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "pulled from" in again.stderr and "'computed': 0" in again.stderr
+    # no teacher trained again: the new node cache got each one from the run folder pulled back from storage
+    records = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "teachers").glob("*/train.json")]
+    assert records and all(r.get("kept") == "run folder" for r in records), records
     assert json.loads((run / "summary.json").read_text())["chosen"] == summary["chosen"]
     # the same command on the finished run: its table again, nothing computed, no Ray, no second Tune trial
     trials = sorted(p.name for p in (kept / "tune" / "meta").iterdir() if p.is_dir())

@@ -214,3 +214,14 @@ def test_a_long_call_has_no_time_limit_while_it_progresses_and_is_given_up_after
             await _alive_while_progressing(slow("never", 30), (silent, "t"), settings)
 
     asyncio.run(scenario())
+
+
+def test_a_run_that_joined_a_cluster_is_told_what_ray_down_deletes(monkeypatch):
+    """Without --storage, a run on a cluster (an address, or $RAY_ADDRESS as `ray job submit` sets it) warns; a run
+    on this machine's own Ray does not (its folder is the user's)."""
+    from agents.phases import on_shared_cluster
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert on_shared_cluster("10.0.0.5:6379")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert on_shared_cluster(None)
