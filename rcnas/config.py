@@ -135,9 +135,10 @@ class TrainConfig(StrictModel):
     val_examples: Int = Field(1000, ge=1, le=MAX_EXAMPLES)
     """validation examples attacked after each epoch for checkpoint selection (at most the validation split's)"""
     seed: Seed = 0
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """autocast dtype of the training step, its inner attack included (fp16 with loss scaling); validation and every
-    reported attack run in fp32 whatever this says"""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """autocast dtype of the training step, its inner attack included (fp16 with loss scaling); ``auto``: bf16 on
+    CUDA (the tensor cores' rate at fp32's range), fp32 on a CPU (where bf16 autocast is slower). Validation and
+    every reported attack run in fp32 whatever this says"""
     channels_last: bool = True
     """NHWC memory format on CUDA (faster convolutions with tensor cores); ignored on a CPU"""
     compile: bool = False

@@ -120,6 +120,33 @@ def test_the_new_recipe_settings_leave_existing_teacher_keys_alone():
     assert recipe_dump(TrainConfig()) == {k: v for k, v in TrainConfig().model_dump().items()
                                           if k not in ("precision", "channels_last", "compile", "ema")}
     assert recipe_dump(TrainConfig(precision="bf16"))["precision"] == "bf16"
+    # auto (the default: bf16 on CUDA, fp32 on a CPU) and an explicit fp32 keep the keys results had before
+    assert TrainConfig().precision == "auto"
+    assert "precision" not in recipe_dump(TrainConfig(precision="fp32"))
+
+
+def test_auto_precision_is_bf16_on_cuda_and_fp32_on_a_cpu():
+    from rcnas.train.step import StepRunner, effective_precision
+
+    assert effective_precision("auto", torch.device("cuda")) == "bf16"
+    assert effective_precision("auto", torch.device("cpu")) == "fp32"
+    assert effective_precision("fp16", torch.device("cpu")) == "fp16"
+    runner = StepRunner.setup(model(), TrainConfig(), torch.device("cpu"))
+    with runner.autocast():
+        assert not torch.is_autocast_enabled("cpu")  # auto on a CPU: no autocast at all, as fp32 was
+
+
+def test_reported_attacks_switch_tf32_off_and_restore_it():
+    from rcnas.attacks.run import exact_fp32
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with exact_fp32():
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@ found through ``rcnas.vocab.ATTACK_KINDS`` (whose entries name their function in
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
@@ -47,3 +48,21 @@ def run_attack(
                          "evaluate a float32 copy (model.float())")
     with torch.autocast(x.device.type, enabled=False):
         return attack_fn(cfg.name)(model, x, y, cfg, ctx)
+
+
+EXACT_FP32 = "fp32, TF32 off"
+"""how reported attacks compute (``FinalResult.provenance["attack_math"]``)"""
+
+
+@contextmanager
+def exact_fp32() -> Iterator[None]:
+    """Full fp32 for the attacks whose figures are reported: TF32 off for cuDNN's convolutions (which PyTorch runs in
+    TF32 by default on Ampere and later) and for matmuls. TF32 keeps 10 mantissa bits, so its gradients are coarser,
+    and a coarser attack can overstate robustness; the proxy's and validation's attacks keep TF32 (they rank, they
+    are not reported). Restores the previous settings; on a CPU nothing changes."""
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul

@@ -18,6 +18,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from rcnas.attacks.run import EXACT_FP32, exact_fp32
 from rcnas.config import AttackConfig, TrainConfig
 from rcnas.data.registry import augmentation, load_splits
 from rcnas.data.tensors import DataSplits
@@ -35,6 +36,7 @@ from rcnas.space.arch import ArchSpec
 from rcnas.space.cost import arch_cost
 from rcnas.task import Task
 from rcnas.train import CheckpointMirror, LoopOptions, adversarial_train, save_atomic
+from rcnas.train.step import effective_precision
 from rcnas.train.trainer import planned_steps
 
 
@@ -186,7 +188,8 @@ def _train_or_load(job: EvalJob, model: nn.Module, data: DataSplits, out: Path, 
     if mirror is not None:
         mirror.keep(out / "model.pt", f"{job.name}/model.pt")  # the weights back in the run folder, off the worker
     return {"epochs": res.epochs_run, "best_epoch": res.best_epoch, "best_val_robust": res.best_val_robust,
-            "seconds": round(res.seconds, 1), "diverged": res.diverged, "loss": recipe.loss}
+            "seconds": round(res.seconds, 1), "diverged": res.diverged, "loss": recipe.loss,
+            "precision": effective_precision(recipe.precision, device)}
 
 
 def evaluate_job(job: EvalJob, log: Callable[[str], None] = say, device: torch.device | None = None,
@@ -205,16 +208,18 @@ def evaluate_job(job: EvalJob, log: Callable[[str], None] = say, device: torch.d
     measured = state_sha256(model.state_dict())  # the weights attacked below: what an export must ship
     test = data.test if job.n_examples is None else data.test.head(job.n_examples)
     attacks = {label: AttackConfig.suite(label, eps) for label in job.attacks if label != "clean"}
-    report = robust_accuracy(model, test, attacks, num_classes=shape.num_classes, seed=job.seed,
-                             progress=lambda m: log(f"[{job.name}] {m}"), desc=job.name)
-    lips = local_lipschitz(model, test.head(256), AttackConfig.suite("pgd20", eps), num_classes=shape.num_classes,
-                           seed=job.seed)
+    with exact_fp32():  # reported figures: no TF32 in the attacks' gradients
+        report = robust_accuracy(model, test, attacks, num_classes=shape.num_classes, seed=job.seed,
+                                 progress=lambda m: log(f"[{job.name}] {m}"), desc=job.name)
+        lips = local_lipschitz(model, test.head(256), AttackConfig.suite("pgd20", eps),
+                               num_classes=shape.num_classes, seed=job.seed)
     cost = arch_cost(job.arch, shape)
     return FinalResult(
         name=job.name, arch=job.arch.short(), params=cost.params, macs=cost.macs, dataset=job.task.config.dataset.name,
         task=job.task.name, epsilon=eps, eps_255=eps_label(eps), seed=job.seed, n_examples=report.n_examples,
         split="test", clean=report.clean, attacks=report.attacks, worst_case=report.worst_case, lipschitz=lips,
         train=train_info, wall_seconds=round(time.perf_counter() - t0, 1), device=str(device),
-        node=platform.node(), job_key=job.key(), provenance=environment(str(device)), weights_sha256=measured,
+        node=platform.node(), job_key=job.key(),
+        provenance={**environment(str(device)), "attack_math": EXACT_FP32}, weights_sha256=measured,
     )
 

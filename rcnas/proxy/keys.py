@@ -27,15 +27,17 @@ def teacher_key(task: Task) -> str:
     return content_key(what)
 
 
-LATER_RECIPE_FIELDS = {"precision": "fp32", "channels_last": True, "compile": False, "ema": None}
+LATER_RECIPE_FIELDS = {"precision": ("fp32", "auto"), "channels_last": (True,), "compile": (False,), "ema": (None,)}
 """training settings added after caches existed: they count in a key only when set to something else, so teachers
-trained before them keep their keys (and caches)"""
+trained before them keep their keys (and caches). Precision ``auto`` (the default since) is fp32 on a CPU, so CPU
+results keep their keys; like every key, it names the recipe, not the hardware that ran it (a result's record says
+which precision ran: ``rcnas.train.step.effective_precision``)."""
 
 
 def recipe_dump(recipe: TrainConfig) -> dict:
     d = recipe.model_dump()
-    for name, default in LATER_RECIPE_FIELDS.items():
-        if d.get(name) == default:
+    for name, defaults in LATER_RECIPE_FIELDS.items():
+        if d.get(name) in defaults:
             d.pop(name)
     return d
 

@@ -20,6 +20,14 @@ from rcnas.train.losses import LossFn
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def effective_precision(precision: str, device: torch.device) -> str:
+    """What a recipe's ``precision`` runs as on ``device``: ``auto`` is bf16 on CUDA and fp32 elsewhere (bf16
+    autocast on a CPU is slower than fp32, and every CPU figure stays what it was)."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
 @dataclass
 class StepRunner:
     """The network one step runs, under which precision and memory format, and the average it feeds."""
@@ -37,7 +45,8 @@ class StepRunner:
     def setup(cls, model: nn.Module, cfg: TrainConfig, device: torch.device) -> StepRunner:
         """The step of recipe ``cfg`` for ``model`` on ``device``; ``model`` is made channels-last in place if asked
         (its parameters stay the same objects, so an optimizer over them is still right)."""
-        dtype = AMP_DTYPES.get(cfg.precision)
+        precision = effective_precision(cfg.precision, device)
+        dtype = AMP_DTYPES.get(precision)
         cuda = device.type == "cuda"
         if cuda:
             torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels once
@@ -48,7 +57,7 @@ class StepRunner:
         def autocast() -> contextlib.AbstractContextManager:
             return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
-        scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         net, fallback = model, None
         if cfg.compile:
             try:
