@@ -26,3 +26,23 @@ def test_search_quality_benchmark_reports_every_searcher_and_reuses_its_store(tm
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(store) == stored and (tmp_path / "final-N2" / "results.json").read_text() == final
     assert (tmp_path / "report.md").read_text().split("\n\n", 1)[1] == report.split("\n\n", 1)[1]
+
+
+@pytest.mark.slow
+def test_the_gpu_pipeline_script_runs_on_a_cpu(tmp_path):
+    """bench/gpu_pipeline.py, the one script a GPU session runs, kept working where there is no GPU: the search on
+    CPU workers and evaluate.py's full attack suite, each figure labelled, reported attacks in exact fp32."""
+    import json
+
+    proc = run_script("bench/gpu_pipeline.py", "--out", str(tmp_path), timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_pipeline.json").read_text())
+    if report["gpus"] == 0:
+        (search,) = report["searches"].values()
+        assert search["evaluations_computed"] >= 1 and search["evaluations_per_gpu_hour"] is None
+    else:
+        assert set(report["searches"]) == {"whole", "half"}
+    evaluation = report["evaluate"]
+    assert set(evaluation["attacks"]) == {"fgsm", "pgd20", "cw40", "aa"}
+    assert evaluation["split"] == "test" and evaluation["n_examples"] == 16 and evaluation["epsilon"] == "8/255"
+    assert evaluation["attack_math"] == "fp32, TF32 off"
