@@ -232,8 +232,8 @@ def check_workers_can_run(exp: ExperimentConfig, ray_address: str | None, insist
     if torch.cuda.device_count() == 0:
         raise ConfigError(
             f"{exp.name}: workers.gpus is {gpus:g} per worker, but this machine has no GPU and the Ray started here "
-            "cannot grow; run it on a cluster (--ray-address, see README 'On a Ray cluster'), set workers.gpus "
-            "to 0 to evaluate on CPUs, or pass --allow-pending-workers to wait anyway")
+            "cannot grow; run it on a cluster (as a Ray job there, or with --ray-address: README 'On a Ray "
+            "cluster'), set workers.gpus to 0 to evaluate on CPUs, or pass --allow-pending-workers to wait anyway")
 
 
 def check_run_folder(out: Path, resume: bool) -> None:
