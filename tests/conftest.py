@@ -80,6 +80,22 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture
+def cluster():
+    """A simulated cluster: a head with no CPU for workers (only the driver and the service live there); every
+    worker runs on a node the test adds."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    ray.init(address=c.address, log_to_driver=False)
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
 def randomise_bn_statistics(model):
     """Random BN running statistics, so that a wrongly sliced or copied statistic would change a model's outputs."""
     import torch

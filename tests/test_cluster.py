@@ -61,21 +61,6 @@ def test_a_worker_given_a_gpu_torch_cannot_see_stops_with_one_line_and_never_run
         cluster.shutdown()
 
 
-@pytest.fixture
-def cluster():
-    """A simulated cluster: a head with no CPU for workers (only the driver and the service live there)."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        ray.shutdown()
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    ray.init(address=c.address, log_to_driver=False)
-    yield c
-    ray.shutdown()
-    c.shutdown()
-
-
 def _archs(task, n: int, seed: int = 0) -> list:
     import numpy as np
 

@@ -28,21 +28,7 @@ def _long_teacher_task(epochs: int = 40):
     }))
 
 
-@pytest.fixture
-def cluster():
-    """A simulated cluster whose head has no CPU for workers: every worker runs on a node the test adds."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        ray.shutdown()
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    ray.init(address=c.address, log_to_driver=False)
-    yield c
-    ray.shutdown()
-    c.shutdown()
-
-
+@pytest.mark.slow  # 45 s here; CI runs it with the other slow cluster checks
 def test_a_teacher_training_lost_with_its_node_continues_from_its_last_epoch_on_another(tmp_path, cluster):
     """The node training a teacher goes away after a few epochs: no time limit fired, the pool retried the call
     on the other node, which started from the checkpoint the run folder kept, not from epoch 0. Each node has its

@@ -71,7 +71,6 @@ class EvaluationService:
         self.run_dir = Path(run_dir)
         self.store = EvaluationStore(self.run_dir / "evaluations.sqlite")
         self.files = start_run_files(run_dir)
-        self.files_where = ray.get(self.files.where.remote())
         settings = settings or PoolSettings()
         self.pool = WorkerPool(n_workers, settings, cache_dir, data_root)
         whole = whole_gpu_settings(settings)
@@ -98,8 +97,8 @@ class EvaluationService:
             shipped = kept  # trained by an earlier run of this folder (or pulled back from --storage)
         else:
             tag = f"teacher {teacher_key(task)}"
-            mirror = Mirror(self.files, str(teacher_folder(task, Path()) / "train_state.pt"), tag,
-                            *self.files_where)
+            where = await self.files.where.remote()  # awaited: a blocking get would stall this event loop
+            mirror = Mirror(self.files, str(teacher_folder(task, Path()) / "train_state.pt"), tag, *where)
             shipped = await self.teacher_pool.call(_teacher_what(task), "teacher_state", task, mirror,
                                                    progress=(self.files, tag))
             await loop.run_in_executor(None, keep_teacher, task, self.run_dir, shipped)
