@@ -120,15 +120,21 @@ def test_the_new_recipe_settings_leave_existing_teacher_keys_alone():
     assert recipe_dump(TrainConfig()) == {k: v for k, v in TrainConfig().model_dump().items()
                                           if k not in ("precision", "channels_last", "compile", "ema")}
     assert recipe_dump(TrainConfig(precision="bf16"))["precision"] == "bf16"
-    # auto (the default: bf16 on CUDA, fp32 on a CPU) and an explicit fp32 keep the keys results had before
+    # auto (the default: bf16 on CUDA, fp32 on a CPU) keeps the keys results had before; an explicit fp32 is a
+    # recipe of its own (on CUDA it differs from auto's bf16, so it never shares their results)
     assert TrainConfig().precision == "auto"
-    assert "precision" not in recipe_dump(TrainConfig(precision="fp32"))
+    assert recipe_dump(TrainConfig(precision="fp32"))["precision"] == "fp32"
 
 
-def test_auto_precision_is_bf16_on_cuda_and_fp32_on_a_cpu():
+def test_auto_precision_is_bf16_on_cuda_and_fp32_on_a_cpu(monkeypatch):
     from rcnas.train.step import StepRunner, effective_precision
 
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert effective_precision("auto", torch.device("cuda")) == "bf16"
+    # a GPU that only emulates bf16 (T4, V100) trains in fp32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert effective_precision("auto", torch.device("cuda")) == "fp32"
+    monkeypatch.undo()
     assert effective_precision("auto", torch.device("cpu")) == "fp32"
     assert effective_precision("fp16", torch.device("cpu")) == "fp16"
     runner = StepRunner.setup(model(), TrainConfig(), torch.device("cpu"))

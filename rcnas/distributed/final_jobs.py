@@ -83,6 +83,7 @@ def evaluate_jobs(
     where = ray.get(files.where.remote())
     spec = resources if resources is not None else worker_resources()
     remote = ray.remote(_evaluate_remote).options(max_retries=2, **spec)
+    pending: list[Any] = []
     try:
         refs = {remote.remote(job, Mirror(files, f"{job.name}/train_state.pt", f"final {job.name}", *where)):
                 job.name for job in longest_first(ship_checkpoints(jobs))}
@@ -96,4 +97,6 @@ def evaluate_jobs(
             on_result(result)
             log(f"done: {refs[done[0]]} ({len(jobs) - len(pending)}/{len(jobs)})")
     finally:
+        for ref in pending:  # one job failed: the others would fail at their next epoch without the files actor
+            ray.cancel(ref, force=True)
         ray.kill(files, no_restart=True)

@@ -160,6 +160,7 @@ class WorkerPool:
         self.workers: dict[Any, dict[str, Any]] = {}
         self.placed: set[Any] = set()
         self.retried = 0
+        self.closed = False
         self.broken: Optional[BaseException] = None
         """why a worker could not start (set once): every call then fails with it instead of waiting"""
         self._started = False
@@ -180,7 +181,9 @@ class WorkerPool:
     def _replace(self, worker: Any) -> None:
         ray.kill(worker, no_restart=True)  # dead already, or stuck past the time limit
         self.placed.discard(worker)
-        self._spawn(self.workers.pop(worker))
+        spec = self.workers.pop(worker, None)
+        if spec is not None and not self.closed:
+            self._spawn(spec)
         self.retried += 1
 
     async def _when_placed(self, worker: Any) -> None:
@@ -212,9 +215,12 @@ class WorkerPool:
                 return worker
             except asyncio.TimeoutError:
                 waited += step
-                if waited >= s.wait_s:
+                pending = [spec for w, spec in self.workers.items() if w not in self.placed]
+                if waited >= s.wait_s and pending:
                     raise
-            pending = [spec for w, spec in self.workers.items() if w not in self.placed]
+                if not pending:  # every worker placed and busy (e.g. teachers training for a day): wait on
+                    waited = 0.0
+                    continue
             if pending:
                 say(f"evaluation pool: {len(pending)} of {len(self.workers)} workers still waiting to be placed "
                       f"after {waited:.0f} s, asking for {pending[0]} each; the cluster has "
@@ -257,11 +263,15 @@ class WorkerPool:
                                f"{limit})")
 
     def close(self) -> None:
-        """End every worker (their resources, e.g. whole GPUs, go back to the cluster)."""
+        """End every worker (their resources, e.g. whole GPUs, go back to the cluster). Call it when no call is in
+        flight; the pool is not used afterwards."""
+        self.closed = True
         for worker in self.workers:
             ray.kill(worker, no_restart=True)
         self.workers.clear()
         self.placed.clear()
+        while not self.idle.empty():
+            self.idle.get_nowait()
 
     def handles(self) -> list[Any]:
         self.start()
@@ -273,6 +283,7 @@ class WorkerPool:
         return list(await asyncio.gather(*(w.where.remote() for w in self.workers)))
 
     def stats(self) -> dict[str, int]:
-        """Workers asked for, placed, and calls retried after a worker died or timed out."""
-        self.start()
-        return {"retried": self.retried, "workers": len(self.workers), "placed": len(self.placed)}
+        """Workers asked for, placed, and calls retried after a worker died or timed out. Starts nothing: asking
+        how the pool does must not place workers (they would take GPUs a whole-GPU teacher pool is waiting for)."""
+        asked = len(self.workers) if self._started else len(self._specs)
+        return {"retried": self.retried, "workers": asked, "placed": len(self.placed)}

@@ -105,13 +105,14 @@ class Mirror:
                 and Path(self.root, rel or self.rel).resolve() == local.resolve())
 
     def restore(self, local: Path) -> bool:
-        """Put the run folder's checkpoint at ``local`` unless one is there already; True when one was fetched."""
+        """Put the run folder's checkpoint at ``local`` (over a local one: the run folder's is the latest any attempt
+        kept, a local one may be an earlier attempt's on this node); True when one was fetched."""
         self.beat("started")
-        if local.is_file() or self._same_file(local):
+        if self._same_file(local):
             return False
         data = ray.get(self.files.get.remote(self.rel))
         if data is None:
-            return False
+            return False  # none kept yet: a local checkpoint of this node, if any, is continued
         local.parent.mkdir(parents=True, exist_ok=True)
         write_atomic_with(local, lambda handle: handle.write(data))
         say(f"{self.tag}: continuing from the run folder's checkpoint {self.rel}")

@@ -108,11 +108,16 @@ class EvaluationService:
     async def prepare_teachers(self, tasks: list[Task]) -> list[TeacherStats]:
         """Every task's teacher ready (trained, imported or restored) and measured, side by side, before the search
         samples anything: a policy iteration then never waits on a teacher. Ends the whole-GPU teacher pool."""
-        try:
-            return list(await asyncio.gather(*(self.teacher_stats(t) for t in tasks)))
-        finally:
-            if self.teacher_pool is not self.pool:
-                self.teacher_pool.close()
+        # first every teacher trained (on the whole-GPU pool), and that pool ended once none is in flight, so its
+        # GPUs are free before the evaluation workers (which measure the teachers) are placed
+        shipped = await asyncio.gather(*(self.teacher_ref(t) for t in tasks), return_exceptions=True)
+        if self.teacher_pool is not self.pool:
+            self.teacher_pool.close()
+            self.teacher_pool = self.pool  # a teacher needed later trains on an evaluation worker
+        failed = [r for r in shipped if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]
+        return list(await asyncio.gather(*(self.teacher_stats(t) for t in tasks)))
 
     async def teacher_stats(self, task: Task) -> TeacherStats:
         return await memoised(self.teachers, teacher_key(task) + stats_key(task.config), lambda: self._stats(task))

@@ -27,17 +27,18 @@ def teacher_key(task: Task) -> str:
     return content_key(what)
 
 
-LATER_RECIPE_FIELDS = {"precision": ("fp32", "auto"), "channels_last": (True,), "compile": (False,), "ema": (None,)}
-"""training settings added after caches existed: they count in a key only when set to something else, so teachers
-trained before them keep their keys (and caches). Precision ``auto`` (the default since) is fp32 on a CPU, so CPU
-results keep their keys; like every key, it names the recipe, not the hardware that ran it (a result's record says
-which precision ran: ``rcnas.train.step.effective_precision``)."""
+LATER_RECIPE_FIELDS = {"precision": "auto", "channels_last": True, "compile": False, "ema": None}
+"""training settings added after caches existed: at their defaults they are left out of a key, so results and
+teachers from before them keep their keys (and caches). Precision's default is ``auto`` (fp32 on a CPU, as the old
+default was, so CPU results keep their keys; bf16 on CUDA); an explicit ``fp32`` is a recipe of its own. Like every
+key, ``auto`` names the recipe, not the hardware that ran it: a result's record says which precision ran
+(``rcnas.train.step.effective_precision``)."""
 
 
 def recipe_dump(recipe: TrainConfig) -> dict:
     d = recipe.model_dump()
-    for name, defaults in LATER_RECIPE_FIELDS.items():
-        if d.get(name) in defaults:
+    for name, default in LATER_RECIPE_FIELDS.items():
+        if d.get(name) == default:
             d.pop(name)
     return d
 

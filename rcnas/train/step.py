@@ -21,10 +21,12 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def effective_precision(precision: str, device: torch.device) -> str:
-    """What a recipe's ``precision`` runs as on ``device``: ``auto`` is bf16 on CUDA and fp32 elsewhere (bf16
-    autocast on a CPU is slower than fp32, and every CPU figure stays what it was)."""
+    """What a recipe's ``precision`` runs as on ``device``: ``auto`` is bf16 on a CUDA GPU with native bf16 and fp32
+    elsewhere (bf16 autocast on a CPU is slower than fp32, and every CPU figure stays what it was)."""
     if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        # pre-Ampere GPUs (T4, V100) only emulate bf16, slower than fp32
+        native = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+        return "bf16" if native else "fp32"
     return precision
 
 
