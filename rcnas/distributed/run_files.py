@@ -93,11 +93,6 @@ class Mirror:
     node: str = ""
     """the node the run folder is on"""
 
-    @classmethod
-    def of(cls, files: Any, rel: str, tag: str) -> Mirror:
-        root, node = ray.get(files.where.remote())
-        return cls(files, rel, tag, root, node)
-
     def _same_file(self, local: Path, rel: Optional[str] = None) -> bool:
         """``local`` is the run folder's file ``rel`` itself (a job on the run folder's node writing into it)."""
         here = ray.get_runtime_context().get_node_id()
