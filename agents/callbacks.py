@@ -77,6 +77,7 @@ class SignExperiment(tune.Callback):
 
     def __init__(self) -> None:
         self._signer: Any = None
+        self._staging: str | None = None
         self._warned = False
 
     def __getstate__(self) -> dict[str, Any]:
@@ -100,14 +101,24 @@ class SignExperiment(tune.Callback):
                 os.unlink(stale)
             self._signer = LiveSigner(storage.experiment_fs_path, storage.storage_filesystem,
                                       every_s=0.0 if local else self.REMOTE_EVERY_S)
+            self._staging = storage.experiment_driver_staging_path
         return self._signer is not None
 
     def _sign(self, trials: list[Any], checkpoint: Any = None, force: bool = False) -> None:
+        self._guarded(lambda: self._start(trials) and self._signer.sign(
+            register=self._signer.relative(checkpoint.path) if checkpoint is not None else None, force=force))
+
+    def get_state(self) -> None:
+        """Tune asks for the callbacks' state last when it saves the experiment, just before it uploads the saved
+        files: they are signed here as staged (:meth:`agents.manifest.LiveSigner.expect`), so whatever part of the
+        upload a kill leaves in the experiment folder verifies. No state to save (None: Tune writes no file)."""
+        if self._signer is not None and self._staging is not None:
+            self._guarded(lambda: self._signer.expect(self._staging))
+        return None
+
+    def _guarded(self, work: Any) -> None:
         try:
-            if not self._start(trials):
-                return
-            register = self._signer.relative(checkpoint.path) if checkpoint is not None else None
-            self._signer.sign(register=register, force=force)
+            work()
         except FileNotFoundError:
             pass  # a file went (a checkpoint Tune no longer keeps) while it was listed: the next step signs again
         except Exception as exc:  # noqa: BLE001 - signing must not end the search; the stage's end signs again

@@ -17,15 +17,21 @@ What is signed, when (``agents/stages.py``):
       ``agents.callbacks.SignExperiment``: Tune saves its experiment state inside the step, before the callbacks'
       ``on_step_end``), at each trial checkpoint, and when the stage ends.
 
-The kill -9 window: a run killed while Tune (or a trial) is writing a file, or after it wrote one and before the
-driver's next step re-signed it (a fraction of a second on a local disk; up to ``every_s``, 10 s, with a storage URI,
-plus a checkpoint being uploaded), leaves a folder that does not verify: ``--resume`` then refuses it, naming the
-file, and ``--trust-checkpoint`` resumes anyway (it re-signs what it resumes). Files inside a trial checkpoint are
-written once: the driver keeps the first hash it took after Tune registered the checkpoint, so a checkpoint changed
-in the bucket while the run goes on is not signed again. What signing cannot cover: a writer who replaces files
-between the check and Tune's own read (at ``--resume``, a trial restored later from the bucket), or during a live run
-between Tune's write and the driver's next signature; and a folder this user signed earlier, put back whole (it is
-this user's own content).
+A run killed at any moment (a lost or preempted head) resumes without ``--trust-checkpoint``:
+    - Tune saves its experiment files to a staging folder on the driver and uploads them in a background thread:
+      the versions staged are signed before the upload starts (``expected`` in the manifest, kept ten minutes), so
+      the folder verifies whichever part of the upload a kill leaves;
+    - a trial uploads its checkpoint before the driver registers it: a checkpoint none of whose files is signed
+      (never registered, so named by no signed experiment state) is removed at ``--resume``, with a warning line;
+    - files missing from a trial checkpoint (Tune deleting one it no longer keeps) and a trial's metrics logs
+      (``result.json``, ``progress.csv``, TensorBoard events, appended while they are uploaded) never block a resume:
+      neither runs code.
+Anything else unsigned or changed is refused, naming the file; ``--trust-checkpoint`` resumes anyway (it re-signs
+what it resumes). Files inside a trial checkpoint are written once: the driver keeps the first hash it took after Tune
+registered the checkpoint, so a checkpoint changed in the bucket while the run goes on is not signed again. What
+signing cannot cover: a writer who replaces files between the check and Tune's own read (at ``--resume``, a trial
+restored later from the bucket), or during a live run between Tune's write and the driver's next signature; and a
+folder this user signed earlier, put back whole (it is this user's own content).
 
 The key is per user and machine: a run resumed on another head, or a checkpoint used there with ``--from``, needs
 the same key file copied there (mode 0600), or ``--trust-checkpoint`` once.
@@ -50,6 +56,9 @@ from rcnas.infra.errors import ConfigError
 MANIFEST = "rcnas_manifest.json"
 TRUST_HINT = "pass --trust-checkpoint if you trust where it came from"
 VERSION = 1
+EXPECT_KEEP_S = 600.0
+"""how long a staged version of an experiment file (:meth:`LiveSigner.expect`) stays signed: Tune's upload of it may
+still be running, or waiting for the upload before it"""
 RACY_S = 2.0
 """a file modified less than this before it was hashed is hashed again next time, whatever its size and time say"""
 _TMP_PREFIX = f".{MANIFEST}."  # write_atomic's temporary names for the manifest (a killed write may leave one)
@@ -138,6 +147,20 @@ class _Tree:
             with self.fs.open_output_stream(f"{self.path}/{MANIFEST}") as f:  # one PUT: whole or not at all
                 f.write(data)
 
+    def remove_folder(self, rel: str) -> None:
+        """Delete ``rel`` and everything under it, links included and never followed (a link is removed, not its
+        target)."""
+        if self.fs is None:
+            import shutil
+
+            path = os.path.join(self.path, rel)
+            if os.path.islink(path):
+                os.unlink(path)
+            elif os.path.isdir(path):
+                shutil.rmtree(path)  # rmtree unlinks the links it meets (it refuses a link as its root: not here)
+        else:
+            self.fs.delete_dir(f"{self.path}/{rel}")
+
     def subfolders(self) -> list[str]:
         if self.fs is None:
             if not os.path.isdir(self.path):
@@ -173,43 +196,81 @@ def _own(rel: str) -> bool:
     return rel == MANIFEST or (rel.startswith(_TMP_PREFIX) and rel.endswith(".tmp") and "/" not in rel)
 
 
-def _mac(key: bytes, files: dict[str, str]) -> str:
-    body = json.dumps(files, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-    return hmac.new(key, b"rcnas-manifest-v1\n" + body, hashlib.sha256).hexdigest()
+def _mac(key: bytes, files: dict[str, str], expected: Optional[dict[str, list[str]]] = None) -> str:
+    if not expected:  # the first format, unchanged: manifests signed before ``expected`` existed still verify
+        body = json.dumps(files, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+        return hmac.new(key, b"rcnas-manifest-v1\n" + body, hashlib.sha256).hexdigest()
+    body = json.dumps({"expected": expected, "files": files}, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=True).encode()
+    return hmac.new(key, b"rcnas-manifest-v2\n" + body, hashlib.sha256).hexdigest()
 
 
-def _manifest_bytes(key: bytes, files: dict[str, str]) -> bytes:
-    return json.dumps({"version": VERSION, "files": dict(sorted(files.items())), "hmac": _mac(key, files)},
-                      indent=1).encode()
+def _manifest_bytes(key: bytes, files: dict[str, str], expected: Optional[dict[str, list[str]]] = None) -> bytes:
+    doc: dict[str, Any] = {"version": VERSION, "files": dict(sorted(files.items()))}
+    if expected:
+        doc["expected"] = {rel: sorted(v) for rel, v in sorted(expected.items())}
+    doc["hmac"] = _mac(key, files, doc.get("expected"))
+    return json.dumps(doc, indent=1).encode()
 
 
-def _signed_files(raw: bytes, key: bytes) -> tuple[Optional[dict[str, str]], str]:
-    """The manifest's file list when its HMAC checks out with ``key``; else None and why not."""
+class _Signed:
+    """A manifest whose HMAC checked out: ``files`` (what was there when it was signed) and ``expected`` (versions of
+    Tune's experiment files hashed in the driver's staging folder before Tune uploads them: see
+    :meth:`LiveSigner.expect`)."""
+
+    def __init__(self, files: dict[str, str], expected: dict[str, list[str]]) -> None:
+        self.files, self.expected = files, expected
+
+    def accepts(self, rel: str, digest: str) -> bool:
+        return self.files.get(rel) == digest or digest in self.expected.get(rel, ())
+
+    def knows(self, rel: str) -> bool:
+        return rel in self.files or rel in self.expected
+
+
+def _signed_files(raw: bytes, key: bytes) -> tuple[Optional[_Signed], str]:
+    """The manifest's lists when its HMAC checks out with ``key``; else None and why not."""
     try:
         doc = json.loads(raw)
-        files, mac = doc["files"], doc["hmac"]
-        ok = isinstance(files, dict) and isinstance(mac, str) and all(
-            isinstance(k, str) and isinstance(v, str) for k, v in files.items())
-    except (ValueError, KeyError, TypeError):
+        files, mac, expected = doc["files"], doc["hmac"], doc.get("expected", {})
+        ok = isinstance(files, dict) and isinstance(mac, str) and isinstance(expected, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in files.items()) and all(
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(h, str) for h in v)
+            for k, v in expected.items())
+    except (ValueError, KeyError, TypeError, AttributeError):
         ok = False
     if not ok:
         return None, f"its {MANIFEST} is damaged"
-    if not hmac.compare_digest(mac, _mac(key, files)):
+    if not hmac.compare_digest(mac, _mac(key, files, expected)):
         return None, (f"its {MANIFEST} does not verify with this user's key ({key_path()}): signed by another user "
                       "or machine, or edited")
-    return files, ""
+    return _Signed(files, expected), ""
 
 
-def _differences(tree: Any, present: dict[str, Any], links: list[str], signed: dict[str, str]) -> list[str]:
-    """What keeps a folder's files (``present``, read from ``tree``) from matching the ``signed`` list: links,
-    unsigned, missing or changed files, pickles first."""
+def _is_log(rel: str) -> bool:
+    """A trial's metrics logs (``<trial>/result.json``, ``progress.csv``, TensorBoard events): appended by the driver
+    after every result, uploaded by Tune's syncer while the driver goes on appending, and never loaded as code (Tune's
+    restore reads its experiment state, not these): a newer version than the one signed does not block a resume."""
+    parts = rel.split("/")
+    return len(parts) == 2 and (parts[1] in ("result.json", "progress.csv")
+                                or parts[1].startswith("events.out.tfevents."))
+
+
+def _differences(tree: Any, present: dict[str, Any], links: list[str], signed: _Signed) -> list[str]:
+    """What keeps a folder's files (``present``, read from ``tree``) from matching the ``signed`` lists: links,
+    unsigned, missing or changed files, pickles first. Files missing from a trial checkpoint are not counted: Tune
+    deletes checkpoints it no longer keeps (a run killed mid-delete leaves part of one), and a missing file runs no
+    code."""
     found = [f"{rel} is a symbolic link or special file (rcnas writes none)" for rel in links]
-    for rel in sorted(set(present) | set(signed), key=_pickle_first):
-        if rel not in signed:
+    for rel in sorted(set(present) | set(signed.files), key=_pickle_first):
+        if rel not in present:
+            if _checkpoint_folder(rel) is None:
+                found.append(f"{rel} is missing (signed, no longer there)")
+        elif _is_log(rel):
+            continue
+        elif not signed.knows(rel):
             found.append(f"{rel} is not signed (added after the checkpoint was signed)")
-        elif rel not in present:
-            found.append(f"{rel} is missing (signed, no longer there)")
-        elif tree.sha256(rel) != signed[rel]:
+        elif not signed.accepts(rel, tree.sha256(rel)):
             found.append(f"{rel} changed since the checkpoint was signed")
     return found
 
@@ -226,10 +287,10 @@ def _problems(tree: _Tree, key: bytes) -> list[str]:
         if not present and not links:
             return []  # nothing there to restore
         return [f"unsigned (no {MANIFEST}: not written by rcnas for this user, or by a version before signing)"]
-    files, why = _signed_files(raw, key)
-    if files is None:
+    signed, why = _signed_files(raw, key)
+    if signed is None:
         return [why]
-    return _differences(tree, present, links, files)
+    return _differences(tree, present, links, signed)
 
 
 # -- signing and verifying -------------------------------------------------------------------------------------
@@ -305,7 +366,35 @@ def verify_resume(out: str | Path, trust: bool, storage: Optional[str] = None) -
 
     root: str | Path = tune_uri(storage) if storage else Path(out) / "tune"
     for folder in tune_experiments(root):
+        if not trust:
+            drop_unregistered_checkpoints(folder)
         verify_tree(folder, trust, label=f"--resume: {folder}")
+
+
+def drop_unregistered_checkpoints(folder: str | Path) -> list[str]:
+    """Remove from a signed Tune experiment (a path or a URI) each trial checkpoint none of whose files is signed.
+
+    A trial uploads its checkpoint before the driver hears of it; a run killed in between leaves a checkpoint that
+    Tune never registered. The driver signs a checkpoint when Tune registers it, before any experiment state naming
+    it is saved, so the signed experiment state cannot name such a checkpoint: the resumed trial starts from its last
+    registered one and would write this one again over what is there (files it did not write would then be signed
+    with it). Nothing is removed unless the manifest verifies with this user's key. Returns what was removed.
+    """
+    tree = _Tree(folder)
+    raw = tree.read_manifest() if tree.exists() else None
+    signed = _signed_files(raw, load_key())[0] if raw is not None else None
+    if signed is None:
+        return []  # verify_tree says why
+    present, links = tree.walk()
+    known = {_checkpoint_folder(rel) for rel in signed.files} | {_checkpoint_folder(rel) for rel in signed.expected}
+    found = {_checkpoint_folder(rel) for rel in present} - known - {None}
+    held = {_checkpoint_folder(rel) for rel in links}  # one holding a link is refused by verify_tree, not removed
+    removed = sorted(str(f) for f in found - held)
+    for rel in removed:
+        tree.remove_folder(rel)
+        print(f"warning: {tree.name}/{rel}: removed, a checkpoint the killed run uploaded but never registered "
+              "(unsigned); the trial resumes from its last signed checkpoint", file=sys.stderr, flush=True)
+    return removed
 
 
 def verify_copy(copy: str | Path, experiment: str | Path, checkpoint_fs_path: str, trust: bool) -> None:
@@ -320,14 +409,15 @@ def verify_copy(copy: str | Path, experiment: str | Path, checkpoint_fs_path: st
     raw = tree.read_manifest()
     if raw is None:
         raise ConfigError(f"{label}: unsigned (no {MANIFEST} in {experiment}); {TRUST_HINT}")
-    files, why = _signed_files(raw, load_key())
-    if files is None:
+    signed, why = _signed_files(raw, load_key())
+    if signed is None:
         raise ConfigError(f"{label}: {why}; {TRUST_HINT}")
-    expected = {k[len(prefix) + 1:]: v for k, v in files.items() if k.startswith(prefix + "/")}
+    # checkpoint files are pinned as Tune registered them: the staging versions (``expected``) never apply here
+    mine = {k[len(prefix) + 1:]: v for k, v in signed.files.items() if k.startswith(prefix + "/")}
     local = _Tree(copy)
     present, links = local.walk()
     present.pop(MANIFEST, None)
-    found = _differences(local, present, links, expected)
+    found = _differences(local, present, links, _Signed(mine, {}))
     if found:
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
         raise ConfigError(f"{label} (copied to {copy}): {found[0]}{more}; {TRUST_HINT}")
@@ -361,9 +451,10 @@ class LiveSigner:
         self._registered: set[str] = set()
         self._written: Optional[bytes] = None
         self._last = float("-inf")
+        self._expected: dict[str, dict[str, float]] = {}
         raw = self.tree.read_manifest() if self.tree.exists() else None
-        files = _signed_files(raw, self._key)[0] if raw is not None else None
-        for rel, digest in (files or {}).items():
+        signed = _signed_files(raw, self._key)[0] if raw is not None else None
+        for rel, digest in (signed.files if signed else {}).items():
             folder_rel = _checkpoint_folder(rel)
             if folder_rel is not None:
                 self._registered.add(folder_rel)
@@ -375,6 +466,25 @@ class LiveSigner:
 
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError("a LiveSigner holds the signing key and is never pickled")
+
+    def expect(self, staging: str | Path) -> None:
+        """Sign the versions of Tune's experiment files that Tune is about to upload: every file now in the driver's
+        ``staging`` folder (experiment state, searcher state, trial parameters and logs), hashed there, is accepted
+        at its path for ``EXPECT_KEEP_S`` beside what the folder holds. Tune copies that folder to the experiment in
+        a background thread after saving it, so a run killed mid-upload or before the next :meth:`sign` still
+        resumes. Called from inside Tune's save (the callbacks' state is its last part), before the upload starts."""
+        tree = _Tree(staging)
+        files, _, _ = walk_local(Path(tree.path))
+        now = time.monotonic()
+        for rel in files:
+            if _own(rel) or rel.rsplit("/", 1)[-1] == MANIFEST:
+                continue
+            try:
+                digest = tree.sha256(rel)
+            except FileNotFoundError:
+                continue  # replaced while listed (Tune writes its state atomically): the next save has it
+            self._expected.setdefault(rel, {})[digest] = now
+        self.sign(force=True)
 
     def sign(self, register: Optional[str] = None, force: bool = False) -> bool:
         """Re-sign now (at most every ``every_s`` unless ``force`` or ``register``: a checkpoint folder, relative,
@@ -409,7 +519,10 @@ class LiveSigner:
             del self._cache[gone]
         for gone in set(self._pinned) - set(present):
             del self._pinned[gone]
-        data = _manifest_bytes(self._key, files)
+        horizon = now - EXPECT_KEEP_S
+        self._expected = {rel: kept for rel, seen in self._expected.items()
+                          if (kept := {h: t for h, t in seen.items() if t >= horizon})}
+        data = _manifest_bytes(self._key, files, {rel: list(seen) for rel, seen in self._expected.items()})
         if data != self._written or self.tree.read_manifest() != data:
             self.tree.write_manifest(data)
             self._written = data

@@ -334,3 +334,64 @@ def test_a_trusted_experiment_is_signed_as_it_is_and_verifies_from_then_on(tmp_p
     manifest.verify_or_adopt(exp, trust=True)
     LiveSigner(exp).sign(force=True)  # the resumed run's signer starts from the adopted hashes
     verify_tree(exp, trust=False)
+
+
+def test_a_checkpoint_uploaded_but_never_registered_is_removed_at_resume_not_refused(tmp_path, capsys):
+    """A run killed between a trial's checkpoint upload and the driver's signature resumes (the README's --resume
+    after a lost head); a checkpoint holding anything unsigned beside signed files is still refused."""
+    import shutil
+
+    out = tmp_path / "run"
+    exp = tune_experiment(out / "tune" / "meta")
+    LiveSigner(exp).sign(register="PPO_0/checkpoint_000000")
+    late = exp / "PPO_0" / "checkpoint_000001"
+    shutil.copytree(exp / "PPO_0" / "checkpoint_000000", late)  # uploaded as the driver was killed
+    verify_resume(out, trust=False)
+    assert not late.exists() and "checkpoint_000001: removed" in capsys.readouterr().err
+    verify_tree(exp, trust=False)
+    (exp / "PPO_0" / "checkpoint_000000" / "planted.pkl").write_bytes(b"x")  # beside signed files: refused
+    with pytest.raises(ConfigError, match="planted.pkl is not signed"):
+        verify_resume(out, trust=False)
+    assert (exp / "PPO_0" / "checkpoint_000000" / "planted.pkl").exists()
+    (exp / "PPO_0" / "checkpoint_000000" / "planted.pkl").unlink()
+    # Tune deleting a checkpoint it no longer keeps, killed midway: missing checkpoint files run no code
+    (exp / "PPO_0" / "checkpoint_000000" / "algorithm_state.pkl").unlink()
+    verify_resume(out, trust=False)
+    # a foreign manifest removes nothing
+    (exp / MANIFEST).write_text(json.dumps({"version": 1, "files": {}, "hmac": "0" * 64}))
+    shutil.copytree(exp / "PPO_0" / "checkpoint_000000", late)
+    with pytest.raises(ConfigError, match="does not verify"):
+        verify_resume(out, trust=False)
+    assert late.exists()
+
+
+def test_experiment_files_staged_for_upload_are_signed_before_tune_uploads_them(tmp_path):
+    """Tune saves its experiment state to a staging folder and uploads it in a background thread: the versions
+    staged are signed before the upload, so a kill at any point of it leaves a folder that verifies; any other
+    content is still refused, and a trial's metrics logs appended after the signature do not block a resume."""
+    import pyarrow.fs
+
+    fs = pyarrow.fs.SubTreeFileSystem(str(tmp_path), pyarrow.fs.LocalFileSystem())
+    exp = tune_experiment(tmp_path / "bucket" / "meta")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    signer = LiveSigner("bucket/meta", fs=fs, every_s=10.0)
+    signer.sign()
+    (staging / "experiment_state-2026.json").write_text('{"step": 7}')
+    (staging / "PPO_0").mkdir()
+    (staging / "PPO_0" / "params.pkl").write_bytes(b"\x80\x04params")
+    signer.expect(staging)
+    for rel in ("experiment_state-2026.json", "PPO_0/params.pkl"):  # the upload, after the signature
+        (exp / rel).write_bytes((staging / rel).read_bytes())
+    tree = manifest._Tree("bucket/meta", fs)
+    assert manifest._problems(tree, load_key()) == []
+    (exp / "PPO_0" / "result.json").write_text('{"i": 1}\n{"i": 2}\n')  # appended since: a log, never loaded
+    assert manifest._problems(tree, load_key()) == []
+    (exp / "experiment_state-2026.json").write_text('{"step": 8, "planted": 1}')
+    assert manifest._problems(tree, load_key()) == ["experiment_state-2026.json changed since the checkpoint was "
+                                                    "signed"]
+    # a manifest from before staged versions existed (no "expected") verifies as it did
+    files = {rel: tree.sha256(rel) for rel in tree.walk()[0]}
+    (exp / MANIFEST).write_bytes(manifest._manifest_bytes(load_key(), files))
+    assert "expected" not in json.loads((exp / MANIFEST).read_text())
+    assert manifest._problems(tree, load_key()) == []
