@@ -154,8 +154,29 @@ class ExperimentConfig(StrictModel):
     """sub-networks sampled per policy update (the original README's --M)"""
     meta_iterations: Int = Field(10, ge=1, le=MAX_ITERATIONS)
     finetune_iterations: Int = Field(6, ge=1, le=MAX_ITERATIONS)
+    sampler: Literal["async", "env_runners"] = "async"
+    """how the search's PPO gets its episodes. ``async``: the policy decides a sub-network, its evaluation runs
+    while the policy decides the next, ``in_flight`` at a time, and PPO updates every M complete episodes (every
+    evaluation worker busy; ``agents/async_ppo.py``). ``env_runners``: RLlib's env runners, each waiting on one
+    evaluation, an iteration on its slowest (the search before the async sampler)"""
+    in_flight: Optional[Int] = Field(None, ge=1, le=MAX_WORKERS)
+    """evaluations the async sampler keeps running or queued (default: one per evaluation worker, plus M queued at
+    the service, so that a worker finishing while the policy updates finds work waiting); each one more is one more
+    episode decided without the latest results"""
+    policy_lag: Int = Field(4, ge=1, le=MAX_ITERATIONS)
+    """the async sampler's bound on how many policy updates old the policy that decided an episode may be: with more
+    evaluations in flight than ``policy_lag`` x M, each update takes in_flight / policy_lag episodes instead of M
+    (128 workers: updates of 34 episodes, not 26 updates behind)"""
+    lagged: Literal["as_sampled", "refresh"] = "as_sampled"
+    """how PPO treats an episode decided by an older policy: ``as_sampled``, against the probabilities it was
+    sampled with (PPO's clipped ratio, the textbook choice); ``refresh``, as if the current policy had decided it"""
+    ordered: bool = False
+    """the async sampler takes episodes in the order it decided them, not as their evaluations finish: a search
+    reproducible from its seed (which policy decides which sub-network no longer depends on timing), at the price of
+    workers waiting behind a slow evaluation. Off by default (every worker busy); the CPU experiments turn it on"""
     env_runners: Int = Field(2, ge=0, le=MAX_ENV_RUNNERS)
-    """parallel env runners (each waits on one evaluation at a time; they hold no CPU reservation)"""
+    """with ``sampler: env_runners``: parallel env runners (each waits on one evaluation at a time; they hold no CPU
+    reservation)"""
     workers: WorkerSettings = WorkerSettings()
     """the evaluation workers (``workers: {count: 8, gpus: 1}`` on a GPU cluster)"""
     seed: Seed = 0

@@ -7,6 +7,7 @@ from typing import Any, Optional
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
+from agents.async_ppo import SAMPLER_KEY, AsyncSearchPPO
 from agents.callbacks import SearchMetrics
 from agents.config import ExperimentConfig
 from agents.env_factory import register
@@ -16,7 +17,8 @@ from agents.rl_module import StageEncoderModule
 def build_ppo_config(exp: ExperimentConfig, tasks: list[str], service: str,
                      grid: Optional[tuple[int, int]] = None, load_module_from: Optional[str] = None,
                      client: str = "", search_metrics: bool = True) -> PPOConfig:
-    """PPO over the compression env: ``M`` episodes (sub-networks) per policy update.
+    """PPO over the compression env: ``M`` episodes (sub-networks) per policy update, sampled as ``exp.sampler``
+    says (:class:`agents.async_ppo.AsyncSearchPPO` by default).
 
     Args:
         load_module_from: an RLModule checkpoint folder to start from (fine-tuning after meta-training).
@@ -31,11 +33,15 @@ def build_ppo_config(exp: ExperimentConfig, tasks: list[str], service: str,
     minibatch = (exp.ppo.minibatch_episodes or exp.M) * n_stages
     env_config: dict[str, Any] = {"tasks": tasks, "service": service, "grid": list(grid) if grid else None,
                                   "client": client, "avoid_repeats": exp.avoid_repeats}
+    asynchronous = exp.sampler == "async"
+    if asynchronous:  # the algorithm samples itself (agents/async_ppo.py): no env runner processes
+        env_config[SAMPLER_KEY] = {"in_flight": exp.in_flight, "episodes": exp.M, "ordered": exp.ordered,
+                                     "policy_lag": exp.policy_lag, "lagged": exp.lagged}
     return (
-        PPOConfig()
+        PPOConfig(algo_class=AsyncSearchPPO if asynchronous else None)
         .environment(env=register(), env_config=env_config, disable_env_checking=True)
         .env_runners(
-            num_env_runners=exp.env_runners,
+            num_env_runners=0 if asynchronous else exp.env_runners,
             # env runners only wait on the evaluation service: a token CPU share (Tune refuses empty bundles),
             # so that with the evaluation workers' fractional CPUs nothing can wait forever for a CPU
             num_cpus_per_env_runner=0.01,

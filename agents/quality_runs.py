@@ -66,7 +66,8 @@ class SharedTableEvaluator(TableEvaluator):
 
 
 class TableRuns:
-    """PPO searches answered from ``table`` in this process (the algorithm's env lives in it: ``env_runners`` 0).
+    """PPO searches answered from ``table`` in this process (the algorithm's env lives in it: the async sampler, or
+    RLlib's with ``env_runners`` 0).
 
     Each client has one evaluator, handed to the env RLlib builds for that client's search (in its ``env_config``)
     and to a baseline searcher of that client: its request log is the search's."""
@@ -83,7 +84,7 @@ class TableRuns:
 
     def config(self, exp: ExperimentConfig, tasks: list[str], client: str,
                load_module_from: Optional[str] = None) -> PPOConfig:
-        if exp.env_runners:
+        if exp.sampler == "env_runners" and exp.env_runners:
             raise ValueError("a table-backed search runs its env in this process: env_runners must be 0")
         # no service, so no search metrics read from its store
         config = build_ppo_config(exp, tasks, "", grid=self.grid, client=client, search_metrics=False,

@@ -148,12 +148,15 @@ def run_size(exp: ExperimentConfig, tasks: Sequence[Task], *, target: Optional[T
     auto = exp.workers.count is None
     workers = exp.workers.count or auto_workers or os.cpu_count() or 1
     agent = searcher in ("rl", "ppo-scratch")
-    runners = exp.env_runners if agent else 0
+    # the async sampler runs in the algorithm's process (its learner's): no env runner processes
+    runners = exp.env_runners if agent and exp.sampler == "env_runners" else 0
     learner = 1 if agent else 0
     procs = workers + runners + learner + 2  # + the evaluation service's actor + the driver
+    in_flight = exp.in_flight or workers + exp.M  # agents.async_ppo's default
     proc_text = (f"{_n(workers, 'evaluation worker')}{' (auto: one per GPU, else per CPU)' if auto else ''}"
-                 + (f" + {_n(runners, 'env runner')} + 1 learner" if agent else "")
-                 + f" + service + driver = {procs:,} processes")
+                 + ((f" + {_n(runners, 'env runner')}" if runners else "") + " + 1 learner" if agent else "")
+                 + f" + service + driver = {procs:,} processes"
+                 + (f", {_n(in_flight, 'evaluation')} in flight" if agent and exp.sampler == "async" else ""))
 
     # memory: every worker holds the datasets of the tasks it scores and trains one batch at a time
     datasets = {t.config.dataset.name for t in used}

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ray import tune
-from ray.rllib.algorithms.ppo import PPO, PPOConfig
+from ray.rllib.algorithms.ppo import PPOConfig
 
 from agents import manifest
+from agents.async_ppo import SAMPLER_KEY
 from agents.callbacks import SignExperiment
 from agents.progress import ProgressLine, progress_line
 from agents.storage import is_uri
@@ -80,6 +81,15 @@ class StageSettings:
     log: Callable[[str], None] = say
 
 
+def stage_length(config: PPOConfig, iterations: int) -> PPOConfig:
+    """The async sampler told how many iterations the stage has, so that it starts no evaluation no update will
+    use (``agents.async_ppo``); RLlib's own sampling needs nothing."""
+    sampler = config.env_config.get(SAMPLER_KEY)
+    if sampler is None:
+        return config
+    return config.environment(env_config={**config.env_config, SAMPLER_KEY: {**sampler, "iterations": iterations}})
+
+
 def run_stage(name: str, config: PPOConfig, iterations: int, storage: Path | str,
               settings: StageSettings = StageSettings(), callbacks: Optional[list[Any]] = None) -> str:
     """Train ``iterations`` PPO iterations; returns the final checkpoint folder, signed (``agents/manifest.py``).
@@ -93,6 +103,7 @@ def run_stage(name: str, config: PPOConfig, iterations: int, storage: Path | str
     if remote and local is None:
         raise ValueError("a storage URI needs a local folder for the checkpoint the next stage loads")
     manifest.load_key()  # a key file to fix is one line now, not a stage that cannot be signed
+    config = stage_length(config, iterations)
     if no_tune:
         return _plain_loop(name, config, iterations, local if remote else Path(storage), log)
     # Tune's classic console output: silent at verbose 0, and its status table takes our columns (the newer engine
@@ -108,10 +119,11 @@ def run_stage(name: str, config: PPOConfig, iterations: int, storage: Path | str
         # offline settings, which live in this process's environment, are given again
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         os.environ.setdefault("WANDB_MODE", "offline")
-        tuner = tune.Tuner.restore(path, trainable=PPO, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(path, trainable=config.algo_class, resume_unfinished=True,
+                                   resume_errored=True)
     else:
         tuner = tune.Tuner(
-            PPO, param_space=config,
+            config.algo_class, param_space=config,
             run_config=tune.RunConfig(
                 # a URI (s3://, gs://, file://): Tune writes there directly, so a lost head loses nothing
                 storage_path=storage if remote else str(Path(storage).resolve()), name=name,

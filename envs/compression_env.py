@@ -11,6 +11,7 @@ No Ray here: the evaluator is injected (default: the in-process proxy evaluator)
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,8 +20,9 @@ import numpy as np
 
 from envs import observation
 from envs.evaluator import Evaluator
-from rcnas.proxy.records import TeacherStats
+from rcnas.proxy.records import Evaluation, TeacherStats
 from rcnas.reward import task_reward
+from rcnas.space.arch import ArchSpec
 from rcnas.space.schema import from_arch
 from rcnas.space.space import ActionGrid, CompressionSpace
 from rcnas.task import Task, load_task, shared_grid
@@ -105,6 +107,16 @@ class CompressionEnv(gym.Env):
         return self._obs(), {"task": self.task.name}
 
     def step(self, action: int):
+        obs, info, finish = self.step_deferred(action)
+        if finish is None:
+            return obs, 0.0, False, False, info
+        return obs, *self.outcome(finish, self.evaluator.evaluate(finish.task, finish.arch))
+
+    def step_deferred(self, action: int) -> tuple[dict[str, np.ndarray], dict[str, Any], Optional[Finish]]:
+        """:meth:`step` without the evaluation: on the last stage, the sub-network to evaluate (a :class:`Finish`)
+        instead of the reward. Its reward is :meth:`outcome` of its evaluation, whenever that comes back: the
+        env can start other episodes meanwhile (the observations depend only on the actions, so a policy can decide
+        many sub-networks while their evaluations run side by side)."""
         if len(self._actions) >= self.space.n_stages:
             raise RuntimeError("step() after the episode ended: call reset()")
         action = int(action)
@@ -116,24 +128,38 @@ class CompressionEnv(gym.Env):
         self._actions += (action,)
         info: dict[str, Any] = {"task": self.task.name, "invalid_action": invalid}
         if len(self._actions) < self.space.n_stages:
-            return self._obs(), 0.0, False, False, info
-        return self._obs(), *self._finish(info)
-
-    def _finish(self, info: dict[str, Any]) -> tuple[float, bool, bool, dict[str, Any]]:
-        arch = self.space.arch(self._actions)
+            return self._obs(), info, None
         self._repeats[self._index].finished(self._actions)
-        result = self.evaluator.evaluate(self.task, arch)
-        m, teacher = result.metrics, self.teacher_stats(self._index)
-        reward = task_reward(self.task, m, teacher)
+        finish = Finish(self._index, self.task, self._actions, self.space.arch(self._actions), info)
+        return self._obs(), info, finish
+
+    def outcome(self, finish: Finish, result: Evaluation) -> tuple[float, bool, bool, dict[str, Any]]:
+        """The last step's reward, terminated, truncated and info, from the evaluation of ``finish``."""
+        task, arch, space = finish.task, finish.arch, self.spaces[finish.index]
+        m, teacher = result.metrics, self.teacher_stats(finish.index)
+        reward = task_reward(task, m, teacher)
+        info = dict(finish.info)
         info.update(
-            subnet=from_arch(arch, self.space.shape.num_classes, teacher=self.task.teacher.name,
-                             task=self.task.name).model_dump(mode="json", exclude_none=True),
-            arch=arch.short(), arch_key=arch.key(), actions=list(self._actions), metrics=m.to_dict(),
-            cached=result.cached, budget=self.space.budget, teacher_robust_acc=teacher.robust_acc,
+            subnet=from_arch(arch, space.shape.num_classes, teacher=task.teacher.name,
+                             task=task.name).model_dump(mode="json", exclude_none=True),
+            arch=arch.short(), arch_key=arch.key(), actions=list(finish.actions), metrics=m.to_dict(),
+            cached=result.cached, budget=space.budget, teacher_robust_acc=teacher.robust_acc,
             provenance={"task_key": result.key.task, "fidelity_key": result.key.fidelity, "seed": result.key.seed,
                         "node": m.node, "device": m.device, "code_version": m.code_version},
         )
         return float(reward), True, False, info
+
+
+@dataclass(frozen=True)
+class Finish:
+    """An episode's last decision, waiting for its evaluation: which task (its index in the env), the actions, the
+    sub-network, and the last step's info so far."""
+
+    index: int
+    task: Task
+    actions: tuple[int, ...]
+    arch: ArchSpec
+    info: dict[str, Any]
 
 
 class RepeatMask:

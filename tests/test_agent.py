@@ -46,12 +46,14 @@ def test_module_masks_invalid_actions_and_uses_the_current_stage_head():
 
 
 @pytest.mark.ray
-def test_finetuning_starts_from_the_meta_trained_weights(ray_local, tmp_path):
+@pytest.mark.parametrize("sampler", ["async", "env_runners"])
+def test_finetuning_starts_from_the_meta_trained_weights(ray_local, tmp_path, sampler):
 
-    from agents.config import load_experiment
+    from agents.config import load_experiment, with_changes
     from rcnas.distributed.service import evaluation_service
 
     exp, metas, target = load_experiment(ROOT / "configs/experiments/smoke.yaml")
+    exp = with_changes(exp, "test", sampler=sampler)
     metas, target = [str((ROOT / m).resolve()) for m in metas], str((ROOT / target).resolve())
     with evaluation_service(tmp_path, n_workers=1, cache_dir=tmp_path / "cache", name="svc-agent") as client:
         client.stats()
@@ -73,11 +75,15 @@ def _check_fine_tuning_starts_from(exp, metas, target, tmp_path):
         learner = tuned.learner_group.get_state(components="learner/rl_module/default_policy")
         learner = learner["learner"]["rl_module"]["default_policy"]
         local = tuned.get_module().state_dict()
-        runner = tuned.env_runner_group.foreach_env_runner(lambda r: r.module.state_dict(), local_env_runner=False)[0]
+        # the async sampler decides episodes with the local runner's module; RLlib's env runners (sampler:
+        # env_runners) with their own
+        runners = tuned.env_runner_group.foreach_env_runner(lambda r: r.module.state_dict(), local_env_runner=False)
+        assert len(runners) == (exp.env_runners if exp.sampler == "env_runners" else 0)
         for name, value in saved.items():
             assert torch.equal(torch.as_tensor(learner[name]), value.cpu()), f"learner {name}"
             assert torch.equal(local[name].cpu(), value.cpu()), f"local env runner {name}"
-            assert torch.equal(torch.as_tensor(runner[name]), value.cpu()), f"remote env runner {name}"
+            for runner in runners:
+                assert torch.equal(torch.as_tensor(runner[name]), value.cpu()), f"remote env runner {name}"
         assert any(not torch.equal(fresh.get_module().state_dict()[n].cpu(), v.cpu()) for n, v in saved.items())
     finally:
         fresh.stop()

@@ -46,3 +46,19 @@ def test_the_gpu_pipeline_script_runs_on_a_cpu(tmp_path):
     assert set(evaluation["attacks"]) == {"fgsm", "pgd20", "cw40", "aa"}
     assert evaluation["split"] == "test" and evaluation["n_examples"] == 16 and evaluation["epsilon"] == "8/255"
     assert evaluation["attack_math"] == "fp32, TF32 off"
+
+
+@pytest.mark.slow
+def test_the_scale_simulation_runs_both_samplers_and_reports_them(tmp_path):
+    import json
+
+    run = run_script("bench/scale_simulation.py", "--workers", "2", "--evaluations", "10", "--seeds", "1",
+                     "--n", "3,5", "--time-scale", "0.002", "--out", str(tmp_path), timeout=1800)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    rows = {(r["sampler"], r["ordered"]): r for r in results["utilisation"]}
+    assert set(rows) == {("env_runners", False), ("async", False), ("async", True)}
+    assert all(r["evaluations"] >= 4 and 0 < r["utilisation"] <= 1.0 for r in rows.values()), rows
+    assert set(results["regret"]) == {"env_runners@1", "async@2"}
+    assert all(len(c) == 5 and min(c) >= 0 for curves in results["regret"].values() for c in curves)
+    assert "| 2 | async |" in run.stdout and "regret at N=5" in run.stdout

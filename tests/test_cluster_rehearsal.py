@@ -40,7 +40,6 @@ target_task: configs/tasks/smoke-cifar10/smoke-c10-target.yaml
 M: 2
 meta_iterations: 2
 finetune_iterations: 1
-env_runners: 1
 ppo: {num_epochs: 2}
 workers: {count: 2, gpus: 0, cpus: 0.5, resources: {rehearsal_gpu: 1}}
 final_eval: {epochs: 0.3, attacks: [clean, pgd20], n_examples: 16}

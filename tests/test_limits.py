@@ -165,9 +165,12 @@ def test_run_size_of_the_digits_experiment_is_one_line_with_its_figures():
     # 6 meta iterations x M=5 + 4 fine-tuning iterations x M=5
     assert "about 50 evaluations" in line and "= 30 over 3 tasks" in line and "= 20" in line, line
     assert "1 teacher training" in line and "5 attacks on 359 test examples" in line, line
-    # 4 workers (given) + 2 env runners + 1 learner + the service + the driver
-    assert "4 evaluation workers (auto" in line and "2 env runners + 1 learner" in line, line
-    assert "= 9 processes" in line and "GiB memory estimated" in line, line
+    # 4 workers (given) + 1 learner (the async sampler in its process) + the service + the driver
+    assert "4 evaluation workers (auto" in line and "(auto: one per GPU, else per CPU) + 1 learner" in line, line
+    assert "= 7 processes, 9 evaluations in flight" in line and "GiB memory estimated" in line, line
+    # RLlib's env runners: one process each
+    line = run_size(exp.model_copy(update={"sampler": "env_runners"}), tasks, auto_workers=4)
+    assert "2 env runners + 1 learner" in line and "= 9 processes;" in line, line
 
 
 def test_run_size_of_the_smoke_experiment_and_its_variants():
@@ -177,7 +180,10 @@ def test_run_size_of_the_smoke_experiment_and_its_variants():
     line = run_size(exp, tasks, auto_workers=2)
     assert "\n" not in line
     assert "about 4 evaluations" in line and "2 attacks on 32 test examples" in line, line
-    assert "2 evaluation workers" in line and "1 env runner + 1 learner" in line and "= 6 processes" in line, line
+    assert "2 evaluation workers" in line and "+ 1 learner" in line and "= 5 processes" in line, line
+    assert "env runner" not in line and "4 evaluations in flight" in line, line
+    line = run_size(exp.model_copy(update={"in_flight": 1}), tasks, auto_workers=2)
+    assert "1 evaluations in flight" not in line and "1 evaluation in flight" in line, line
     # from a meta checkpoint: fine-tuning only, and only the target's teacher
     assert "about 2 evaluations" in run_size(exp, tasks, meta=False, auto_workers=2)
     # a baseline searcher: n evaluations, no env runners or learner, no final comparison when switched off
