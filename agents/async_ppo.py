@@ -9,8 +9,9 @@ per evaluation worker, plus M queued); whenever one comes back its episode is co
 episodes PPO updates the policy (RLlib's learner, loss and GAE unchanged; more than M when the policy lag would
 otherwise exceed ``policy_lag`` updates). An episode may have been decided by a policy a few updates old: it carries
 the log-probabilities it was sampled with, and PPO's clipped ratio is taken against them (the policy lag is
-reported as ``rcnas/policy_lag``). Evaluations still running when a checkpoint is taken are not part of it: a
-resumed run asks for them again and the store answers the ones that finished.
+reported as ``rcnas/policy_lag``). The sampler's state is not part of a checkpoint: a resumed run decides anew from
+its seed (evaluations that finished are in the store; those running when it was killed are lost, and ``ordered``
+reproduces a search only when it is not resumed).
 
 With more than one evaluation in flight, which policy decides which sub-network depends on which evaluation comes
 back first, unless the episodes are taken in the order they were decided (``ordered``): reproducible from the seed,
@@ -222,7 +223,8 @@ class AsyncSearchPPO(PPO):
             # one per worker, and M more queued at the service: a worker that finishes while the policy updates
             # finds the next sub-network waiting (measured: 85% -> 93% of 8 simulated workers busy, regret per
             # evaluation within noise of one per worker; BENCHMARKS.md)
-            in_flight = settings.get("in_flight") or _parallelism(env.evaluator) + int(settings.get("episodes") or 0)
+            workers = _parallelism(env.evaluator)
+            in_flight = settings.get("in_flight") or (workers + int(settings.get("episodes") or 0) if workers else 1)
             self._sampler = EpisodeSampler(env, int(in_flight), seed=int(self.config.seed or 0),
                                            ordered=bool(settings.get("ordered")),
                                            refresh=settings.get("lagged") == "refresh")
@@ -292,8 +294,9 @@ def episodes_per_update(m: int, in_flight: int, policy_lag: Optional[int]) -> in
 
 
 def _parallelism(evaluator: Any) -> int:
-    """How many evaluations the evaluator runs side by side: the service's workers; 1 for one in this process."""
+    """How many evaluations the evaluator runs side by side: the service's workers; 0 for one that says nothing
+    (an evaluator in this process, a table: one at a time, in this thread)."""
     stats = getattr(evaluator, "stats", None)
     if stats is None:
-        return 1
+        return 0
     return max(1, int(stats().get("workers", 1)))

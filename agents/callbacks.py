@@ -102,6 +102,10 @@ class SignExperiment(tune.Callback):
             self._signer = LiveSigner(storage.experiment_fs_path, storage.storage_filesystem,
                                       every_s=0.0 if local else self.REMOTE_EVERY_S)
             self._staging = storage.experiment_driver_staging_path
+            # Tune's first save comes in the first step before any trial exists for this callback to find (the
+            # step's on_step_begin has none): what it staged is signed now, its upload may still be running
+            if os.path.isdir(self._staging):
+                self._signer.expect(self._staging)
         return self._signer is not None
 
     def _sign(self, trials: list[Any], checkpoint: Any = None, force: bool = False) -> None:

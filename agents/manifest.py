@@ -21,11 +21,12 @@ A run killed at any moment (a lost or preempted head) resumes without ``--trust-
     - Tune saves its experiment files to a staging folder on the driver and uploads them in a background thread:
       the versions staged are signed before the upload starts (``expected`` in the manifest, kept ten minutes), so
       the folder verifies whichever part of the upload a kill leaves;
-    - a trial uploads its checkpoint before the driver registers it: a checkpoint none of whose files is signed
-      (never registered, so named by no signed experiment state) is removed at ``--resume``, with a warning line;
-    - files missing from a trial checkpoint (Tune deleting one it no longer keeps) and a trial's metrics logs
-      (``result.json``, ``progress.csv``, TensorBoard events, appended while they are uploaded) never block a resume:
-      neither runs code.
+    - a trial uploads its checkpoint before the driver registers it, and the driver signs a checkpoint's files only
+      once Tune registered it (never half of one mid-upload): a checkpoint none of whose files is signed (named by
+      no signed experiment state) is removed at ``--resume``, with a warning line, after everything else verified;
+    - files missing from a trial checkpoint older than the trial's newest (Tune deleting one it no longer keeps)
+      and a trial's metrics logs (``result.json``, ``progress.csv``, TensorBoard events, appended while they are
+      uploaded) never block a resume: neither runs code, nor is restored.
 Anything else unsigned or changed is refused, naming the file; ``--trust-checkpoint`` resumes anyway (it re-signs
 what it resumes). Files inside a trial checkpoint are written once: the driver keeps the first hash it took after Tune
 registered the checkpoint, so a checkpoint changed in the bucket while the run goes on is not signed again. What
@@ -154,6 +155,10 @@ class _Tree:
             import shutil
 
             path = os.path.join(self.path, rel)
+            if os.path.realpath(os.path.dirname(path)) != os.path.dirname(os.path.join(self.path, rel)) or \
+                    not os.path.realpath(path).startswith(self.path.rstrip("/") + "/"):
+                raise ConfigError(f"{self.name}/{rel}: a folder on its path is a link (since it was listed); "
+                                  "nothing removed")
             if os.path.islink(path):
                 os.unlink(path)
             elif os.path.isdir(path):
@@ -258,13 +263,15 @@ def _is_log(rel: str) -> bool:
 
 def _differences(tree: Any, present: dict[str, Any], links: list[str], signed: _Signed) -> list[str]:
     """What keeps a folder's files (``present``, read from ``tree``) from matching the ``signed`` lists: links,
-    unsigned, missing or changed files, pickles first. Files missing from a trial checkpoint are not counted: Tune
-    deletes checkpoints it no longer keeps (a run killed mid-delete leaves part of one), and a missing file runs no
-    code."""
+    unsigned, missing or changed files, pickles first. Files missing from a trial checkpoint older than the trial's
+    newest are not counted: Tune deletes checkpoints it no longer keeps (a run killed mid-delete leaves part of one),
+    and a missing file runs no code; from the newest (the one restored) they are."""
     found = [f"{rel} is a symbolic link or special file (rcnas writes none)" for rel in links]
+    newest = _newest_checkpoints(signed.files)
     for rel in sorted(set(present) | set(signed.files), key=_pickle_first):
         if rel not in present:
-            if _checkpoint_folder(rel) is None:
+            folder = _checkpoint_folder(rel)
+            if folder is None or folder in newest:  # Tune deletes only checkpoints older than a trial's newest
                 found.append(f"{rel} is missing (signed, no longer there)")
         elif _is_log(rel):
             continue
@@ -275,13 +282,26 @@ def _differences(tree: Any, present: dict[str, Any], links: list[str], signed: _
     return found
 
 
+def _newest_checkpoints(files: dict[str, str]) -> set[str]:
+    """Each trial's newest signed checkpoint folder (the one Tune restores): files missing there are refused."""
+    newest: dict[str, str] = {}
+    for rel in files:
+        folder = _checkpoint_folder(rel)
+        if folder is not None:
+            trial, _, name = folder.rpartition("/")
+            newest[trial] = max(newest.get(trial, ""), name)
+    return {f"{trial}/{name}" if trial else name for trial, name in newest.items()}
+
+
 def _pickle_first(rel: str) -> tuple[bool, str]:
     name = rel.rsplit("/", 1)[-1]
     return (not (name.endswith(".pkl") or name.startswith(("module_state", "experiment_state", "tuner"))), rel)
 
 
-def _problems(tree: _Tree, key: bytes) -> list[str]:
+def _problems(tree: _Tree, key: bytes, ignore: frozenset[str] = frozenset()) -> list[str]:
     present, links = tree.walk()
+    if ignore:  # checkpoints about to be removed (drop_unregistered_checkpoints): their files do not count
+        present = {rel: v for rel, v in present.items() if _checkpoint_folder(rel) not in ignore}
     raw = tree.read_manifest()
     if raw is None:
         if not present and not links:
@@ -317,7 +337,8 @@ def sign_tree(folder: str | Path) -> dict[str, str]:
 _TRUSTED: set[str] = set()
 
 
-def verify_tree(folder: str | Path, trust: bool, label: Optional[str] = None) -> None:
+def verify_tree(folder: str | Path, trust: bool, label: Optional[str] = None,
+                ignore: frozenset[str] = frozenset()) -> None:
     """Refuse ``folder`` (a path or a storage URI) unless this user signed it as it is now: its manifest's HMAC
     checks out with this user's key and every file there is listed with the same hash, none missing. A folder that
     does not exist or holds no file passes (nothing to restore). ``trust`` skips the check with one warning line.
@@ -333,7 +354,7 @@ def verify_tree(folder: str | Path, trust: bool, label: Optional[str] = None) ->
             print(f"warning: {label}: restored without checking its signature (--trust-checkpoint)", file=sys.stderr,
                   flush=True)
         return
-    found = _problems(tree, load_key())
+    found = _problems(tree, load_key(), ignore)
     if found:
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
         raise ConfigError(f"{label}: {found[0]}{more}; {TRUST_HINT}")
@@ -366,12 +387,30 @@ def verify_resume(out: str | Path, trust: bool, storage: Optional[str] = None) -
 
     root: str | Path = tune_uri(storage) if storage else Path(out) / "tune"
     for folder in tune_experiments(root):
-        if not trust:
-            drop_unregistered_checkpoints(folder)
-        verify_tree(folder, trust, label=f"--resume: {folder}")
+        orphans = frozenset() if trust else frozenset(unregistered_checkpoints(folder))
+        # everything else verifies before anything is removed: a refused folder is left as it was
+        verify_tree(folder, trust, label=f"--resume: {folder}", ignore=orphans)
+        if orphans:
+            drop_unregistered_checkpoints(folder, orphans)
 
 
-def drop_unregistered_checkpoints(folder: str | Path) -> list[str]:
+def unregistered_checkpoints(folder: str | Path) -> list[str]:
+    """The trial checkpoints of a signed Tune experiment (a path or a URI) none of whose files is signed (none
+    when the manifest does not verify with this user's key: verify_tree says why); a checkpoint holding a link is
+    not one (verify_tree refuses it)."""
+    tree = _Tree(folder)
+    raw = tree.read_manifest() if tree.exists() else None
+    signed = _signed_files(raw, load_key())[0] if raw is not None else None
+    if signed is None:
+        return []
+    present, links = tree.walk()
+    known = {_checkpoint_folder(rel) for rel in signed.files} | {_checkpoint_folder(rel) for rel in signed.expected}
+    found = {_checkpoint_folder(rel) for rel in present} - known - {None}
+    held = {_checkpoint_folder(rel) for rel in links}
+    return sorted(str(f) for f in found - held)
+
+
+def drop_unregistered_checkpoints(folder: str | Path, orphans: Optional[frozenset[str]] = None) -> list[str]:
     """Remove from a signed Tune experiment (a path or a URI) each trial checkpoint none of whose files is signed.
 
     A trial uploads its checkpoint before the driver hears of it; a run killed in between leaves a checkpoint that
@@ -381,15 +420,7 @@ def drop_unregistered_checkpoints(folder: str | Path) -> list[str]:
     with it). Nothing is removed unless the manifest verifies with this user's key. Returns what was removed.
     """
     tree = _Tree(folder)
-    raw = tree.read_manifest() if tree.exists() else None
-    signed = _signed_files(raw, load_key())[0] if raw is not None else None
-    if signed is None:
-        return []  # verify_tree says why
-    present, links = tree.walk()
-    known = {_checkpoint_folder(rel) for rel in signed.files} | {_checkpoint_folder(rel) for rel in signed.expected}
-    found = {_checkpoint_folder(rel) for rel in present} - known - {None}
-    held = {_checkpoint_folder(rel) for rel in links}  # one holding a link is refused by verify_tree, not removed
-    removed = sorted(str(f) for f in found - held)
+    removed = sorted(orphans) if orphans is not None else unregistered_checkpoints(folder)
     for rel in removed:
         tree.remove_folder(rel)
         print(f"warning: {tree.name}/{rel}: removed, a checkpoint the killed run uploaded but never registered "
@@ -504,6 +535,11 @@ class LiveSigner:
         files: dict[str, str] = {}
         wall = time.time()
         for rel, stamp in present.items():
+            folder_rel = _checkpoint_folder(rel)
+            if folder_rel is not None and folder_rel not in self._registered:
+                # a checkpoint the trial may still be uploading: signed when Tune registers it (a kill before
+                # that leaves it wholly unsigned, and --resume removes it), never half
+                continue
             digest = self._pinned.get(rel)
             if digest is None:
                 cached = self._cache.get(rel)
@@ -512,7 +548,7 @@ class LiveSigner:
                 else:
                     digest = self.tree.sha256(rel)
                     self._cache[rel] = (stamp, digest, wall - stamp[1] / 1e9 > RACY_S)
-                if _checkpoint_folder(rel) in self._registered:
+                if folder_rel is not None:
                     self._pinned[rel] = digest
             files[rel] = digest
         for gone in set(self._cache) - set(present):

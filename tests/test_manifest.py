@@ -176,6 +176,9 @@ def test_the_live_signer_follows_tune_but_keeps_a_registered_checkpoint_as_first
     exp = tune_experiment(tmp_path / "meta")
     signer = LiveSigner(exp)
     assert signer.sign()
+    # a checkpoint Tune has not registered (its trial may still be uploading it) is not signed, not even in part
+    assert not any("checkpoint_000000" in rel for rel in json.loads((exp / MANIFEST).read_text())["files"])
+    signer.sign(register="PPO_0/checkpoint_000000")
     verify_tree(exp, trust=False)
     (exp / "experiment_state-2026.json").write_text('{"step": 2}')  # Tune saves its state every step
     (exp / "PPO_0" / "progress.csv").write_text("a\n1\n2\n")
@@ -301,7 +304,7 @@ def test_a_folder_on_a_storage_filesystem_is_signed_and_checked_through_pyarrow(
     fs = pyarrow.fs.SubTreeFileSystem(str(tmp_path), pyarrow.fs.LocalFileSystem())
     tune_experiment(tmp_path / "bucket" / "meta")
     signer = LiveSigner("bucket/meta", fs=fs, every_s=10.0)
-    assert signer.sign() and not signer.sign()  # at most every every_s
+    assert signer.sign(register="PPO_0/checkpoint_000000") and not signer.sign()  # at most every every_s
     tree = manifest._Tree("bucket/meta", fs)
     assert manifest._problems(tree, load_key()) == []
     assert signer.relative("bucket/meta/PPO_0/checkpoint_000000") == "PPO_0/checkpoint_000000"
@@ -350,13 +353,25 @@ def test_a_checkpoint_uploaded_but_never_registered_is_removed_at_resume_not_ref
     assert not late.exists() and "checkpoint_000001: removed" in capsys.readouterr().err
     verify_tree(exp, trust=False)
     (exp / "PPO_0" / "checkpoint_000000" / "planted.pkl").write_bytes(b"x")  # beside signed files: refused
+    shutil.copytree(exp / "PPO_0" / "checkpoint_000000", late)
     with pytest.raises(ConfigError, match="planted.pkl is not signed"):
         verify_resume(out, trust=False)
-    assert (exp / "PPO_0" / "checkpoint_000000" / "planted.pkl").exists()
+    # a refused experiment is left as it was: nothing removed before everything else verified
+    assert (exp / "PPO_0" / "checkpoint_000000" / "planted.pkl").exists() and late.exists()
+    shutil.rmtree(late)
     (exp / "PPO_0" / "checkpoint_000000" / "planted.pkl").unlink()
-    # Tune deleting a checkpoint it no longer keeps, killed midway: missing checkpoint files run no code
+    # Tune deleting a checkpoint it no longer keeps (older than the trial's newest), killed midway: missing files
+    # run no code; missing from the newest, the one Tune restores, they are refused
+    newer = exp / "PPO_0" / "checkpoint_000002"
+    shutil.copytree(exp / "PPO_0" / "checkpoint_000000", newer)
+    LiveSigner(exp).sign(register="PPO_0/checkpoint_000002")
     (exp / "PPO_0" / "checkpoint_000000" / "algorithm_state.pkl").unlink()
     verify_resume(out, trust=False)
+    (newer / "algorithm_state.pkl").unlink()
+    with pytest.raises(ConfigError, match="checkpoint_000002/algorithm_state.pkl is missing"):
+        verify_resume(out, trust=False)
+    shutil.rmtree(newer)
+    LiveSigner(exp).sign(force=True)
     # a foreign manifest removes nothing
     (exp / MANIFEST).write_text(json.dumps({"version": 1, "files": {}, "hmac": "0" * 64}))
     shutil.copytree(exp / "PPO_0" / "checkpoint_000000", late)
@@ -376,7 +391,7 @@ def test_experiment_files_staged_for_upload_are_signed_before_tune_uploads_them(
     staging = tmp_path / "staging"
     staging.mkdir()
     signer = LiveSigner("bucket/meta", fs=fs, every_s=10.0)
-    signer.sign()
+    signer.sign(register="PPO_0/checkpoint_000000")
     (staging / "experiment_state-2026.json").write_text('{"step": 7}')
     (staging / "PPO_0").mkdir()
     (staging / "PPO_0" / "params.pkl").write_bytes(b"\x80\x04params")
@@ -395,3 +410,25 @@ def test_experiment_files_staged_for_upload_are_signed_before_tune_uploads_them(
     (exp / MANIFEST).write_bytes(manifest._manifest_bytes(load_key(), files))
     assert "expected" not in json.loads((exp / MANIFEST).read_text())
     assert manifest._problems(tree, load_key()) == []
+
+
+def test_the_tune_callback_signs_tunes_first_save_as_staged_when_it_starts(tmp_path):
+    """Tune's first save of an experiment comes before the callback has a trial to find its storage by; when the
+    signer starts (the step's end), what that save staged is signed, so a kill during its upload still resumes."""
+    from types import SimpleNamespace
+
+    import pyarrow.fs
+
+    from agents.callbacks import SignExperiment
+
+    exp = tmp_path / "bucket" / "meta"
+    exp.mkdir(parents=True)
+    (exp / "tuner.pkl").write_bytes(b"\x80\x04tuner")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (staging / "experiment_state-2026.json").write_text('{"first": true}')
+    storage = SimpleNamespace(storage_filesystem=pyarrow.fs.LocalFileSystem(), experiment_fs_path=str(exp),
+                              experiment_driver_staging_path=str(staging))
+    SignExperiment().on_step_end(1, [SimpleNamespace(storage=storage)])
+    (exp / "experiment_state-2026.json").write_text('{"first": true}')  # Tune's upload lands after the signature
+    verify_tree(exp, trust=False)
