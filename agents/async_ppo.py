@@ -73,6 +73,8 @@ class _Open:
     action: int
     outputs: dict[str, Any]
     version: int
+    index: int
+    """the order it was decided in"""
 
 
 @dataclass
@@ -118,7 +120,6 @@ class EpisodeSampler:
         self._seed = seed
         self._gen = torch.Generator().manual_seed(seed)
         self._pending: dict[Future, _Open] = {}
-        self._order: dict[Future, int] = {}
         self._started = 0
         self._done: deque[Sampled] = deque()
 
@@ -138,12 +139,12 @@ class EpisodeSampler:
                     needed is None or len(self._pending) + len(self._done) < needed):
                 self._start(module)
             if self.ordered:  # the oldest first, whoever finishes first: new episodes start at the same points
-                oldest = min(self._pending, key=self._order.__getitem__)
+                oldest = min(self._pending, key=self._decided)
                 wait([oldest])
                 self._complete(oldest)
                 continue
             done, _ = wait(list(self._pending), return_when=FIRST_COMPLETED)
-            for future in sorted(done, key=self._order.__getitem__):  # the same order when several come back
+            for future in sorted(done, key=self._decided):  # the same order when several come back
                 self._complete(future)
         out = [self._done.popleft() for _ in range(n)]
         if self.refresh:
@@ -173,7 +174,7 @@ class EpisodeSampler:
                 break
             episode.add_env_step(nxt, action, 0.0, infos=info, extra_model_outputs=outputs)
             obs = nxt
-        opened = _Open(episode, finish, nxt, action, outputs, self.version)
+        opened = _Open(episode, finish, nxt, action, outputs, self.version, self._started)
         evaluate = env.evaluator.evaluate
         if self.in_flight == 1:
             future: Future = Future()
@@ -184,12 +185,13 @@ class EpisodeSampler:
         else:
             future = _in_thread(lambda: evaluate(finish.task, finish.arch))
         self._pending[future] = opened
-        self._order[future] = self._started
         self._started += 1
+
+    def _decided(self, future: Future) -> int:
+        return self._pending[future].index
 
     def _complete(self, future: Future) -> None:
         opened = self._pending.pop(future)
-        del self._order[future]
         reward, terminated, truncated, info = self.env.outcome(opened.finish, future.result())
         opened.episode.add_env_step(opened.last_obs, opened.action, reward, infos=info, terminated=terminated,
                                     truncated=truncated, extra_model_outputs=opened.outputs)
