@@ -155,8 +155,8 @@ class _Tree:
             import shutil
 
             path = os.path.join(self.path, rel)
-            if os.path.realpath(os.path.dirname(path)) != os.path.dirname(os.path.join(self.path, rel)) or \
-                    not os.path.realpath(path).startswith(self.path.rstrip("/") + "/"):
+            parent = os.path.dirname(path)
+            if os.path.realpath(parent) != parent:  # self.path is resolved: a link was put on the way since
                 raise ConfigError(f"{self.name}/{rel}: a folder on its path is a link (since it was listed); "
                                   "nothing removed")
             if os.path.islink(path):
@@ -410,8 +410,9 @@ def unregistered_checkpoints(folder: str | Path) -> list[str]:
     return sorted(str(f) for f in found - held)
 
 
-def drop_unregistered_checkpoints(folder: str | Path, orphans: Optional[frozenset[str]] = None) -> list[str]:
-    """Remove from a signed Tune experiment (a path or a URI) each trial checkpoint none of whose files is signed.
+def drop_unregistered_checkpoints(folder: str | Path, orphans: frozenset[str]) -> list[str]:
+    """Remove from a signed Tune experiment (a path or a URI) the trial checkpoints none of whose files is signed
+    (``orphans``, from :func:`unregistered_checkpoints`, once the rest verified).
 
     A trial uploads its checkpoint before the driver hears of it; a run killed in between leaves a checkpoint that
     Tune never registered. The driver signs a checkpoint when Tune registers it, before any experiment state naming
@@ -420,7 +421,7 @@ def drop_unregistered_checkpoints(folder: str | Path, orphans: Optional[frozense
     with it). Nothing is removed unless the manifest verifies with this user's key. Returns what was removed.
     """
     tree = _Tree(folder)
-    removed = sorted(orphans) if orphans is not None else unregistered_checkpoints(folder)
+    removed = sorted(orphans)
     for rel in removed:
         tree.remove_folder(rel)
         print(f"warning: {tree.name}/{rel}: removed, a checkpoint the killed run uploaded but never registered "
