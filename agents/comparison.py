@@ -1,5 +1,6 @@
 """The pipeline's last phase: the chosen sub-network trained from scratch and attacked on the test split, next to
-the teacher and a uniformly shrunk teacher of the same budget, in one comparison table."""
+the teacher, a uniformly shrunk teacher and the teacher pruned by network slimming (both of the same budget), in
+one comparison table."""
 
 from __future__ import annotations
 
@@ -19,8 +20,11 @@ from rcnas.task import Task
 
 
 def final_comparison(exp: ExperimentConfig, task: Task, chosen: ArchSpec, out: Path,
-                     data_root: str | None = None, teacher_weights: Optional[Any] = None) -> list[FinalResult]:
+                     data_root: str | None = None, teacher_weights: Optional[Any] = None,
+                     pruned: Optional[ArchSpec] = None) -> list[FinalResult]:
     """Args:
+        pruned: the slimming baseline's sub-network (``rcnas.space.baselines.slimming_prune``), trained and
+            attacked like the others (it is the architecture that is compared, under one recipe).
         teacher_weights: the search's teacher in the object store (``RayEvaluator.teacher_weights``): evaluated as
             it is when it was imported, or trained with exactly this recipe and seed; otherwise the teacher is
             trained from scratch like the others. Through the object store it reaches whatever node runs the job
@@ -35,6 +39,8 @@ def final_comparison(exp: ExperimentConfig, task: Task, chosen: ArchSpec, out: P
         EvalJob("rl-chosen", chosen, task, attacks, str(out), fe.epochs, None, fe.n_examples, exp.seed, data_root),
         EvalJob("uniform-shrink", uniform_shrink(task.space), task, attacks, str(out), fe.epochs, None,
                 fe.n_examples, exp.seed, data_root),
+        *([EvalJob("slimming-pruned", pruned, task, attacks, str(out), fe.epochs, None, fe.n_examples, exp.seed,
+                   data_root)] if pruned is not None else []),
         EvalJob(f"teacher-{task.teacher.name}", task.teacher.arch, task, attacks, str(out), fe.epochs, None,
                 fe.n_examples, exp.seed, data_root, **teacher),
     ]

@@ -29,6 +29,8 @@ from rcnas.infra.files import inside, write_atomic
 from rcnas.infra.log import say
 from rcnas.infra.provenance import content_key, environment
 from rcnas.search.searchers import SEARCHERS, run_searcher
+from rcnas.space.arch import ArchSpec
+from rcnas.space.baselines import slimming_prune
 from rcnas.task import Task, shared_grid
 
 
@@ -102,6 +104,9 @@ class SearchOutcome:
     """what summary.json holds"""
     teacher_weights: Any
     """the target task's teacher in the object store, owned by this process: the final comparison's teacher"""
+    pruned: Optional[ArchSpec] = None
+    """the target's teacher pruned to its budget by network slimming (the baseline a robustness user tries first):
+    a row of the final comparison"""
 
 
 @dataclass(frozen=True)
@@ -190,7 +195,8 @@ def run_phases(exp: ExperimentConfig, tasks: list[Task], opts: SearchOptions,
         _keep(out, opts, log)
         log(f"evaluation service: {client.stats()}")
         teacher = client.teacher_weights(task)  # before the service goes: it owns the teachers it shipped
-    return SearchOutcome(summary, teacher)
+        scales = client.teacher_stats(task).bn_scales
+    return SearchOutcome(summary, teacher, slimming_prune(task.space, scales) if scales else None)
 
 
 def on_shared_cluster(address: str | None) -> bool:

@@ -165,7 +165,7 @@ def run_search(experiment: str | Path = "configs/experiments/digits.yaml", *, ou
 
 def _comparison_order(result: Any) -> int:
     """The comparison table's row order (results.json keeps them in the order they finished)."""
-    return {"rl-chosen": 0, "uniform-shrink": 1}.get(result.name, 2)
+    return {"rl-chosen": 0, "uniform-shrink": 1, "slimming-pruned": 2}.get(result.name, 3)
 
 
 def check_tasks(tasks: list[Task], data_root: str | None) -> None:
@@ -258,7 +258,7 @@ def _search_and_evaluate(exp: ExperimentConfig, tasks: list[Task], opts: SearchO
 
         chosen, _ = load_subnet(summary["yaml"])
         results = final_comparison(exp, tasks[0], chosen, opts.out / "final", data_root=opts.data_root,
-                                   teacher_weights=outcome.teacher_weights)
+                                   teacher_weights=outcome.teacher_weights, pruned=outcome.pruned)
     if opts.storage:
         from agents.storage import push
 

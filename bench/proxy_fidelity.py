@@ -1,5 +1,5 @@
 """How well does the proxy reward rank sub-networks? Kendall tau / Spearman rho against the truth, spread between
-sub-networks versus repeat noise, and seconds per evaluation, for several proxy fidelities.
+sub-networks versus repeat noise, and seconds per evaluation, for several proxy fidelities, on one or more tasks.
 
 Truth = each sub-network trained from scratch with the task's full recipe, then the task's attack on the **test**
 split (used here only to judge the proxy; no search ever reads it), averaged over ``--truth-seeds`` training seeds:
@@ -8,7 +8,7 @@ seed-vs-seed tau of the truth is printed as that ceiling. Truths are cached unde
 minute each), so a rerun with new settings only pays for the proxies. Proxy = the evaluator's own code
 (`rcnas.proxy.candidate`) with the task's `proxy:` block replaced by each setting, two seeds each.
 
-    python bench/proxy_fidelity.py [--task configs/tasks/digits-pgd-e20-t444-r35.yaml] [--subnets 20]
+    python bench/proxy_fidelity.py [--tasks configs/tasks/digits-pgd-e20-t444-r35.yaml,...] [--subnets 40]
         [--truth-seeds 3] [--settings "inherit, 2 epochs;sandwich, 2 epochs"] [--workers 2]
 """
 
@@ -48,13 +48,19 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "sandwich, 0 epochs, BN recalibrated": {"supernet": "sandwich", "epochs": 0, "recalibrate_bn": 1024},
     "sandwich, 1 epoch": {"supernet": "sandwich", "epochs": 1},
     "sandwich, 2 epochs": {"supernet": "sandwich", "epochs": 2},
+    "importance order, 0 epochs, BN recalibrated": {"inherit": True, "epochs": 0, "recalibrate_bn": 1024,
+                                                     "channel_order": "importance"},
+    "importance order, 1 epoch, BN recalibrated": {"inherit": True, "epochs": 1, "recalibrate_bn": 1024,
+                                                   "channel_order": "importance"},
 }
 
 
 # half a CPU: the service's idle workers hold the other half of each core, and the truths must run side by side
 @ray.remote(num_cpus=0.5)
-def truth(task: Task, arch: ArchSpec, seed: int) -> float:
-    """Full adversarial training from scratch, then the task's attack on the test split; cached by content."""
+def truth(tasks: list[Task], arch: ArchSpec, seed: int) -> list[float]:
+    """Full adversarial training from scratch, then each task's attack on the test split. The trained weights are
+    cached by what training depends on (tasks differing only in their attack share them), each accuracy by its
+    attack too."""
     import json
 
     import torch
@@ -66,24 +72,33 @@ def truth(task: Task, arch: ArchSpec, seed: int) -> float:
     from rcnas.models.builder import build_model
     from rcnas.train import LoopOptions, adversarial_train
 
-    cfg, shape = task.config, task.shape
-    key = content_key([cfg.dataset.model_dump(), cfg.training.model_dump(), cfg.attack.model_dump(), arch.key(),
-                       seed])
-    path = cache_root() / "truth" / f"{key}.json"
-    if path.is_file():
-        return float(json.loads(path.read_text())["robust_acc"])
+    cfg, shape = tasks[0].config, tasks[0].shape
+    trained = content_key([cfg.dataset.model_dump(), cfg.training.model_dump(), arch.key(), seed])
+    folder = cache_root() / "truth"
+    paths = [folder / f"{content_key([trained, t.config.attack.model_dump()])}.json" for t in tasks]
+    if all(p.is_file() for p in paths):
+        return [float(json.loads(p.read_text())["robust_acc"]) for p in paths]
     torch.set_num_threads(1)
     data = load_splits(cfg.dataset)
-    s = derive_seed("truth", arch.key(), seed)
-    torch.manual_seed(s)  # initialisation, and below the batch order and attack noise: all of them vary by seed
     model = build_model(arch, shape)
-    adversarial_train(model, data, cfg.training.model_copy(update={"seed": s}),
-                      LoopOptions(num_classes=shape.num_classes,
-                                  **augmentation(cfg.dataset)))
-    report = robust_accuracy(model, data.test, {"task": cfg.attack}, num_classes=shape.num_classes)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"robust_acc": report.attacks[0].accuracy, "arch": arch.short(), "seed": seed}))
-    return report.attacks[0].accuracy
+    weights = folder / f"{trained}.pt"
+    if weights.is_file():
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    else:
+        s = derive_seed("truth", arch.key(), seed)
+        torch.manual_seed(s)  # initialisation, and below the batch order and attack noise: all of them vary by seed
+        adversarial_train(model, data, cfg.training.model_copy(update={"seed": s}),
+                          LoopOptions(num_classes=shape.num_classes, **augmentation(cfg.dataset)))
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), weights)
+    model.eval()
+    out = []
+    for t, path in zip(tasks, paths):
+        report = robust_accuracy(model, data.test, {"task": t.config.attack}, num_classes=shape.num_classes)
+        path.write_text(json.dumps({"robust_acc": report.attacks[0].accuracy, "arch": arch.short(), "seed": seed,
+                                    "attack": t.config.attack.name}))
+        out.append(report.attacks[0].accuracy)
+    return out
 
 
 def pick_subnets(space: CompressionSpace, n: int, seed: int = 0) -> list[ArchSpec]:
@@ -103,8 +118,11 @@ def truth_ceiling(runs: np.ndarray) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="configs/tasks/digits-pgd-e20-t444-r35.yaml")
-    p.add_argument("--subnets", type=int, default=20)
+    p.add_argument("--tasks", default="configs/tasks/digits-pgd-e20-t444-r35.yaml,"
+                                      "configs/tasks/digits-cw-e20-t444-r50.yaml",
+                   help="comma-separated tasks sharing teacher, data and recipe (they differ in attack or budget); "
+                        "the sub-networks are drawn within the first one's budget")
+    p.add_argument("--subnets", type=int, default=40)
     p.add_argument("--truth-seeds", type=int, default=3)
     p.add_argument("--settings", default="", help="';'-separated setting names (default: all): " + "; ".join(SETTINGS))
     p.add_argument("--workers", type=int, default=2)
@@ -113,49 +131,64 @@ def main() -> None:
     unknown = [n for n in names if n not in SETTINGS]
     if unknown:
         p.error(f"unknown setting(s) {unknown}; known: {'; '.join(SETTINGS)}")
-    task = load_task(args.task)
-    archs = pick_subnets(task.space, args.subnets)
+    tasks = [load_task(t.strip()) for t in args.tasks.split(",") if t.strip()]
+    first = tasks[0].config
+    if any(t.config.dataset != first.dataset or t.config.training != first.training
+           or t.config.teacher != first.teacher for t in tasks):
+        p.error("--tasks must share dataset, teacher and training recipe (their truths share the trained networks)")
+    archs = pick_subnets(tasks[0].space, args.subnets)
     ensure_ray(num_cpus=args.workers)
     with evaluation_service(Path(tempfile.mkdtemp(prefix="rcnas-fidelity-")), n_workers=args.workers,
                             name="bench-fidelity", cpus_per_worker=0.5) as client:
         svc = client.handle
         t0 = time.perf_counter()
-        refs = [truth.remote(task, a, s) for s in range(args.truth_seeds) for a in archs]
-        runs = np.asarray(ray.get(refs)).reshape(args.truth_seeds, len(archs))
+        refs = [truth.remote(tasks, a, s) for s in range(args.truth_seeds) for a in archs]
+        # (seed, subnet, task) -> (task, seed, subnet)
+        runs = np.asarray(ray.get(refs)).reshape(args.truth_seeds, len(archs), len(tasks)).transpose(2, 0, 1)
         t_truth = time.perf_counter() - t0
-        true = runs.mean(0)
-        truth_noise = 100 * float(np.abs(runs - true).mean()) if args.truth_seeds > 1 else float("nan")
-        rows = []
+        rows: dict[str, list[tuple]] = {t.name: [] for t in tasks}
         for name in names:
             update = SETTINGS[name]
-            variant = task.replace(proxy=task.config.proxy.model_copy(update=update))
-            ray.get(svc.teacher_stats.remote(variant))  # the (super)net once, before anything is timed
-            t0 = time.perf_counter()
-            out = ray.get([svc.evaluate.remote(variant, a, seed) for seed in (0, 1) for a in archs])
-            secs = (time.perf_counter() - t0) * args.workers / len(out)
-            s0 = np.asarray([o.metrics.robust_acc for o in out[: len(archs)]])
-            s1 = np.asarray([o.metrics.robust_acc for o in out[len(archs):]])
-            for label, score, cost in ((name, s0, secs), (f"{name}, mean of 2 seeds", (s0 + s1) / 2, 2 * secs)):
-                noise = 100 * float(np.abs(s0 - s1).mean())
-                rows.append((label, kendalltau(score, true)[0], spearmanr(score, true)[0],
-                             kendalltau(score, runs[0])[0], 100 * score.std(), noise, cost))
+            for task, task_runs in zip(tasks, runs):
+                true = task_runs.mean(0)
+                variant = task.replace(proxy=task.config.proxy.model_copy(update=update))
+                ray.get(svc.teacher_stats.remote(variant))  # the (super)net once, before anything is timed
+                t0 = time.perf_counter()
+                out = ray.get([svc.evaluate.remote(variant, a, seed) for seed in (0, 1) for a in archs])
+                secs = (time.perf_counter() - t0) * args.workers / len(out)
+                s0 = np.asarray([o.metrics.robust_acc for o in out[: len(archs)]])
+                s1 = np.asarray([o.metrics.robust_acc for o in out[len(archs):]])
+                for label, score, cost in ((name, s0, secs), (f"{name}, mean of 2 seeds", (s0 + s1) / 2, 2 * secs)):
+                    noise = 100 * float(np.abs(s0 - s1).mean())
+                    rows[task.name].append((label, kendalltau(score, true)[0], spearmanr(score, true)[0],
+                                            kendalltau(score, task_runs[0])[0], 100 * score.std(), noise, cost))
             print(f"done: {name}", flush=True)
-    cfg = task.config
-    print(f"\n{task.name}: {len(archs)} sub-networks, truth = mean of {args.truth_seeds} seeds of "
-          f"{cfg.training.epochs:g}-epoch {cfg.training.loss} from scratch + {cfg.attack.name}-{cfg.attack.steps} "
-          f"eps {eps_label(cfg.attack.epsilon)} on the {len(load_splits(cfg.dataset).test)} test images "
-          f"(spread sd {100 * true.std():.1f} pts; one seed's mean abs deviation from the mean {truth_noise:.1f} pts; "
-          f"seed-vs-seed Kendall tau {truth_ceiling(runs):.2f}; {t_truth:.0f} s wall for the truths not cached)")
-    print("| proxy setting | Kendall tau | Spearman rho | tau vs truth seed 0 alone | spread (sd, pts) "
-          "| repeat noise (mean abs diff, pts) | s / evaluation |")
-    print("|---|---|---|---|---|---|---|")
-    for label, tau, rho, tau0, spread, noise, cost in rows:
-        noise_txt = "-" if "mean of" in label else f"{noise:.1f}"
-        print(f"| {label} | {tau:.2f} | {rho:.2f} | {tau0:.2f} | {spread:.1f} | {noise_txt} | {cost:.1f} |")
+    n_test = len(load_splits(first.dataset).test)
+    print(f"\n{len(archs)} sub-networks within {first.budget.ratio:.0%} of {tasks[0].teacher.name}'s MACs, truth = "
+          f"mean of {args.truth_seeds} seeds of {first.training.epochs:g}-epoch {first.training.loss} from scratch, "
+          f"each task's attack on the {n_test} test images ({t_truth:.0f} s wall for the truths not cached)")
+    header = ("| proxy setting | Kendall tau | Spearman rho | tau vs truth seed 0 alone | spread (sd, pts) "
+              "| repeat noise (mean abs diff, pts) | s / evaluation |\n|---|---|---|---|---|---|---|")
+    for task, task_runs in zip(tasks, runs):
+        true, a = task_runs.mean(0), task.config.attack
+        noise = 100 * float(np.abs(task_runs - true).mean()) if args.truth_seeds > 1 else float("nan")
+        print(f"\n{task.name} ({a.name}-{a.steps} eps {eps_label(a.epsilon)}): spread sd {100 * true.std():.1f} pts; "
+              f"one seed's mean abs deviation from the mean {noise:.1f} pts; seed-vs-seed Kendall tau "
+              f"{truth_ceiling(task_runs):.2f}\n{header}")
+        for label, tau, rho, tau0, spread, noise, cost in rows[task.name]:
+            noise_txt = "-" if "mean of" in label else f"{noise:.1f}"
+            print(f"| {label} | {tau:.2f} | {rho:.2f} | {tau0:.2f} | {spread:.1f} | {noise_txt} | {cost:.1f} |")
+    print(f"\nmean over the {len(tasks)} tasks\n| proxy setting | Kendall tau | Spearman rho | s / evaluation |\n"
+          "|---|---|---|---|")
+    for i, label in enumerate(r[0] for r in rows[tasks[0].name]):
+        per = [rows[t.name][i] for t in tasks]
+        print(f"| {label} | {np.mean([r[1] for r in per]):.2f} | {np.mean([r[2] for r in per]):.2f} "
+              f"| {np.mean([r[6] for r in per]):.1f} |")
     print(f"\nsub-networks: {', '.join(a.short() for a in archs)}")
-    for s, run in enumerate(runs):
-        print(f"truth seed {s}: {', '.join(f'{t:.3f}' for t in run)}")
-    print(f"(median s/evaluation over settings: {statistics.median(r[6] for r in rows):.1f})")
+    for task, task_runs in zip(tasks, runs):
+        for s, run in enumerate(task_runs):
+            print(f"{task.name} truth seed {s}: {', '.join(f'{t:.3f}' for t in run)}")
+    print(f"(median s/evaluation over settings: {statistics.median(r[6] for r in rows[tasks[0].name]):.1f})")
 
 
 if __name__ == "__main__":

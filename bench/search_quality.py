@@ -35,7 +35,7 @@ from rcnas.infra.errors import ConfigError
 from rcnas.infra.provenance import content_key
 from rcnas.search.candidates import Candidate
 from rcnas.search.quality import best_so_far, best_within, held, mean_sd, scored, text_chart
-from rcnas.search.searchers import PPO_SEARCHERS, run_searcher, searcher_names
+from rcnas.search.searchers import DETERMINISTIC, PPO_SEARCHERS, run_searcher, searcher_names
 from rcnas.task import Task, load_task, shared_grid
 
 SERVICE = "bench-search-quality"
@@ -99,7 +99,7 @@ def run_searches(exp: Any, searchers: list[str], held_out: list[str], seeds: int
     clients: dict[tuple[str, str, int], str] = {}
     finished = out / "finished-searches.txt"
     jobs = [(s, t, seed) for t in held_out for seed in range(seeds) for s in searchers
-            if not (s in ("compound", "uniform") and seed > 0)]  # deterministic rules: one run each
+            if not (s in DETERMINISTIC and seed > 0)]  # deterministic rules: one run each
     for key in [j for j in jobs if j[0] in PPO_SEARCHERS]:
         clients[key] = search(key[0], exp, key[1], key[2], n, runs, meta and meta["checkpoint"], finished)
         print(f"done: {clients[key]}", flush=True)

@@ -14,7 +14,7 @@ ablation of the repeat mask).
 
     python bench/table_quality.py [--table bench/tables/digits-e20-t444.csv.gz] [--seeds 30] [--n 10,25,50,100]
         [--held-out digits-cw-e20-t444-r30,digits-cw-e20-t444-r50,digits-fgsm-e20-t444-r30,digits-pgd-e20-t444-r45]
-        [--searchers rl,ppo-scratch,rl-repeats,random,evolution,compound,uniform] [--out runs/bench/table-quality]
+        [--searchers rl,ppo-scratch,rl-repeats,random,evolution,compound,uniform,prune] [--out runs/bench/table-quality]
 """
 
 from __future__ import annotations
@@ -34,14 +34,13 @@ from rcnas.distributed.resources import ensure_ray
 from rcnas.infra.cli import run_main
 from rcnas.infra.errors import ConfigError
 from rcnas.search.quality import best_so_far, ci95, held, scored, text_chart
-from rcnas.search.searchers import run_searcher
+from rcnas.search.searchers import DETERMINISTIC, run_searcher
 from rcnas.search.table import Scorer, TableEvaluator, open_table
 from rcnas.task import Task, load_task, shared_grid
 
 PPO_VARIANTS = {"rl": (True, True), "ppo-scratch": (False, True), "rl-repeats": (True, False),
                 "ppo-scratch-repeats": (False, False)}
 """searcher -> (starts from the meta-trained policy, avoid_repeats)"""
-DETERMINISTIC = ("compound", "uniform")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--experiment", default="configs/experiments/digits.yaml")
     p.add_argument("--held-out", default="digits-cw-e20-t444-r30,digits-cw-e20-t444-r50,digits-fgsm-e20-t444-r30,"
                                          "digits-pgd-e20-t444-r45")
-    p.add_argument("--searchers", default="rl,ppo-scratch,rl-repeats,random,evolution,compound,uniform")
+    p.add_argument("--searchers", default="rl,ppo-scratch,rl-repeats,random,evolution,compound,uniform,prune")
     p.add_argument("--seeds", type=int, default=30)
     p.add_argument("--n", default="10,25,50,100", help="evaluation budgets; every search runs to the largest")
     p.add_argument("--meta-iterations", type=int, default=30, help="PPO iterations of meta-training (M episodes each)")

@@ -206,12 +206,19 @@ class ProxyConfig(StrictModel):
     recalibrate_bn: Int = Field(0, ge=0, le=MAX_EXAMPLES)
     """training images to re-estimate BN statistics on before fine-tuning (0: keep the inherited ones, which are the
     full teacher's and do not fit a narrow slice: OFA's BN recalibration, needed when ``epochs`` is 0)"""
+    channel_order: Literal["first", "importance"] = "first"
+    """which teacher channels a narrower sub-network inherits: the ``first`` ones as the teacher stores them, or the
+    most important ones (``importance``: the teacher's channels sorted once by their BN scales, a permutation that
+    leaves its function unchanged; ``rcnas.models.importance``)"""
     also_attacks: dict[str, AttackConfig] = Field(default_factory=dict, max_length=MAX_LIST)
     """further attacks run on the same fine-tuned sub-network, by label (a tabular benchmark's columns: one
     fine-tuning, several attacks). They change neither the fine-tuning's seeds nor the task attack's value."""
 
     @model_validator(mode="after")
     def _trained(self) -> ProxyConfig:
+        if self.channel_order == "importance" and (not self.inherit or self.supernet != "plain"):
+            raise ValueError("channel_order: importance sorts a plain teacher's channels for inheritance; it needs "
+                             "inherit: true and supernet: plain (a sandwich teacher is trained on its first channels)")
         if self.epochs == 0 and not self.inherit:
             raise ValueError("epochs: 0 with inherit: false would score untrained networks; set epochs > 0 or "
                              "inherit: true")

@@ -14,7 +14,7 @@ class FakeEvaluator:
         self.calls = 0
 
     def teacher_stats(self, task: Task) -> TeacherStats:
-        return TeacherStats("fake", 0.95, 0.7, 12.0, 100, 0.0)
+        return TeacherStats("fake", 0.95, 0.7, 12.0, 100, 0.0, made_up_bn_scales(task))
 
     def evaluate(self, task: Task, arch: ArchSpec) -> Evaluation:
         self.calls += 1
@@ -24,6 +24,12 @@ class FakeEvaluator:
         m = ProxyMetrics("ok", "", robust, 0.0, robust + 0.2, cost.macs, cost.params, attack.name,
                          attack.epsilon, attack.steps, 100, 0, 1, 0.0, 0, 0, 0.0, "cpu", "test", "test")
         return Evaluation(eval_key(task, arch), m, cached=False)
+
+
+def made_up_bn_scales(task: Task) -> tuple[tuple[tuple[float, ...], ...], ...]:
+    """BN scales for the pruning baseline: later blocks and channels matter less."""
+    return tuple(tuple(tuple(round((1 - j / (2 * s.depth)) * (1 - k / s.channels), 4) for k in range(s.channels))
+                       for j in range(s.depth)) for s in task.teacher.arch.stages)
 
 
 def synthetic_table(path, tasks: list[Task]) -> None:
@@ -47,7 +53,9 @@ def synthetic_table(path, tasks: list[Task]) -> None:
         base = 0.2 + 0.4 * (cost.macs / space.teacher_macs) ** 0.5 + 0.1 * wiggle
         rows.append(Row(arch, cost.macs, cost.params, "ok", base + 0.2,
                         {c: base - 0.05 * k for k, c in enumerate(cols)}, 1.0))
-    teacher = {c: asdict(TeacherStats("fake", 0.95, 0.7 - 0.05 * k, 12.0, 359, 0.0)) for k, c in enumerate(cols)}
+    scales = made_up_bn_scales(tt)
+    teacher = {c: asdict(TeacherStats("fake", 0.95, 0.7 - 0.05 * k, 12.0, 359, 0.0, scales))
+               for k, c in enumerate(cols)}
     header = {"teacher": tt.teacher.name, "teacher_key": teacher_key(tt), "fidelity_key": fidelity_key(tt.config),
               "proxy": tt.config.proxy.model_dump(exclude={"also_attacks"}), "ratio": tt.config.budget.ratio,
               "attacks": {cols[0]: tt.config.attack.model_dump(),

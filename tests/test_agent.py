@@ -128,7 +128,7 @@ def test_train_smoke_writes_every_output(tmp_path):
     progress = next((run / "tune" / "finetune").rglob("progress.csv")).read_text()
     assert "rcnas/best_reward" in progress and "rcnas/computed" in progress
     results = json.loads((run / "final" / "results.json").read_text())
-    assert {r["name"] for r in results} == {"rl-chosen", "uniform-shrink", "teacher-tiny-222"}
+    assert {r["name"] for r in results} == {"rl-chosen", "uniform-shrink", "slimming-pruned", "teacher-tiny-222"}
     assert "rl-chosen" in proc.stdout
     # the console says how the search goes, one line per iteration, without Tune's config dump or library noise
     console = proc.stdout + proc.stderr

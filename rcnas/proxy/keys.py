@@ -72,4 +72,13 @@ def store_fidelity(task: TaskConfig) -> str:
 def fidelity_key(task: TaskConfig) -> str:
     """The proxy settings that decide a measurement's draws (not ``also_attacks``: extra columns measured on the
     same fine-tuned network leave the task attack's value as it is)."""
-    return content_key(task.proxy.model_dump(exclude={"also_attacks"}))
+    d = task.proxy.model_dump(exclude={"also_attacks"})
+    for name, default in LATER_PROXY_FIELDS.items():
+        if d.get(name) == default:
+            d.pop(name)
+    return content_key(d)
+
+
+LATER_PROXY_FIELDS = {"channel_order": "first"}
+"""proxy settings added after stores and tables existed: at their defaults they are left out of the key, so stored
+evaluations and the committed tables keep their keys"""

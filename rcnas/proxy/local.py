@@ -15,6 +15,7 @@ from rcnas.infra.files import cache_root
 from rcnas.infra.log import say
 from rcnas.infra.provenance import content_key
 from rcnas.models.builder import PreActResNet
+from rcnas.models.importance import importance_ordered
 from rcnas.proxy.candidate import proxy_evaluate
 from rcnas.proxy.keys import store_fidelity, task_key, teacher_key
 from rcnas.proxy.records import EvalKey, Evaluation, ProxyMetrics, TeacherStats
@@ -40,6 +41,7 @@ class ProxyRunner:
         self.log = log
         self._data: dict[str, DataSplits] = {}
         self._teachers: dict[str, tuple[PreActResNet, float]] = {}
+        self._ordered: dict[str, PreActResNet] = {}
 
     def data(self, task: Task) -> DataSplits:
         k = content_key(task.config.dataset.model_dump())
@@ -59,9 +61,22 @@ class ProxyRunner:
         model, seconds = self.teacher(task)
         return measure_teacher(task, model, self.data(task), self.cache, seconds)
 
+    def inherit_source(self, task: Task) -> Optional[PreActResNet]:
+        """What a sub-network inherits from: the teacher, with its channels sorted once per teacher where the proxy
+        asks for ``channel_order: importance``."""
+        p = task.config.proxy
+        if not p.inherit:
+            return None
+        teacher = self.teacher(task)[0]
+        if p.channel_order == "first":
+            return teacher
+        k = teacher_key(task)
+        if k not in self._ordered:
+            self._ordered[k] = importance_ordered(teacher)
+        return self._ordered[k]
+
     def compute(self, task: Task, arch: ArchSpec, seed: int = 0) -> ProxyMetrics:
-        teacher = self.teacher(task)[0] if task.config.proxy.inherit else None
-        return proxy_evaluate(task, arch, self.data(task), teacher, self.device, seed)
+        return proxy_evaluate(task, arch, self.data(task), self.inherit_source(task), self.device, seed)
 
 
 class LocalEvaluator:

@@ -73,15 +73,41 @@ class TeacherStats:
     lipschitz: float
     n_val: int
     train_seconds: float
+    bn_scales: tuple[tuple[tuple[float, ...], ...], ...] = ()
+    """per stage, per block, the |gamma| of the block's inner BN layers, largest first
+    (``rcnas.models.importance.bn_scales``): what the pruning baseline thresholds. Empty where a record predates it."""
 
     @classmethod
     def from_dict(cls, d: Any) -> TeacherStats:
-        """A record as stored (a table's header): exactly these keys, finite accuracies in [0, 1]; ValueError
-        saying what is wrong otherwise."""
-        d = _exact_keys(d, {f.name for f in fields(cls)})
+        """A record as stored (a table's header): exactly these keys (``bn_scales`` optional), finite accuracies in
+        [0, 1]; ValueError saying what is wrong otherwise."""
+        d = _exact_keys(d, {f.name for f in fields(cls)} - {"bn_scales"}, {"bn_scales"})
         return cls(key=_text(d, "key", max_len=256), clean_acc=_number(d, "clean_acc", 0, 1),
                    robust_acc=_number(d, "robust_acc", 0, 1), lipschitz=_number(d, "lipschitz"),
-                   n_val=_integer(d, "n_val"), train_seconds=_number(d, "train_seconds"))
+                   n_val=_integer(d, "n_val"), train_seconds=_number(d, "train_seconds"),
+                   bn_scales=_scales(d.get("bn_scales", [])))
+
+
+MAX_BN_SCALES = 1_000_000
+"""BN scales in one record at most (WRN-70-16 has about 120,000)"""
+
+
+def _scales(v: Any) -> tuple[tuple[tuple[float, ...], ...], ...]:
+    """``bn_scales`` as stored: stages of blocks of finite numbers >= 0 (ValueError otherwise)."""
+    def bad() -> ValueError:
+        return ValueError(f"bn_scales is {brief(v)}, not a list of stages of blocks of numbers >= 0 "
+                          f"(at most {MAX_BN_SCALES:,} in all)")
+
+    if not isinstance(v, list) or not all(isinstance(s, list) and all(isinstance(b, list) for b in s) for s in v):
+        raise bad()
+    if sum(len(b) for s in v for b in s) > MAX_BN_SCALES:
+        raise bad()
+    for s in v:
+        for b in s:
+            if not all(not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x) and x >= 0
+                       for x in b):
+                raise bad()
+    return tuple(tuple(tuple(float(x) for x in b) for b in s) for s in v)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,6 +26,7 @@ from rcnas.infra.log import say
 from rcnas.infra.progress import eta
 from rcnas.infra.provenance import derive_seed
 from rcnas.models.builder import PreActResNet, build_model
+from rcnas.models.importance import bn_scales
 from rcnas.models.imports import load_weights
 from rcnas.proxy.keys import stats_key, teacher_key
 from rcnas.proxy.records import TeacherStats
@@ -143,9 +144,10 @@ def measure_teacher(task: Task, model: PreActResNet, data: DataSplits, cache: Pa
     cfg = task.config
     key = teacher_key(task)
     path = teacher_folder(task, cache) / f"stats-{stats_key(cfg)}.json"
+    scales = bn_scales(model)  # from the weights, not the cache: records from before it gain it too
     if path.is_file():
         try:
-            return TeacherStats(**json.loads(path.read_text()))
+            return replace(TeacherStats(**json.loads(path.read_text())), bn_scales=scales)
         except (ValueError, TypeError):
             pass  # damaged: measure again
     val = data.val.head(cfg.proxy.val_examples)
@@ -153,6 +155,6 @@ def measure_teacher(task: Task, model: PreActResNet, data: DataSplits, cache: Pa
     report = robust_accuracy(model, val, {"task": cfg.attack}, num_classes=task.shape.num_classes, seed=seed)
     lips = local_lipschitz(model, val, AttackConfig.suite("pgd20", cfg.attack.epsilon),
                            num_classes=task.shape.num_classes, seed=seed)
-    stats = TeacherStats(key, report.clean, report.attacks[0].accuracy, lips, len(val), train_seconds)
+    stats = TeacherStats(key, report.clean, report.attacks[0].accuracy, lips, len(val), train_seconds, scales)
     write_atomic(path, json.dumps(asdict(stats)))
     return stats

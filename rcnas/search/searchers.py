@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rcnas.infra.errors import ConfigError
 from rcnas.infra.registry import Registry
 from rcnas.proxy.protocol import Evaluator
 from rcnas.reward import task_reward
 from rcnas.space.arch import ArchSpec
-from rcnas.space.baselines import uniform_shrink
+from rcnas.space.baselines import slimming_prune, uniform_shrink
 from rcnas.space.space import CompressionSpace
 from rcnas.task import Task
 
@@ -59,6 +60,10 @@ Searcher = Callable[[Budgeted, np.random.Generator], None]
 SEARCHERS: Registry[Searcher] = Registry("searcher")
 PPO_SEARCHERS = ("rl", "ppo-scratch")
 """the searchers the agent runs (RLlib, in ``agents/``): meta-trained then fine-tuned, or PPO from scratch"""
+
+
+DETERMINISTIC = ("compound", "uniform", "prune")
+"""rules without randomness: one run per task stands for every seed"""
 
 
 def searcher_names() -> list[str]:
@@ -137,6 +142,18 @@ def compound_scaling(ev: Budgeted, rng: np.random.Generator) -> None:
 def uniform(ev: Budgeted, rng: np.random.Generator) -> None:
     """The teacher shrunk by one factor in depth and width to the budget: a single sub-network."""
     ev(uniform_shrink(ev.space))
+
+
+@SEARCHERS.register("prune")
+def prune(ev: Budgeted, rng: np.random.Generator) -> None:
+    """The baseline a robustness user tries first: the robust teacher pruned to the budget by network slimming's
+    global threshold on its BN scales (:func:`rcnas.space.baselines.slimming_prune`), then adversarially fine-tuned
+    and attacked like every candidate (the evaluator's proxy): a single sub-network."""
+    if not ev.teacher.bn_scales:
+        raise ConfigError(f"{ev.task.name}: the pruning baseline needs the teacher's BN scales, and this evaluator's "
+                          "teacher record has none (a table written before they were recorded): rebuild the table "
+                          "with bench/build_table.py")
+    ev(slimming_prune(ev.space, ev.teacher.bn_scales))
 
 
 def run_searcher(name: str, task: Task, evaluator: Evaluator, n: int, seed: int = 0) -> list[Step]:

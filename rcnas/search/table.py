@@ -147,7 +147,7 @@ class Table:
         return list(self.header["columns"])
 
     def teacher(self, column: str) -> TeacherStats:
-        return TeacherStats(**self.header["teacher_stats"][column])
+        return TeacherStats.from_dict(self.header["teacher_stats"][column])
 
     def column_for(self, task: Task) -> str:
         """The column that answers ``task``; one line saying why when none does."""
