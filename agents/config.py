@@ -8,7 +8,7 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from rcnas.config import MAX_EPOCHS, MAX_EXAMPLES, MAX_REPEATS, Float, Int, Seed
+from rcnas.config import MAX_EPOCHS, MAX_EXAMPLES, MAX_REPEATS, Float, Int, ScreeningConfig, Seed
 from rcnas.infra.configio import Identifier, StrictModel, load_config
 from rcnas.infra.errors import ConfigError
 from rcnas.vocab import SUITE
@@ -184,6 +184,9 @@ class ExperimentConfig(StrictModel):
     """each env runner never finishes a sub-network it already finished for the same task while unfinished ones
     remain (the action mask hides them): a repeat is answered by the store and adds nothing, so without this a
     converging policy stops searching (measured on the tabular benchmark, BENCHMARKS.md)"""
+    screening: ScreeningConfig = ScreeningConfig()
+    """``screening: {by: surrogate, keep: 0.25}`` or ``{by: low_fidelity, fidelity: {epochs: 0}}``: every proposal
+    scored cheaply first, the best share promoted to the proxy (successive halving; ``rcnas.search.screening``)"""
     rerank: RerankSettings = RerankSettings()
     """``rerank: {top_k: 5, epochs: 4, repeats: 2}``: the pick survives a more faithful measurement"""
     trackers: TrackerSettings = TrackerSettings()

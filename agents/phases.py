@@ -251,7 +251,7 @@ def _search(run: _Run) -> Phases:
         + ("" if meta_ckpt else " (no meta-training: PPO from scratch)"))
     ft_config = build_ppo_config(exp, [run.target], run.service, grid=run.grid,
                                  load_module_from=module_dir(meta_ckpt) if meta_ckpt else None,
-                                 client=f"{opts.searcher}-finetune")
+                                 client=f"{opts.searcher}-finetune", prior=run.metas)
     ft_ckpt = run.stage("finetune", ft_config, exp.finetune_iterations)
     experiments["finetune"] = _stage_folder(run.storage, "finetune", run.out / "tune")
     return Phases(meta_ckpt, ft_ckpt, experiments)

@@ -16,7 +16,8 @@ from agents.rl_module import StageEncoderModule
 
 def build_ppo_config(exp: ExperimentConfig, tasks: list[str], service: str,
                      grid: Optional[tuple[int, int]] = None, load_module_from: Optional[str] = None,
-                     client: str = "", search_metrics: bool = True) -> PPOConfig:
+                     client: str = "", search_metrics: bool = True, prior: Optional[list[str]] = None
+                     ) -> PPOConfig:
     """PPO over the compression env: ``M`` episodes (sub-networks) per policy update, sampled as ``exp.sampler``
     says (:class:`agents.async_ppo.AsyncSearchPPO` by default).
 
@@ -24,6 +25,8 @@ def build_ppo_config(exp: ExperimentConfig, tasks: list[str], service: str,
         load_module_from: an RLModule checkpoint folder to start from (fine-tuning after meta-training).
         search_metrics: report the search's ``rcnas/*`` metrics, read from the service's store (a benchmark whose
             envs answer from a table has no service: off).
+        prior: task files whose stored evaluations train the screening surrogate from the start (fine-tuning: the
+            meta tasks), besides ``tasks`` themselves.
     """
     from rcnas.task import load_task
 
@@ -33,6 +36,9 @@ def build_ppo_config(exp: ExperimentConfig, tasks: list[str], service: str,
     minibatch = (exp.ppo.minibatch_episodes or exp.M) * n_stages
     env_config: dict[str, Any] = {"tasks": tasks, "service": service, "grid": list(grid) if grid else None,
                                   "client": client, "avoid_repeats": exp.avoid_repeats}
+    if exp.screening.by != "none":
+        env_config["screening"] = {"config": exp.screening.model_dump(mode="json"),
+                                   "prior": list(dict.fromkeys([*(prior or []), *tasks]))}
     asynchronous = exp.sampler == "async"
     if asynchronous:  # the algorithm samples itself (agents/async_ppo.py): no env runner processes
         env_config[SAMPLER_KEY] = {"in_flight": exp.in_flight, "episodes": exp.M, "ordered": exp.ordered,

@@ -44,13 +44,14 @@ class Runs(Protocol):
 class LiveRuns:
     """PPO searches answered by the evaluation service named ``service``: each search is a client of its store."""
 
-    def __init__(self, service: str, grid: tuple[int, int]) -> None:
-        self.service, self.grid = service, grid
+    def __init__(self, service: str, grid: tuple[int, int], prior: tuple[str, ...] = ()) -> None:
+        self.service, self.grid, self.prior = service, grid, list(prior)
+        """``prior``: task files whose stored evaluations train a screening surrogate (the meta tasks)"""
 
     def config(self, exp: ExperimentConfig, tasks: list[str], client: str,
                load_module_from: Optional[str] = None) -> PPOConfig:
         return build_ppo_config(exp, tasks, self.service, grid=self.grid, client=client,
-                                load_module_from=load_module_from)
+                                load_module_from=load_module_from, prior=self.prior)
 
     def requests(self, client: str) -> list[Request]:
         return RayEvaluator(self.service).requests(client)
@@ -66,20 +67,24 @@ class SharedTableEvaluator(TableEvaluator):
 
 
 class TableRuns:
-    """PPO searches answered from ``table`` in this process (the algorithm's env lives in it: the async sampler, or
+    """PPO searches answered from ``tables`` in this process (the algorithm's env lives in it: the async sampler, or
     RLlib's with ``env_runners`` 0).
 
     Each client has one evaluator, handed to the env RLlib builds for that client's search (in its ``env_config``)
-    and to a baseline searcher of that client: its request log is the search's."""
+    and to a baseline searcher of that client: its request log is the search's. ``stored``: what the store would
+    hold before the search starts (task file -> sub-network keys, e.g. the meta-training's evaluations), which a
+    screening surrogate reads as the service's store would be read."""
 
-    def __init__(self, table: Table, grid: tuple[int, int]) -> None:
-        self.table, self.grid = table, grid
+    def __init__(self, tables: Table | list[Table], grid: tuple[int, int],
+                 stored: dict[str, list[str]] | None = None) -> None:
+        self.tables, self.grid = tables if isinstance(tables, list) else [tables], grid
+        self.stored = stored or {}
         self._evaluators: dict[str, SharedTableEvaluator] = {}
 
     def evaluator(self, client: str) -> SharedTableEvaluator:
         """``client``'s evaluator (made on first use)."""
         if client not in self._evaluators:
-            self._evaluators[client] = SharedTableEvaluator(self.table, client=client)
+            self._evaluators[client] = SharedTableEvaluator(self.tables, client=client, stored=self.stored)
         return self._evaluators[client]
 
     def config(self, exp: ExperimentConfig, tasks: list[str], client: str,
@@ -88,7 +93,7 @@ class TableRuns:
             raise ValueError("a table-backed search runs its env in this process: env_runners must be 0")
         # no service, so no search metrics read from its store
         config = build_ppo_config(exp, tasks, "", grid=self.grid, client=client, search_metrics=False,
-                                  load_module_from=load_module_from)
+                                  load_module_from=load_module_from, prior=list(self.stored))
         # the env class itself (not the registered factory, which opens the table anew): it takes its evaluator from
         # env_config
         return config.environment(env=CompressionEnv,
@@ -102,7 +107,8 @@ def meta_train(runs: Runs, exp: ExperimentConfig, metas: list[str], out: Path, n
                client: str) -> dict[str, Any]:
     """The ``rl`` searcher's one-off cost: ``exp.meta_iterations`` of PPO on the meta tasks ``metas``, its checkpoint
     under ``out/name``, its figures in ``out/name.json`` (checkpoint, seconds, iterations, episodes, distinct
-    evaluations); read from there when a previous run finished it."""
+    evaluations, and which sub-networks of which task file it evaluated: what a store would hold after it); read from
+    there when a previous run finished it."""
     record = out / f"{name}.json"
     if record.is_file():
         return json.loads(record.read_text())
@@ -110,8 +116,12 @@ def meta_train(runs: Runs, exp: ExperimentConfig, metas: list[str], out: Path, n
     ckpt = run_stage(name, runs.config(exp, metas, client), exp.meta_iterations, out,
                      StageSettings(no_tune=True, log=lambda m: None))
     log = runs.requests(client)
+    files = {load_task(m).name: str(Path(m).resolve()) for m in metas}
+    stored: dict[str, list[str]] = {}
+    for r in distinct(log, None):
+        stored.setdefault(files[r.task_name], []).append(r.arch_key)
     info = {"checkpoint": ckpt, "seconds": time.perf_counter() - t0, "iterations": exp.meta_iterations,
-            "episodes": len(log), "distinct": len({(r.task_name, r.arch_key) for r in log})}
+            "episodes": len(log), "distinct": sum(len(v) for v in stored.values()), "stored": stored}
     record.write_text(json.dumps(info, indent=2))
     return info
 
@@ -124,15 +134,18 @@ def fine_tune(runs: Runs, exp: ExperimentConfig, target: str, client: str, n: in
     ``4 n / M`` iterations. Its requests are ``runs.requests(client)``."""
     task_name = load_task(target).name
     config = runs.config(exp, [target], client, module_dir(meta_checkpoint) if meta_checkpoint else None)
+    # screening promotes about one proposal in 1 / keep: as many more episodes before the search counts as stalled
+    stretch = 1.0 if exp.screening.by == "none" else 1.0 / exp.screening.keep
     train_until_distinct(config, n, exp.M, lambda: len(distinct(runs.requests(client), task_name)), client,
-                         patience)
+                         math.ceil(patience * stretch), stretch)
 
 
 def train_until_distinct(config: PPOConfig, n: int, M: int, distinct: Callable[[], int], name: str,
-                         patience: int = 5) -> None:
+                         patience: int = 5, stretch: float = 1.0) -> None:
     """PPO until ``distinct()`` (the search's distinct evaluations so far) reaches ``n``, or ``patience`` iterations in
     a row bring no new sub-network (the policy has converged: it repeats itself, and repeats add nothing), or
-    ``4 n / M`` iterations. The benchmarks' budget rule: cost is counted in distinct evaluations."""
+    ``4 n / M`` iterations (times ``stretch``: the episodes per evaluation, more than one under screening). The
+    benchmarks' budget rule: cost is counted in distinct evaluations."""
     progress = {"made": 0, "idle": 0}
 
     def enough(_: dict[str, Any]) -> bool:
@@ -143,6 +156,6 @@ def train_until_distinct(config: PPOConfig, n: int, M: int, distinct: Callable[[
 
     algo = config.build_algo()
     try:
-        train_iterations(algo, math.ceil(4 * n / M), name, lambda m: None, stop=enough)
+        train_iterations(algo, math.ceil(4 * n * stretch / M), name, lambda m: None, stop=enough)
     finally:
         algo.stop()

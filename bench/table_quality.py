@@ -12,6 +12,10 @@ sub-network outside it. ``rl`` is meta-trained once on the experiment's meta tas
 fine-tuned per seed; ``rl-repeats`` and ``ppo-scratch-repeats`` are the same agents with ``avoid_repeats`` off (the
 ablation of the repeat mask).
 
+Searcher names may carry a screening suffix: ``rl+surrogate``, ``random+screen`` (``rcnas.search.screening``; the
+low fidelity's answers come from ``--screen-table``). Besides regret per evaluation, the report gives regret against
+evaluation seconds (each table row's measured proxy seconds), the cost that screening and a surrogate cut.
+
     python bench/table_quality.py [--table bench/tables/digits-e20-t444.csv.gz] [--seeds 30] [--n 10,25,50,100]
         [--held-out digits-cw-e20-t444-r30,digits-cw-e20-t444-r50,digits-fgsm-e20-t444-r30,digits-pgd-e20-t444-r45]
         [--searchers rl,ppo-scratch,rl-repeats,random,evolution,compound,uniform,prune] [--out runs/bench/table-quality]
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -30,10 +35,12 @@ import ray
 
 from agents.config import load_experiment, task_path, with_changes
 from agents.quality_runs import TableRuns, fine_tune, meta_train
+from rcnas.config import ScreeningConfig
 from rcnas.distributed.resources import ensure_ray
 from rcnas.infra.cli import run_main
 from rcnas.infra.errors import ConfigError
-from rcnas.search.quality import best_so_far, ci95, held, scored, text_chart
+from rcnas.search.quality import best_so_far, ci95, distinct, held, scored, text_chart
+from rcnas.search.screening import ScreeningEvaluator
 from rcnas.search.searchers import DETERMINISTIC, run_searcher
 from rcnas.search.table import Scorer, TableEvaluator, open_table
 from rcnas.task import Task, load_task, shared_grid
@@ -46,6 +53,8 @@ PPO_VARIANTS = {"rl": (True, True), "ppo-scratch": (False, True), "rl-repeats": 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--table", default="bench/tables/digits-e20-t444.csv.gz")
+    p.add_argument("--screen-table", default="bench/tables/digits-e20-t444-screen.csv.gz",
+                   help="the same sub-networks at the screening fidelity (for the +screen searchers)")
     p.add_argument("--experiment", default="configs/experiments/digits.yaml")
     p.add_argument("--held-out", default="digits-cw-e20-t444-r30,digits-cw-e20-t444-r50,digits-fgsm-e20-t444-r30,"
                                          "digits-pgd-e20-t444-r45")
@@ -58,21 +67,57 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def one_search(s: str, task_file: str, seed: int, exp: Any, grid: tuple[int, int], table: str, n: int,
-               meta: str | None) -> tuple[list[float], float]:
-    """One search of at most ``n`` distinct evaluations: the reward of each distinct sub-network in the order asked
-    for, and the seconds it took."""
+SCREENED = {"surrogate": {"by": "surrogate"}, "screen": {"by": "low_fidelity"}}
+"""a searcher name's suffix (``rl+surrogate``, ``random+screen``) -> the screening it runs with"""
+
+
+def split_name(s: str) -> tuple[str, dict[str, Any] | None]:
+    """``rl+surrogate`` -> (``rl``, its screening settings), ``rl+surrogate@0.1`` with ``keep: 0.1``; ``rl`` ->
+    (``rl``, None)."""
+    base, _, suffix = s.partition("+")
+    kind, _, keep = suffix.partition("@")
+    if suffix and kind not in SCREENED:
+        raise ConfigError(f"--searchers: {s!r}: unknown suffix {kind!r}; known: {', '.join(SCREENED)}")
+    if not suffix:
+        return base, None
+    try:
+        return base, {**SCREENED[kind], **({"keep": float(keep)} if keep else {})}
+    except ValueError:
+        raise ConfigError(f"--searchers: {s!r}: {keep!r} after @ is not a share to keep (e.g. 0.1)") from None
+
+
+def one_search(s: str, task_file: str, seed: int, exp: Any, grid: tuple[int, int], tables: list[str], n: int,
+               meta: dict[str, Any] | None) -> tuple[list[float], list[float], float]:
+    """One search until ``n`` distinct evaluations at the task's proxy: the reward of each distinct sub-network in
+    the order asked for, the evaluation seconds spent when each was made (screening's low-fidelity evaluations
+    included; a surrogate's predictions cost none), and the wall seconds the search took."""
     task = load_task(task_file)
     t0 = time.perf_counter()
     client = f"{s}/{task.name}/seed{seed}"
-    runs = TableRuns(open_table(table, task), grid)
-    if s in PPO_VARIANTS:
-        fine_tune(runs, with_changes(exp, s, seed=seed, avoid_repeats=PPO_VARIANTS[s][1]), task_file, client,
-                  n, meta)
+    base, screening = split_name(s)
+    runs = TableRuns([open_table(t, task) for t in tables], grid, meta["stored"] if meta else None)
+    if base in PPO_VARIANTS:
+        changes: dict[str, Any] = {"seed": seed, "avoid_repeats": PPO_VARIANTS[base][1]}
+        if screening:
+            changes["screening"] = screening
+        fine_tune(runs, with_changes(exp, s, **changes), task_file, client, n,
+                  meta["checkpoint"] if meta and PPO_VARIANTS[base][0] else None)
     else:
-        run_searcher(s, task, runs.evaluator(client), n, seed)
-    found = scored(runs.requests(client), task, runs.evaluator(client).teacher_stats(task))
-    return [c.reward for c in found], time.perf_counter() - t0
+        ev: Any = runs.evaluator(client)
+        proposals = n
+        if screening:
+            cfg = ScreeningConfig(**screening)
+            ev = ScreeningEvaluator(ev, cfg, prior=[load_task(m) for m in runs.stored])
+            proposals = math.ceil(n / cfg.keep)  # about n of them promoted
+        run_searcher(base, task, ev, proposals, seed)
+    log = runs.requests(client)
+    found = scored(log, task, runs.evaluator(client).teacher_stats(task))
+    spent, costs = 0.0, []
+    for r in distinct(log, None):  # every first evaluation costs its seconds, at whichever fidelity
+        spent += r.metrics.seconds
+        if r.task_name == task.name:
+            costs.append(spent)
+    return [c.reward for c in found][:n], costs[:n], time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,46 +142,90 @@ def main(argv: list[str] | None = None) -> int:
     g = shared_grid([*tasks, *(load_task(m) for m in metas)])
     grid = (g.max_depth, g.max_width)
     ensure_ray(num_cpus=args.jobs, verbose=False)  # library noise silenced in every worker
+    tables = [table_file]
+    if any((split_name(x)[1] or {}).get("by") == "low_fidelity" for x in searchers):
+        screen = open_table(args.screen_table, tasks[0])
+        low = ScreeningConfig(by="low_fidelity").fidelity
+        for t in tasks:  # every held-out task's screening fidelity must be a column of it: refused before any work
+            screen.column_for(t.replace(proxy=t.config.proxy.model_copy(update=low)))
+        tables.append(str(Path(args.screen_table).resolve()))
     meta = None
-    if any(PPO_VARIANTS.get(s, (False,))[0] for s in searchers):
+    if any(PPO_VARIANTS.get(split_name(x)[0], (False,))[0] or split_name(x)[1] for x in searchers):
         meta = meta_train(TableRuns(table, grid), exp, metas, out, "meta", "meta")
         print(f"meta-training: {meta['seconds']:.0f} s, {meta['iterations']} iterations, {meta['episodes']} "
               "episodes (answered from the table)", flush=True)
     curves: dict[str, list[list[float]]] = {s: [] for s in searchers}
+    spent: dict[str, list[tuple[list[float], list[float], float]]] = {s: [] for s in searchers}
     ranks: dict[tuple[str, int], list[int]] = {}
     seconds: dict[str, float] = {s: 0.0 for s in searchers}
     runs = [(s, task_file, seed) for task_file in held_out for s in searchers
-            for seed in range(1 if s in DETERMINISTIC else args.seeds)]
+            for seed in range(1 if split_name(s)[0] in DETERMINISTIC else args.seeds)]
     # one Ray task per search, as many at once as there are CPUs (each is one process: PPO's env, learner and the
     # table all live in it)
     job = ray.remote(num_cpus=1)(one_search)
-    refs = [job.remote(s, f, seed, exp, grid, table_file, budgets[-1],
-                       meta["checkpoint"] if meta and PPO_VARIANTS.get(s, (False,))[0] else None)
-            for s, f, seed in runs]
+    refs = [job.remote(s, f, seed, exp, grid, tables, budgets[-1], meta) for s, f, seed in runs]
     results = dict(zip(runs, ray.get(refs)))
     for task_file, task in zip(held_out, tasks):
         scorer = Scorer(task, TableEvaluator(table))
         for s in searchers:
-            for seed in range(1 if s in DETERMINISTIC else args.seeds):
-                rewards, spent = results[s, task_file, seed]
-                seconds[s] += spent
+            once = split_name(s)[0] in DETERMINISTIC
+            for seed in range(1 if once else args.seeds):
+                rewards, costs, took = results[s, task_file, seed]
+                seconds[s] += took
                 bsf = best_so_far(rewards[: budgets[-1]])
                 regret = held([scorer.all[0] - b for b in bsf], budgets[-1])  # stopped early: keeps its last pick
                 # a deterministic rule gives the same run for every seed: it counts once per seed in the means
-                for _ in range(args.seeds if s in DETERMINISTIC else 1):
+                for _ in range(args.seeds if once else 1):
                     curves[s].append(regret)
+                    spent[s].append(([scorer.all[0] - b for b in bsf], costs, scorer.all[0] - scorer.all[-1]))
                     for n in budgets:
                         ranks.setdefault((s, n), []).append(scorer.rank(bsf[min(n, len(bsf)) - 1]))
             print(f"{task.name} {s}: mean regret at N={budgets[-1]} "
                   f"{statistics.fmean(c[-1] for c in curves[s][-args.seeds:]):.4f}", flush=True)
     report = render(args, exp, tasks, metas, searchers, budgets, curves, ranks, seconds, meta,
                     time.perf_counter() - t_start, table.header)
+    report += "\n\n" + cost_table(searchers, spent)
     (out / "results.json").write_text(json.dumps({"curves": curves, "ranks": {f"{s}@{n}": r for (s, n), r in
-                                                                               ranks.items()}}, indent=0))
+                                                                               ranks.items()},
+                                                  "costs": {s: [c for _, c, _ in v] for s, v in spent.items()}},
+                                                 indent=0))
     plot(curves, out / "regret.png", [t.name for t in tasks], args.seeds)
     (out / "report.md").write_text(report + "\n")
     print("\n" + report)
     return 0
+
+
+COST_FRACTIONS = (0.1, 0.2, 0.5, 1.0)
+"""evaluation-seconds budgets reported, as shares of what the reference searcher spends on 25 evaluations"""
+
+
+def regret_within(run: tuple[list[float], list[float], float], budget_s: float) -> float:
+    """A search's regret once it has spent ``budget_s`` evaluation seconds: that of its best pick made by then (the
+    task's worst regret while it has made none)."""
+    regrets, costs, worst = run
+    made = [r for r, c in zip(regrets, costs) if c <= budget_s + 1e-9]
+    return made[-1] if made else worst
+
+
+def cost_table(searchers: list[str], spent: dict[str, list[tuple[list[float], list[float], float]]]) -> str:
+    """Regret against evaluation seconds: at shares of what the first searcher spends on its first 25 evaluations
+    (the reference), and the seconds each searcher spends to 25."""
+    ref = searchers[0]
+    at25 = [c[24] for _, c, _ in spent[ref] if len(c) >= 25]
+    if not at25:
+        return "(no searcher made 25 evaluations: no cost table)"
+    budget = statistics.fmean(at25)
+    head = ("| searcher | eval s to N=25 | " + " | ".join(f"regret at {f:g} x ({budget:.0f} s)" for f in COST_FRACTIONS)
+            + " |\n|" + "---|" * (2 + len(COST_FRACTIONS)))
+    lines = [f"Regret against evaluation seconds (reference: {ref}'s mean seconds to its 25th evaluation, "
+             f"{budget:.1f} s; each table row's seconds are its proxy's, low-fidelity screening counted too, "
+             "surrogate predictions free):", "", head]
+    for s in searchers:
+        to25 = [c[24] for _, c, _ in spent[s] if len(c) >= 25]
+        cells = [ci95([regret_within(run, f * budget) for run in spent[s]]) for f in COST_FRACTIONS]
+        lines.append(f"| {s} | {statistics.fmean(to25) if to25 else math.nan:.1f} | "
+                     + " | ".join(f"{m:.4f} ± {h:.4f}" for m, h in cells) + " |")
+    return "\n".join(lines)
 
 
 def render(args: argparse.Namespace, exp: Any, tasks: list[Task], metas: list[str], searchers: list[str],

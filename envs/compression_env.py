@@ -41,7 +41,9 @@ class CompressionEnv(gym.Env):
         avoid_repeats: never finish a sub-network this env has already finished for the same task while another
             remains (the mask hides the actions that lead only to finished ones). Why: a repeat costs nothing (the
             store answers it) and teaches nothing new, so a converged policy would otherwise spend every episode on
-            its favourite sub-network and stop searching.
+            its favourite sub-network and stop searching;
+        screening: ``{"config": ScreeningConfig fields, "prior": task files}``: the evaluator is wrapped in
+            :class:`rcnas.search.screening.ScreeningEvaluator` (cheap score first, the best share to the proxy).
     """
 
     metadata = {"render_modes": []}
@@ -61,6 +63,13 @@ class CompressionEnv(gym.Env):
             from rcnas.proxy.local import LocalEvaluator
 
             evaluator = LocalEvaluator()
+        screening = cfg.get("screening")
+        if screening:  # successive halving before the proxy: every proposal scored cheaply first
+            from rcnas.config import ScreeningConfig
+            from rcnas.search.screening import ScreeningEvaluator
+
+            evaluator = ScreeningEvaluator(evaluator, ScreeningConfig(**screening["config"]),
+                                           prior=[_as_task(t) for t in screening.get("prior", [])])
         self.evaluator = evaluator
         self.grid = ActionGrid(*grid) if grid else shared_grid(self.tasks)
         self.spaces = [t.on_grid(self.grid) for t in self.tasks]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from rcnas.infra.configio import Count, Epsilon, Identifier, StrictModel
 from rcnas.vocab import ATTACK_KINDS, BLOCK_KINDS, SUITE, WEIGHTS_FORMATS
@@ -222,6 +222,30 @@ class ProxyConfig(StrictModel):
         if self.epochs == 0 and not self.inherit:
             raise ValueError("epochs: 0 with inherit: false would score untrained networks; set epochs > 0 or "
                              "inherit: true")
+        return self
+
+
+class ScreeningConfig(StrictModel):
+    """Successive halving in the search loop: every proposal is scored cheaply first and only the best ``keep`` share
+    of those scored so far for a task is promoted to the task's proxy (``rcnas.search.screening``)."""
+
+    by: Literal["none", "low_fidelity", "surrogate"] = "none"
+    """``low_fidelity``: the proxy with ``fidelity``'s settings (no fine-tuning by default: seconds, not minutes);
+    ``surrogate``: a model trained on the store's evaluations (milliseconds); ``none``: every proposal gets the proxy"""
+    keep: Float = Field(0.25, gt=0, le=1)
+    """share of proposals promoted to the proxy"""
+    fidelity: dict[str, Any] = Field(default_factory=lambda: {"epochs": 0})
+    """the low fidelity: settings of each task's ``proxy:`` block replaced for screening"""
+    min_points: Int = Field(20, ge=1, le=MAX_EXAMPLES)
+    """surrogate: evaluations it needs (the store's, and this search's) before it screens anything"""
+
+    @model_validator(mode="after")
+    def _fidelity(self) -> ScreeningConfig:
+        try:
+            ProxyConfig(**self.fidelity)
+        except ValidationError as exc:
+            raise ValueError(f"fidelity: {exc.errors()[0]['msg']} ({exc.errors()[0]['loc']}); it takes the settings "
+                             "of a task's proxy: block") from None
         return self
 
 

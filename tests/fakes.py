@@ -32,9 +32,10 @@ def made_up_bn_scales(task: Task) -> tuple[tuple[tuple[float, ...], ...], ...]:
                        for j in range(s.depth)) for s in task.teacher.arch.stages)
 
 
-def synthetic_table(path, tasks: list[Task]) -> None:
+def synthetic_table(path, tasks: list[Task], scale: float = 1.0) -> None:
     """A table file for ``tasks`` (as bench/build_table.py writes it) with made-up, deterministic accuracies: robust
-    accuracy grows with MACs, with a per-sub-network wiggle, so that searchers have a non-trivial optimum."""
+    accuracy grows with MACs, with a per-sub-network wiggle, so that searchers have a non-trivial optimum.
+    ``scale``: accuracies and seconds multiplied by it (a cheaper fidelity that ranks alike)."""
     import hashlib
     from dataclasses import asdict
 
@@ -51,8 +52,8 @@ def synthetic_table(path, tasks: list[Task]) -> None:
         cost = space.cost(arch)
         wiggle = int(hashlib.sha256(arch.key().encode()).hexdigest()[:6], 16) / 16**6
         base = 0.2 + 0.4 * (cost.macs / space.teacher_macs) ** 0.5 + 0.1 * wiggle
-        rows.append(Row(arch, cost.macs, cost.params, "ok", base + 0.2,
-                        {c: base - 0.05 * k for k, c in enumerate(cols)}, 1.0))
+        rows.append(Row(arch, cost.macs, cost.params, "ok", scale * (base + 0.2),
+                        {c: scale * (base - 0.05 * k) for k, c in enumerate(cols)}, scale))
     scales = made_up_bn_scales(tt)
     teacher = {c: asdict(TeacherStats("fake", 0.95, 0.7 - 0.05 * k, 12.0, 359, 0.0, scales))
                for k, c in enumerate(cols)}

@@ -19,13 +19,14 @@ from rcnas.task import Task
 T = TypeVar("T")
 
 
-def distinct(requests: Sequence[Request], task_name: str) -> list[Request]:
-    """The first request of each sub-network of ``task_name``, in the order the searcher made them."""
-    seen: set[str] = set()
+def distinct(requests: Sequence[Request], task_name: str | None) -> list[Request]:
+    """The first request of each sub-network of ``task_name`` (None: of each task and sub-network), in the order the
+    searcher made them."""
+    seen: set[tuple[str, str]] = set()
     out = []
     for r in requests:
-        if r.task_name == task_name and r.arch_key not in seen:
-            seen.add(r.arch_key)
+        if task_name in (None, r.task_name) and (r.task_name, r.arch_key) not in seen:
+            seen.add((r.task_name, r.arch_key))
             out.append(r)
     return out
 

@@ -32,8 +32,8 @@ import json
 import math
 import re
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -434,49 +434,68 @@ def open_table(path: str | Path, task: Task | str) -> Table:
 
 
 class TableEvaluator:
-    """The :class:`rcnas.proxy.protocol.Evaluator` of a table: answers in microseconds, never computes.
+    """The :class:`rcnas.proxy.protocol.Evaluator` of one or more tables of the same sub-networks at different proxy
+    fidelities (a screening fidelity beside the proxy's): answers in microseconds from the table whose fidelity is
+    the task's, never computes.
 
-    A sub-network outside the table (or a task the table does not serve) is an error, never a silent live
-    evaluation. Keeps every request in order (``requests``), as the service's store keeps a client's: whoever needs
-    them (a benchmark) holds this evaluator and hands it to the searcher or env that asks."""
+    A sub-network outside the table (or a task no table serves) is an error, never a silent live evaluation. Keeps
+    every request in order (``requests``), as the service's store keeps a client's: whoever needs them (a benchmark)
+    holds this evaluator and hands it to the searcher or env that asks. ``stored``: task file -> sub-network keys the
+    store would already hold (a meta-training's evaluations), returned by :meth:`rows` as the service's are."""
 
-    def __init__(self, table: Table, client: str = "") -> None:
-        self.table = table
+    def __init__(self, tables: Table | Sequence[Table], client: str = "",
+                 stored: Mapping[str, Sequence[str]] | None = None) -> None:
+        self.tables = [tables] if isinstance(tables, Table) else list(tables)
+        self.table = self.tables[0]
         self.client = client
         """the tag of its requests (the store's client): this evaluator's log holds only its own"""
         self.requests: list[Request] = []
-        self._cols: dict[int, tuple[Task, str]] = {}
+        self.stored = {k: list(v) for k, v in (stored or {}).items()}
+        self._cols: dict[int, tuple[Task, Table, str]] = {}
         self._seen: set[tuple[str, str]] = set()
 
-    def _column(self, task: Task) -> str:
+    def _column(self, task: Task) -> tuple[Table, str]:
         hit = self._cols.get(id(task))
         if hit is None or hit[0] is not task:
-            hit = (task, self.table.column_for(task))
+            key = fidelity_key(task.config)
+            table = next((t for t in self.tables if t.header["fidelity_key"] == key), self.table)
+            hit = (task, table, table.column_for(task))  # the first table says why when none matches
             self._cols[id(task)] = hit
-        return hit[1]
+        return hit[1], hit[2]
 
     def teacher_stats(self, task: Task) -> TeacherStats:
-        return self.table.teacher(self._column(task))
+        table, col = self._column(task)
+        return table.teacher(col)
 
-    def evaluate(self, task: Task, arch: ArchSpec, seed: int = 0) -> Evaluation:
-        col = self._column(task)
-        row = self.table.rows.get(arch.key())
+    def _metrics(self, task: Task, arch: ArchSpec, seed: int) -> ProxyMetrics:
+        table, col = self._column(task)
+        row = table.rows.get(arch.key())
         if row is None or row.macs > task.budget:
-            raise EvaluationFailed(f"{arch.short()} is not in the table {self.table.header['source']} (within "
+            raise EvaluationFailed(f"{arch.short()} is not in the table {table.header['source']} (within "
                                    f"{task.name}'s budget); a table-backed search never evaluates live")
-        h = self.table.header
-        metrics = ProxyMetrics(
+        h = table.header
+        return ProxyMetrics(
             status=row.status, reason="" if row.status == "ok" else "failed when tabulated",
             robust_acc=row.robust[col], robust_sd=0.0, clean_acc=row.clean, macs=row.macs, params=row.params,
             attack=task.config.attack.name, epsilon=task.config.attack.epsilon, steps=task.config.attack.steps,
             n_val=h["n_val"], seed=seed, repeats=task.config.proxy.repeats,
             fine_tune_epochs=task.config.proxy.epochs, inherited_blocks=0, fresh_blocks=0, seconds=row.seconds,
             device="table", node="table", code_version=h["code_version"])
+
+    def evaluate(self, task: Task, arch: ArchSpec, seed: int = 0) -> Evaluation:
+        metrics = self._metrics(task, arch, seed)
         key = EvalKey(task_key(task), arch.key(), store_fidelity(task.config), seed)
         cached = (task.name, key.arch) in self._seen  # a repeat: a store would have answered it
         self._seen.add((task.name, key.arch))
         self.requests.append(Request(task.name, key.arch, arch, metrics, cached))
         return Evaluation(key, metrics, cached=cached)
+
+    def rows(self, task: Task) -> list[dict[str, Any]]:
+        """What the store holds for ``task`` before the search (``stored``), as the service's ``rows`` returns it."""
+        keys = self.stored.get(str(Path(task.source).resolve()), []) if task.source else []
+        table, _ = self._column(task)
+        return [{"arch": asdict(table.rows[k].arch), "metrics": self._metrics(task, table.rows[k].arch, 0).to_dict()}
+                for k in keys if k in table.rows and table.rows[k].macs <= task.budget]
 
 
 class Scorer:

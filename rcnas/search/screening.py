@@ -1,0 +1,128 @@
+"""Screening: successive halving inside the search loop. Every proposal is scored cheaply first (a low proxy
+fidelity, or a surrogate trained on the store); only proposals whose cheap score ranks in the best ``keep`` share of
+those screened so far for the task are promoted to the task's proxy.
+
+It is an evaluator wrapped around the search's evaluator, so every searcher (the agent, the baselines) screens
+alike. What a searcher learns from: a promoted proposal's reward is the proxy's; a screened-out one's is its cheap
+score, with a record that says so (its key's fidelity is the low fidelity's or ``surrogate``, its reason says
+"screened out"). Why not drop screened-out episodes instead: the agent would never learn that a region scores
+badly, and would keep proposing it; the cheap score is rank-correlated with the proxy (that is why it screens), so
+learning from it moves the policy the right way at no proxy cost. A search's pick is only ever a promoted
+sub-network: the report reads the task's own fidelity from the store, where screened-out scores never are.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import replace
+
+from rcnas.config import ScreeningConfig
+from rcnas.proxy.keys import task_key
+from rcnas.proxy.protocol import Evaluator
+from rcnas.proxy.records import EvalKey, Evaluation, ProxyMetrics, TeacherStats
+from rcnas.reward import task_reward
+from rcnas.search.surrogate import Point, Surrogate
+from rcnas.space.arch import ArchSpec, arch_from_dict
+from rcnas.task import Task
+
+SCREEN_SUFFIX = "@screen"
+"""the low-fidelity task's name: the task's own name with this suffix (its requests stay apart from the task's)"""
+
+
+def low_fidelity_task(task: Task, cfg: ScreeningConfig) -> Task:
+    """``task`` at the screening fidelity."""
+    return task.replace(name=task.name + SCREEN_SUFFIX, proxy=task.config.proxy.model_copy(update=cfg.fidelity))
+
+
+class Promoter:
+    """Successive halving's rule, online: a score is promoted when it ranks within the best ``ceil(keep * n)`` of the
+    ``n`` scores seen so far (itself included). The first score is always promoted, so is any new best."""
+
+    def __init__(self, keep: float) -> None:
+        self.keep = keep
+        self.scores: list[float] = []
+
+    def __call__(self, score: float) -> bool:
+        self.scores.append(score)
+        rank = 1 + sum(1 for s in self.scores if s > score)
+        return rank <= math.ceil(self.keep * len(self.scores))
+
+
+class ScreeningEvaluator:
+    """An :class:`rcnas.proxy.protocol.Evaluator` that screens before it evaluates (see the module's doc).
+
+    ``prior``: tasks whose stored evaluations train the surrogate from the start (the meta tasks: the store holds
+    them, and they share the teacher); read through the wrapped evaluator's ``rows(task)`` where it has one. Thread
+    safe: the agent evaluates several proposals at once."""
+
+    def __init__(self, inner: Evaluator, cfg: ScreeningConfig, prior: Sequence[Task] = ()) -> None:
+        self.inner, self.cfg = inner, cfg
+        self._lock = threading.Lock()
+        self._promoters: dict[str, Promoter] = {}
+        self._low: dict[str, Task] = {}
+        self._seen: dict[tuple[str, str], Evaluation] = {}
+        self.surrogate = Surrogate() if cfg.by == "surrogate" else None
+        self.promoted = self.screened_out = 0
+        if self.surrogate is not None:
+            self.surrogate.add([p for t in prior for p in self._stored(t)])
+
+    def _stored(self, task: Task) -> list[Point]:
+        rows = getattr(self.inner, "rows", None)
+        if rows is None:
+            return []
+        teacher = self.inner.teacher_stats(task).robust_acc
+        return [Point(task, arch_from_dict(r["arch"]), r["metrics"]["robust_acc"] / teacher) for r in rows(task)
+                if r["metrics"]["status"] == "ok" and teacher > 0]
+
+    def teacher_stats(self, task: Task) -> TeacherStats:
+        return self.inner.teacher_stats(task)
+
+    def evaluate(self, task: Task, arch: ArchSpec, seed: int = 0) -> Evaluation:
+        seen = self._seen.get((task.name, arch.key()))
+        if seen is not None:  # a repeat: the same answer, and it is not screened (or counted) twice
+            return replace(seen, cached=True)
+        cheap, score = self._cheap(task, arch)
+        with self._lock:
+            # no score yet (a surrogate still learning): promoted, and left out of the ranking
+            promote = score is None or self._promoters.setdefault(task.name, Promoter(self.cfg.keep))(score)
+            self.promoted += promote
+            self.screened_out += not promote
+        if promote:
+            result = self.inner.evaluate(task, arch)
+            if self.surrogate is not None and result.metrics.ok:
+                teacher = self.inner.teacher_stats(task).robust_acc
+                with self._lock:
+                    self.surrogate.add([Point(task, arch, result.metrics.robust_acc / teacher)])
+        else:
+            result = cheap
+        self._seen[(task.name, arch.key())] = result
+        return result
+
+    def _cheap(self, task: Task, arch: ArchSpec) -> tuple[Evaluation, float | None]:
+        """The cheap score of ``arch``: its evaluation as a screened-out record, and the value it is ranked by (its
+        predicted or low-fidelity reward; None while a surrogate has too few points to predict)."""
+        teacher = self.inner.teacher_stats(task)
+        if self.surrogate is not None:
+            with self._lock:
+                if len(self.surrogate) < self.cfg.min_points:
+                    return self._screened(task, arch, 0.0, "surrogate"), None
+                relative = float(self.surrogate.predict(task, [arch])[0])
+            record = self._screened(task, arch, relative * teacher.robust_acc, "surrogate")
+            return record, task_reward(task, record.metrics, teacher)
+        low_task = self._low.setdefault(task.name, low_fidelity_task(task, self.cfg))
+        low = self.inner.evaluate(low_task, arch)
+        m = low.metrics
+        metrics = replace(m, reason=m.reason or "screened out at the low fidelity")
+        return replace(low, metrics=metrics), task_reward(task, m, self.inner.teacher_stats(low_task))
+
+    def _screened(self, task: Task, arch: ArchSpec, robust: float, fidelity: str) -> Evaluation:
+        cost = task.space.cost(arch)
+        a = task.config.attack
+        metrics = ProxyMetrics(status="ok", reason=f"screened out by the {fidelity}", robust_acc=min(1.0, robust),
+                               robust_sd=0.0, clean_acc=0.0, macs=cost.macs, params=cost.params, attack=a.name,
+                               epsilon=a.epsilon, steps=a.steps, n_val=0, seed=0, repeats=0, fine_tune_epochs=0.0,
+                               inherited_blocks=0, fresh_blocks=0, seconds=0.0, device="", node="",
+                               code_version="")
+        return Evaluation(EvalKey(task_key(task), arch.key(), fidelity, 0), metrics, cached=False)
