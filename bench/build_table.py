@@ -6,6 +6,11 @@ Resumable: the store in ``--out`` keeps every finished evaluation, so an interru
 
     python bench/build_table.py [--tasks digits-pgd-e20-t444-r35,digits-fgsm-e20-t444-r50,digits-cw-e20-t444-r30]
         [--out runs/table/digits-e20-t444] [--table bench/tables/digits-e20-t444.csv.gz] [--workers 2] [--limit N]
+        [--screening]
+
+``--screening``: the same sub-networks at the screening fidelity (``screening: {by: low_fidelity}``'s default
+settings: inherit, recalibrate BN, no fine-tuning), into ``<table>-screen.csv.gz`` from the store
+``<out>-screen``: what the table benchmark's ``+screen`` searchers read.
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict
 
 from agents.config import task_path
+from rcnas.config import ScreeningConfig
 from rcnas.distributed.resources import ensure_ray
 from rcnas.distributed.service import RayEvaluator, evaluation_service
 from rcnas.infra.cli import run_main
 from rcnas.infra.provenance import code_version
 from rcnas.proxy.keys import fidelity_key, teacher_key
+from rcnas.search.screening import low_fidelity_task
 from rcnas.search.table import Row, attack_column, every_subnet, numerics, table_task, task_for_column, write_table
 from rcnas.task import load_task
 
@@ -38,8 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--table", default="bench/tables/digits-e20-t444.csv.gz", help="the table file to write")
     ap.add_argument("--workers", type=int, default=None, help="evaluation workers (default: one per CPU)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N sub-networks (a smoke run)")
+    ap.add_argument("--screening", action="store_true", help="the screening fidelity's table (see above)")
     args = ap.parse_args(argv)
     tasks = [load_task(task_path(t.strip())) for t in args.tasks.split(",") if t.strip()]
+    if args.screening:
+        low = ScreeningConfig(by="low_fidelity")
+        tasks = [low_fidelity_task(t, low) for t in tasks]
+        args.out += "-screen"
+        args.table = args.table.removesuffix(".csv.gz") + "-screen.csv.gz"
     ttask = table_task(tasks)
     space = ttask.space
     archs = [space.arch(a) for a in every_subnet(space)]

@@ -38,7 +38,9 @@ from rcnas.infra.errors import ConfigError
 from rcnas.search.candidates import Candidate
 from rcnas.search.quality import mean_sd, scored
 from rcnas.search.rerank import rerank
+from rcnas.search.searchers import run_searcher
 from rcnas.search.table import Scorer, TableEvaluator, open_table
+from rcnas.space.arch import ArchSpec
 from rcnas.task import Task, load_task
 
 SERVICE = "bench-rerank"
@@ -99,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [load_task(task_path(t)) for t in args.tasks.split(",")]
     training_twin(tasks)
     tops = {t.name: top_candidates(t, table_file, args.top_k) for t in tasks}
+    # the baseline a robustness user tries first, trained and attacked like the candidates
+    pruned = {t.name: run_searcher("prune", t, TableEvaluator(open_table(table_file, t)), 1)[0].arch for t in tasks}
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray(verbose=False)  # library noise silenced in every worker
@@ -135,14 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     # would leave the trainings fewer cores than there are)
     jobs: dict[str, EvalJob] = {}
     for t in tasks:
-        for c in tops[t.name]:
+        for arch in [*(c.arch for c in tops[t.name]), pruned[t.name]]:
             for seed in range(args.train_seeds):
-                name = f"{c.arch.short().replace(' ', '_')}/seed{seed}"
-                jobs.setdefault(name, EvalJob(name, c.arch, t, ATTACKS, str(out / "final"), seed=seed))
+                name = f"{arch.short().replace(' ', '_')}/seed{seed}"
+                jobs.setdefault(name, EvalJob(name, arch, t, ATTACKS, str(out / "final"), seed=seed))
     t0 = time.perf_counter()
     results = {r.name: r for r in run_jobs(list(jobs.values()), out / "final")}
     t_final = time.perf_counter() - t0
-    rows = [task_row(t, tops[t.name], hi[t.name], results, args.train_seeds) for t in tasks]
+    rows = [task_row(t, tops[t.name], hi[t.name], results, args.train_seeds, pruned[t.name]) for t in tasks]
     report = render(args, tasks, rows, results, t_rerank, hi_seconds, proxy_seconds, t_final,
                     time.perf_counter() - t_start, same, noise)
     (out / "results.json").write_text(json.dumps(rows, indent=1))
@@ -152,16 +156,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def task_row(task: Task, top: list[Candidate], hi: dict[str, Candidate], results: dict[str, FinalResult],
-             seeds: int) -> dict[str, Any]:
+             seeds: int, pruned: ArchSpec) -> dict[str, Any]:
     """One task's picks and their test robust accuracy (mean over the training seeds, in %)."""
     label = REPORTED[task.config.attack.name]
 
-    def test(c: Candidate) -> list[float]:
-        name = c.arch.short().replace(" ", "_")
+    def test(arch: ArchSpec) -> list[float]:
+        name = arch.short().replace(" ", "_")
         return [100 * (results[f"{name}/seed{s}"].accuracy(label) or 0.0) for s in range(seeds)]
 
     cands = [{"arch": c.arch.short(), "macs": c.macs, "proxy_reward": c.reward,
-              "rerank_reward": hi[c.arch.key()].reward if c.arch.key() in hi else None, "test": test(c)} for c in top]
+              "rerank_reward": hi[c.arch.key()].reward if c.arch.key() in hi else None, "test": test(c.arch)}
+             for c in top]
     plain = cands[0]
     reranked = max((c for c in cands if c["rerank_reward"] is not None), key=lambda c: c["rerank_reward"])
     best = max(cands, key=lambda c: statistics.fmean(c["test"]))
@@ -169,6 +174,7 @@ def task_row(task: Task, top: list[Candidate], hi: dict[str, Candidate], results
     return {"task": task.name, "attack": label, "eps": eps_label(task.config.attack.epsilon), "candidates": cands,
             "plain": plain["arch"], "reranked": reranked["arch"], "best": best["arch"],
             "plain_test": plain["test"], "reranked_test": reranked["test"], "best_test": best["test"],
+            "pruned": pruned.short(), "pruned_test": test(pruned),
             "mean_of_k": statistics.fmean(means),
             "tau_proxy": kendall_tau([c["proxy_reward"] for c in cands], means),
             "tau_rerank": kendall_tau([c["rerank_reward"] if c["rerank_reward"] is not None else float("-inf")
@@ -190,11 +196,12 @@ def render(args: argparse.Namespace, tasks: list[Task], rows: list[dict[str, Any
              f"{f0.seed}); whole run {total / 60:.1f} min (re-ranking {t_rerank / 60:.1f} min, full trainings "
              f"{t_final / 60:.1f} min).", "",
              "| task | attack (test) | plain pick | re-ranked pick | plain | re-ranked | best of k | mean of k | "
-             "tau proxy | tau re-rank |", "|" + "---|" * 10]
+             "pruned (slimming) | tau proxy | tau re-rank |", "|" + "---|" * 11]
     for r in rows:
         lines.append(f"| {r['task']} | {r['attack']} eps {r['eps']} | {r['plain']} | {r['reranked']} | "
                      f"{_ms(r['plain_test'])} | {_ms(r['reranked_test'])} | {_ms(r['best_test'])} | "
-                     f"{r['mean_of_k']:.1f} | {r['tau_proxy']:.2f} | {r['tau_rerank']:.2f} |")
+                     f"{r['mean_of_k']:.1f} | {r['pruned']}: {_ms(r['pruned_test'])} | {r['tau_proxy']:.2f} | "
+                     f"{r['tau_rerank']:.2f} |")
     ratio = hi_seconds / len(rows) / (SEARCH_EVALUATIONS * proxy_seconds)
     gain = [statistics.fmean(r["reranked_test"]) - statistics.fmean(r["plain_test"]) for r in rows]
     lines += ["", f"Re-ranked minus plain pick, mean over tasks: {statistics.fmean(gain):+.2f} points "
@@ -214,7 +221,9 @@ def render(args: argparse.Namespace, tasks: list[Task], rows: list[dict[str, Any
               "_test robust accuracy in %, mean ± sd over the training seeds, under the reported attack of the task's "
               "family (fgsm; pgd20 = PGD-20; cw40 = CW-40 margin loss, 40 steps); plain = the best proxy reward, "
               "re-ranked = the best higher-fidelity reward (validation split), best of k = the best test mean "
-              "(hindsight, not a method); tau = Kendall's tau of the k candidates' validation scores against their "
+              "(hindsight, not a method); pruned = the teacher pruned to the budget by network slimming's global "
+              "BN-scale threshold (the baseline a robustness user tries first), trained like the others; "
+              "tau = Kendall's tau of the k candidates' validation scores against their "
               "test means_"]
     return "\n".join(lines)
 

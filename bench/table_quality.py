@@ -8,9 +8,10 @@ chart into the report.
 
 The searchers run exactly as in a live search (the same env, RLlib PPO, baselines and reward); only the evaluator
 differs: :class:`rcnas.search.table.TableEvaluator`, which answers from the table in microseconds and refuses any
-sub-network outside it. ``rl`` is meta-trained once on the experiment's meta tasks (also answered from the table), then
-fine-tuned per seed; ``rl-repeats`` and ``ppo-scratch-repeats`` are the same agents with ``avoid_repeats`` off (the
-ablation of the repeat mask).
+sub-network outside it. ``rl`` is meta-trained ``--meta-seeds`` times on the experiment's meta tasks (also answered
+from the table), and search seed s fine-tunes meta-training s mod that number: the meta-training's own luck is part
+of every interval (with one shared meta-training, 30 seeds measured one meta policy). ``rl-repeats`` and
+``ppo-scratch-repeats`` are the same agents with ``avoid_repeats`` off (the ablation of the repeat mask).
 
 Searcher names may carry a screening suffix: ``rl+surrogate``, ``random+screen`` (``rcnas.search.screening``; the
 low fidelity's answers come from ``--screen-table``). Besides regret per evaluation, the report gives regret against
@@ -62,6 +63,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=30)
     p.add_argument("--n", default="10,25,50,100", help="evaluation budgets; every search runs to the largest")
     p.add_argument("--meta-iterations", type=int, default=30, help="PPO iterations of meta-training (M episodes each)")
+    p.add_argument("--meta-seeds", type=int, default=5,
+                   help="independent meta-trainings; search seed s fine-tunes meta-training s mod this (one shared "
+                        "meta-training would leave its own luck out of every interval)")
     p.add_argument("--out", default="runs/bench/table-quality")
     p.add_argument("--jobs", type=int, default=None, help="searches at once (default: one per CPU)")
     return p.parse_args(argv)
@@ -149,11 +153,16 @@ def main(argv: list[str] | None = None) -> int:
         for t in tasks:  # every held-out task's screening fidelity must be a column of it: refused before any work
             screen.column_for(t.replace(proxy=t.config.proxy.model_copy(update=low)))
         tables.append(str(Path(args.screen_table).resolve()))
-    meta = None
+    metas_done: list[dict[str, Any]] = []
     if any(PPO_VARIANTS.get(split_name(x)[0], (False,))[0] or split_name(x)[1] for x in searchers):
-        meta = meta_train(TableRuns(table, grid), exp, metas, out, "meta", "meta")
-        print(f"meta-training: {meta['seconds']:.0f} s, {meta['iterations']} iterations, {meta['episodes']} "
-              "episodes (answered from the table)", flush=True)
+        for k in range(args.meta_seeds):
+            metas_done.append(meta_train(TableRuns(table, grid), with_changes(exp, "--meta-seeds", seed=k), metas,
+                                         out, f"meta-seed{k}", f"meta-seed{k}"))
+        print(f"meta-training: {args.meta_seeds} x {metas_done[0]['iterations']} iterations "
+              f"({statistics.fmean(m['seconds'] for m in metas_done):.0f} s each; answered from the table)",
+              flush=True)
+    meta = {"seconds": statistics.fmean(m["seconds"] for m in metas_done), "iterations": metas_done[0]["iterations"],
+            "seeds": len(metas_done)} if metas_done else None
     curves: dict[str, list[list[float]]] = {s: [] for s in searchers}
     spent: dict[str, list[tuple[list[float], list[float], float]]] = {s: [] for s in searchers}
     ranks: dict[tuple[str, int], list[int]] = {}
@@ -163,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     # one Ray task per search, as many at once as there are CPUs (each is one process: PPO's env, learner and the
     # table all live in it)
     job = ray.remote(num_cpus=1)(one_search)
-    refs = [job.remote(s, f, seed, exp, grid, tables, budgets[-1], meta) for s, f, seed in runs]
+    refs = [job.remote(s, f, seed, exp, grid, tables, budgets[-1],
+                       metas_done[seed % len(metas_done)] if metas_done else None) for s, f, seed in runs]
     results = dict(zip(runs, ray.get(refs)))
     for task_file, task in zip(held_out, tasks):
         scorer = Scorer(task, TableEvaluator(table))
@@ -184,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{statistics.fmean(c[-1] for c in curves[s][-args.seeds:]):.4f}", flush=True)
     report = render(args, exp, tasks, metas, searchers, budgets, curves, ranks, seconds, meta,
                     time.perf_counter() - t_start, table.header)
-    report += "\n\n" + cost_table(searchers, spent)
+    report += "\n\n" + cost_table(searchers, spent, 25 if budgets[-1] >= 25 else budgets[-1])
     (out / "results.json").write_text(json.dumps({"curves": curves, "ranks": {f"{s}@{n}": r for (s, n), r in
                                                                                ranks.items()},
                                                   "costs": {s: [c for _, c, _ in v] for s, v in spent.items()}},
@@ -196,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 COST_FRACTIONS = (0.1, 0.2, 0.5, 1.0)
-"""evaluation-seconds budgets reported, as shares of what the reference searcher spends on 25 evaluations"""
+"""evaluation-seconds budgets reported, as shares of what the reference searcher spends on 25 evaluations (the
+target of a cheaper search: the reference's regret at 25 for a fifth of its seconds)"""
 
 
 def regret_within(run: tuple[list[float], list[float], float], budget_s: float) -> float:
@@ -207,23 +218,25 @@ def regret_within(run: tuple[list[float], list[float], float], budget_s: float) 
     return made[-1] if made else worst
 
 
-def cost_table(searchers: list[str], spent: dict[str, list[tuple[list[float], list[float], float]]]) -> str:
-    """Regret against evaluation seconds: at shares of what the first searcher spends on its first 25 evaluations
-    (the reference), and the seconds each searcher spends to 25."""
+def cost_table(searchers: list[str], spent: dict[str, list[tuple[list[float], list[float], float]]],
+               ref_n: int) -> str:
+    """Regret against evaluation seconds: at shares of what the first searcher spends on its first ``ref_n``
+    evaluations (the reference), and the seconds each searcher spends to ``ref_n``."""
     ref = searchers[0]
-    at25 = [c[24] for _, c, _ in spent[ref] if len(c) >= 25]
-    if not at25:
-        return "(no searcher made 25 evaluations: no cost table)"
-    budget = statistics.fmean(at25)
-    head = ("| searcher | eval s to N=25 | " + " | ".join(f"regret at {f:g} x ({budget:.0f} s)" for f in COST_FRACTIONS)
+    at_ref = [c[ref_n - 1] for _, c, _ in spent[ref] if len(c) >= ref_n]
+    if not at_ref:
+        return f"(no {ref} search made {ref_n} evaluations: no cost table)"
+    budget = statistics.fmean(at_ref)
+    head = (f"| searcher | eval s to N={ref_n} | "
+            + " | ".join(f"regret at {f:g} x ({budget:.0f} s)" for f in COST_FRACTIONS)
             + " |\n|" + "---|" * (2 + len(COST_FRACTIONS)))
-    lines = [f"Regret against evaluation seconds (reference: {ref}'s mean seconds to its 25th evaluation, "
+    lines = [f"Regret against evaluation seconds (reference: {ref}'s mean seconds to its evaluation {ref_n}, "
              f"{budget:.1f} s; each table row's seconds are its proxy's, low-fidelity screening counted too, "
-             "surrogate predictions free):", "", head]
+             "surrogate predictions free; mean ± 95% CI over tasks x seeds):", "", head]
     for s in searchers:
-        to25 = [c[24] for _, c, _ in spent[s] if len(c) >= 25]
+        to_ref = [c[ref_n - 1] for _, c, _ in spent[s] if len(c) >= ref_n]
         cells = [ci95([regret_within(run, f * budget) for run in spent[s]]) for f in COST_FRACTIONS]
-        lines.append(f"| {s} | {statistics.fmean(to25) if to25 else math.nan:.1f} | "
+        lines.append(f"| {s} | {statistics.fmean(to_ref) if to_ref else math.nan:.1f} | "
                      + " | ".join(f"{m:.4f} ± {h:.4f}" for m, h in cells) + " |")
     return "\n".join(lines)
 
@@ -234,7 +247,8 @@ def render(args: argparse.Namespace, exp: Any, tasks: list[Task], metas: list[st
     lines = [f"{len(tasks)} held-out tasks ({', '.join(t.name for t in tasks)}) x {args.seeds} seeds; table "
              f"{args.table} ({header['rows']} sub-networks of {header['teacher']}, code {header['code_version']}); "
              f"whole run {total / 60:.1f} min"
-             + (f", meta-training {meta['seconds']:.0f} s ({meta['iterations']} iterations)" if meta else "")
+             + (f", meta-training {meta['seconds']:.0f} s each ({meta['iterations']} iterations, {meta['seeds']} "
+                f"independent meta-trainings: seed s fine-tunes meta-training s mod {meta['seeds']})" if meta else "")
              + f". PPO: M={exp.M}, lr {exp.ppo.lr:g}, {exp.ppo.num_epochs} epochs, entropy {exp.ppo.entropy_coeff:g}.",
              "", "| searcher | " + " | ".join(f"regret N={n}" for n in budgets) + " | "
              + " | ".join(f"rank N={n}" for n in budgets) + " | s/search |",

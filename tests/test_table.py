@@ -4,6 +4,7 @@ env's repeat mask, the benchmark script on a synthetic table, and the committed 
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,10 @@ import pytest
 
 from agents.config import task_path
 from envs.compression_env import CompressionEnv, RepeatMask
-from rcnas.config import AttackConfig, BudgetConfig
+from rcnas.config import AttackConfig, BudgetConfig, ScreeningConfig
 from rcnas.infra.errors import ConfigError, EvaluationFailed
 from rcnas.proxy.keys import fidelity_key, store_fidelity, task_key
+from rcnas.search.screening import low_fidelity_task
 from rcnas.search.searchers import run_searcher
 from rcnas.search.table import (
     TableEvaluator,
@@ -152,12 +154,21 @@ def test_without_the_mask_a_greedy_policy_repeats(synth):
 def test_table_benchmark_smoke(synth, tmp_path):
     """The benchmark end to end on a synthetic table: meta-training, PPO fine-tuning and baselines, report + plot."""
     out = tmp_path / "tq"
-    res = run_script("bench/table_quality.py", "--table", str(synth), "--seeds", "2", "--n", "3,6",
-                     "--held-out", "digits-fgsm-e20-t444-r30", "--searchers", "rl,random,uniform",
-                     "--meta-iterations", "2", "--out", str(out), timeout=600)
+    low = ScreeningConfig(by="low_fidelity")
+    screen = tmp_path / "screen.csv.gz"
+    synthetic_table(screen, [low_fidelity_task(task(t), low) for t in TABLE_TASKS], scale=0.5)
+    res = run_script("bench/table_quality.py", "--table", str(synth), "--screen-table", str(screen), "--seeds", "2",
+                     "--n", "3,6", "--held-out", "digits-fgsm-e20-t444-r30", "--searchers",
+                     "rl,random,uniform,prune,rl+surrogate,random+screen@0.5", "--meta-iterations", "2",
+                     "--meta-seeds", "2", "--out", str(out), timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     report = (out / "report.md").read_text()
     assert "| rl |" in report and "| random |" in report and "regret N=6" in report
+    assert "| prune |" in report and "| random+screen@0.5 |" in report and "| rl+surrogate |" in report
+    assert "Regret against evaluation seconds" in report and "2 independent meta-trainings" in report
+    # screening spends on both fidelities: its searches cost more seconds per evaluation than plain random search
+    costs = json.loads((out / "results.json").read_text())["costs"]
+    assert min(c[-1] / len(c) for c in costs["random+screen@0.5"]) > max(c[-1] / len(c) for c in costs["random"])
     assert (out / "regret.png").stat().st_size > 1000
 
 
@@ -177,7 +188,6 @@ def test_the_pruning_baseline_reads_the_committed_tables_teacher_and_fits_every_
 
 
 def test_the_pruning_baseline_says_what_a_table_without_bn_scales_lacks(tmp_path, synth):
-    import json
 
     lines = gzip.open(synth, "rt").read().split("\n")
     header = json.loads(lines[0][len("#json "):])
@@ -244,5 +254,6 @@ def test_rerank_benchmark_smoke(synth, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     report = (out / "report.md").read_text()
     assert "| digits-fgsm-e20-t444-r30 | fgsm eps 51/255 |" in report and "Re-ranked minus plain pick" in report
+    assert "pruned (slimming)" in report
     again = run_script(*cmd, timeout=600)
-    assert again.returncode == 0 and "reusing 2 finished result(s)" in again.stdout + again.stderr
+    assert again.returncode == 0 and "reusing 3 finished result(s)" in again.stdout + again.stderr
