@@ -131,3 +131,20 @@ def test_a_teacher_record_with_bad_bn_scales_is_refused_and_one_without_them_is_
     for bad in ([[1.0]], [[["x"]]], [[[-1.0]]], [[[float("nan")]]], "scales"):
         with pytest.raises(ValueError, match="bn_scales"):
             TeacherStats.from_dict({**base, "bn_scales": bad})
+
+
+def test_the_proxy_sorts_each_teacher_once_and_only_when_asked(tmp_path):
+    from rcnas.proxy.keys import teacher_key
+    from rcnas.proxy.local import ProxyRunner
+
+    task = load_task("configs/tasks/digits-pgd-e20-t444-r35.yaml")
+    ordered_task = task.replace(proxy=task.config.proxy.model_copy(update={"channel_order": "importance"}))
+    runner = ProxyRunner(cache_dir=tmp_path, device=torch.device("cpu"))
+    teacher = _trained_like(build_model(task.teacher.arch, task.shape))
+    runner._teachers[teacher_key(task)] = (teacher, 0.0)  # as if trained: this test is about what inherits from it
+    assert runner.inherit_source(task) is teacher
+    first = runner.inherit_source(ordered_task)
+    assert first is not teacher and runner.inherit_source(ordered_task) is first
+    x = torch.rand(8, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(first(x), teacher(x), atol=1e-4)

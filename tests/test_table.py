@@ -188,7 +188,6 @@ def test_the_pruning_baseline_reads_the_committed_tables_teacher_and_fits_every_
 
 
 def test_the_pruning_baseline_says_what_a_table_without_bn_scales_lacks(tmp_path, synth):
-
     lines = gzip.open(synth, "rt").read().split("\n")
     header = json.loads(lines[0][len("#json "):])
     for stats in header["teacher_stats"].values():

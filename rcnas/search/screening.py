@@ -120,7 +120,7 @@ class ScreeningEvaluator:
     def _screened(self, task: Task, arch: ArchSpec, robust: float, fidelity: str) -> Evaluation:
         cost = task.space.cost(arch)
         a = task.config.attack
-        metrics = ProxyMetrics(status="ok", reason=f"screened out by the {fidelity}", robust_acc=min(1.0, robust),
+        metrics = ProxyMetrics(status="ok", reason=f"screened out by the {fidelity}", robust_acc=min(1.0, max(0.0, robust)),
                                robust_sd=0.0, clean_acc=0.0, macs=cost.macs, params=cost.params, attack=a.name,
                                epsilon=a.epsilon, steps=a.steps, n_val=0, seed=0, repeats=0, fine_tune_epochs=0.0,
                                inherited_blocks=0, fresh_blocks=0, seconds=0.0, device="", node="",
