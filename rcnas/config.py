@@ -238,6 +238,10 @@ class ScreeningConfig(StrictModel):
     """the low fidelity: settings of each task's ``proxy:`` block replaced for screening"""
     min_points: Int = Field(20, ge=1, le=MAX_EXAMPLES)
     """surrogate: evaluations it needs (the store's, and this search's) before it screens anything"""
+    warm: Int = Field(200, ge=0, le=MAX_EXAMPLES)
+    """surrogate: random sub-networks of the task's space whose predicted rewards the first proposals are ranked
+    against, as if proposed before them (without them the first proposal, and every early new best, would be
+    promoted whatever its prediction)"""
 
     @model_validator(mode="after")
     def _fidelity(self) -> ScreeningConfig:

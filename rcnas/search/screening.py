@@ -18,6 +18,8 @@ import threading
 from collections.abc import Sequence
 from dataclasses import replace
 
+import numpy as np
+
 from rcnas.config import ScreeningConfig
 from rcnas.proxy.keys import task_key
 from rcnas.proxy.protocol import Evaluator
@@ -86,7 +88,7 @@ class ScreeningEvaluator:
         cheap, score = self._cheap(task, arch)
         with self._lock:
             # no score yet (a surrogate still learning): promoted, and left out of the ranking
-            promote = score is None or self._promoters.setdefault(task.name, Promoter(self.cfg.keep))(score)
+            promote = score is None or self._promoter(task)(score)
             self.promoted += promote
             self.screened_out += not promote
         if promote:
@@ -99,6 +101,21 @@ class ScreeningEvaluator:
             result = cheap
         self._seen[(task.name, arch.key())] = result
         return result
+
+    def _promoter(self, task: Task) -> Promoter:
+        """The task's promoter; a surrogate's starts from its predictions for ``warm`` random sub-networks of the
+        space (drawn from a fixed seed: the same reference for every search of the task)."""
+        if task.name not in self._promoters:
+            p = Promoter(self.cfg.keep)
+            if self.surrogate is not None and self.cfg.warm:
+                rng = np.random.default_rng(0)
+                archs = [task.space.arch(task.space.sample(rng)) for _ in range(self.cfg.warm)]
+                teacher = self.inner.teacher_stats(task)
+                for a, rel in zip(archs, self.surrogate.predict(task, archs)):
+                    p.scores.append(task_reward(task, self._screened(task, a, float(rel) * teacher.robust_acc,
+                                                                     "surrogate").metrics, teacher))
+            self._promoters[task.name] = p
+        return self._promoters[task.name]
 
     def _cheap(self, task: Task, arch: ArchSpec) -> tuple[Evaluation, float | None]:
         """The cheap score of ``arch``: its evaluation as a screened-out record, and the value it is ranked by (its
@@ -120,9 +137,9 @@ class ScreeningEvaluator:
     def _screened(self, task: Task, arch: ArchSpec, robust: float, fidelity: str) -> Evaluation:
         cost = task.space.cost(arch)
         a = task.config.attack
-        metrics = ProxyMetrics(status="ok", reason=f"screened out by the {fidelity}", robust_acc=min(1.0, max(0.0, robust)),
-                               robust_sd=0.0, clean_acc=0.0, macs=cost.macs, params=cost.params, attack=a.name,
-                               epsilon=a.epsilon, steps=a.steps, n_val=0, seed=0, repeats=0, fine_tune_epochs=0.0,
-                               inherited_blocks=0, fresh_blocks=0, seconds=0.0, device="", node="",
-                               code_version="")
+        metrics = ProxyMetrics(
+            status="ok", reason=f"screened out by the {fidelity}", robust_acc=min(1.0, max(0.0, robust)),
+            robust_sd=0.0, clean_acc=0.0, macs=cost.macs, params=cost.params, attack=a.name, epsilon=a.epsilon,
+            steps=a.steps, n_val=0, seed=0, repeats=0, fine_tune_epochs=0.0, inherited_blocks=0, fresh_blocks=0,
+            seconds=0.0, device="", node="", code_version="")
         return Evaluation(EvalKey(task_key(task), arch.key(), fidelity, 0), metrics, cached=False)
