@@ -195,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     report = render(args, exp, tasks, metas, searchers, budgets, curves, ranks, seconds, meta,
                     time.perf_counter() - t_start, table.header)
     report += "\n\n" + cost_table(searchers, spent, 25 if budgets[-1] >= 25 else budgets[-1])
+    if metas_done:
+        report += "\n\n" + surrogate_quality(table, metas_done, tasks)
     (out / "results.json").write_text(json.dumps({"curves": curves, "ranks": {f"{s}@{n}": r for (s, n), r in
                                                                                ranks.items()},
                                                   "costs": {s: [c for _, c, _ in v] for s, v in spent.items()}},
@@ -239,6 +241,36 @@ def cost_table(searchers: list[str], spent: dict[str, list[tuple[list[float], li
         lines.append(f"| {s} | {statistics.fmean(to_ref) if to_ref else math.nan:.1f} | "
                      + " | ".join(f"{m:.4f} ± {h:.4f}" for m, h in cells) + " |")
     return "\n".join(lines)
+
+
+def surrogate_quality(table: Any, metas_done: list[dict[str, Any]], tasks: list[Task]) -> str:
+    """How well the screening surrogate ranks each held-out task's sub-networks when it knows only what a search
+    starts with (one meta-training's evaluations): Kendall's tau of its predictions against the table's rewards over
+    every feasible sub-network of the task, mean over the meta-trainings."""
+    from scipy.stats import kendalltau
+
+    from rcnas.search.surrogate import Point, Surrogate
+
+    ev = TableEvaluator(table)
+    taus: dict[str, list[float]] = {t.name: [] for t in tasks}
+    for m in metas_done:
+        s = Surrogate()
+        for file, keys in m["stored"].items():
+            t = load_task(file)
+            teacher = ev.teacher_stats(t).robust_acc
+            col = table.column_for(t)
+            s.add([Point(t, table.rows[k].arch, table.rows[k].robust[col] / teacher) for k in keys])
+        for t in tasks:
+            scorer = Scorer(t, ev)
+            rows = [r for _, r in scorer.ranked]
+            pred = s.predict(t, [r.arch for r in rows]) * scorer.teacher.robust_acc
+            taus[t.name].append(float(kendalltau([scorer.reward(p, r.macs, True) for p, r in zip(pred, rows)],
+                                                 [reward for reward, _ in scorer.ranked])[0]))
+    n = statistics.fmean(len(keys) for m in metas_done for keys in [sum(m["stored"].values(), [])])
+    return (f"Screening surrogate on held-out rows: trained on one meta-training's evaluations (mean {n:.0f} rows of "
+            "the meta tasks, none of the held-out task), Kendall's tau of its predicted reward against the table's "
+            f"over every feasible sub-network of the task, mean over the {len(metas_done)} meta-trainings: "
+            + ", ".join(f"{name} {statistics.fmean(v):.2f}" for name, v in taus.items()) + ".")
 
 
 def render(args: argparse.Namespace, exp: Any, tasks: list[Task], metas: list[str], searchers: list[str],
