@@ -434,9 +434,9 @@ def open_table(path: str | Path, task: Task | str) -> Table:
 
 
 class TableEvaluator:
-    """The :class:`rcnas.proxy.protocol.Evaluator` of one or more tables of the same sub-networks at different proxy
-    fidelities (a screening fidelity beside the proxy's): answers in microseconds from the table whose fidelity is
-    the task's, never computes.
+    """The :class:`rcnas.proxy.protocol.Evaluator` of one or more tables (of other teachers, or of the same
+    sub-networks at a screening fidelity beside the proxy's): answers in microseconds from the table whose teacher
+    and fidelity are the task's, never computes.
 
     A sub-network outside the table (or a task no table serves) is an error, never a silent live evaluation. Keeps
     every request in order (``requests``), as the service's store keeps a client's: whoever needs them (a benchmark)
@@ -457,8 +457,9 @@ class TableEvaluator:
     def _column(self, task: Task) -> tuple[Table, str]:
         hit = self._cols.get(id(task))
         if hit is None or hit[0] is not task:
-            key = fidelity_key(task.config)
-            table = next((t for t in self.tables if t.header["fidelity_key"] == key), self.table)
+            keys = (teacher_key(task), fidelity_key(task.config))
+            table = next((t for t in self.tables if (t.header["teacher_key"], t.header["fidelity_key"]) == keys),
+                         self.table)
             hit = (task, table, table.column_for(task))  # the first table says why when none matches
             self._cols[id(task)] = hit
         return hit[1], hit[2]
