@@ -41,7 +41,7 @@ from rcnas.distributed.resources import ensure_ray
 from rcnas.infra.cli import run_main
 from rcnas.infra.errors import ConfigError
 from rcnas.search.quality import best_so_far, ci95, distinct, held, scored, text_chart
-from rcnas.search.screening import ScreeningEvaluator
+from rcnas.search.screening import SCREEN_SUFFIX, ScreeningEvaluator
 from rcnas.search.searchers import DETERMINISTIC, run_searcher
 from rcnas.search.table import Scorer, TableEvaluator, open_table
 from rcnas.task import Task, load_task, shared_grid
@@ -90,6 +90,22 @@ def split_name(s: str) -> tuple[str, dict[str, Any] | None]:
         raise ConfigError(f"--searchers: {s!r}: {keep!r} after @ is not a share to keep (e.g. 0.1)") from None
 
 
+def typical_seconds(table: Any, bins: int = 20) -> dict[str, float]:
+    """Each row's cost: the median of the table's measured seconds over the rows of about its size (``bins`` MACs
+    quantiles). The seconds column also carries the load of the machine that built the table (its 90th percentile is
+    2.4 times its median, its maximum 20 times): a search that happened to ask for a row measured under load would
+    pay for that load, not for the sub-network."""
+    import numpy as np
+
+    rows = list(table.rows.items())
+    macs = np.asarray([r.macs for _, r in rows], dtype=float)
+    secs = np.asarray([r.seconds for _, r in rows])
+    edges = np.quantile(macs, np.linspace(0, 1, bins + 1)[1:-1])
+    which = np.searchsorted(edges, macs, side="right")
+    median = {b: float(np.median(secs[which == b])) for b in set(which.tolist())}
+    return {k: median[int(b)] for (k, _), b in zip(rows, which)}
+
+
 def one_search(s: str, task_file: str, seed: int, exp: Any, grid: tuple[int, int], tables: list[str], n: int,
                meta: dict[str, Any] | None) -> tuple[list[float], list[float], float]:
     """One search until ``n`` distinct evaluations at the task's proxy: the reward of each distinct sub-network in
@@ -116,9 +132,10 @@ def one_search(s: str, task_file: str, seed: int, exp: Any, grid: tuple[int, int
         run_searcher(base, task, ev, proposals, seed)
     log = runs.requests(client)
     found = scored(log, task, runs.evaluator(client).teacher_stats(task))
+    cost = {name: typical_seconds(t) for name, t in zip(("proxy", "screen"), runs.tables)}
     spent, costs = 0.0, []
     for r in distinct(log, None):  # every first evaluation costs its seconds, at whichever fidelity
-        spent += r.metrics.seconds
+        spent += cost["screen" if r.task_name.endswith(SCREEN_SUFFIX) else "proxy"][r.arch_key]
         if r.task_name == task.name:
             costs.append(spent)
     return [c.reward for c in found][:n], costs[:n], time.perf_counter() - t0
@@ -233,8 +250,8 @@ def cost_table(searchers: list[str], spent: dict[str, list[tuple[list[float], li
             + " | ".join(f"regret at {f:g} x ({budget:.0f} s)" for f in COST_FRACTIONS)
             + " |\n|" + "---|" * (2 + len(COST_FRACTIONS)))
     lines = [f"Regret against evaluation seconds (reference: {ref}'s mean seconds to its evaluation {ref_n}, "
-             f"{budget:.1f} s; each table row's seconds are its proxy's, low-fidelity screening counted too, "
-             "surrogate predictions free; mean ± 95% CI over tasks x seeds):", "", head]
+             f"{budget:.1f} s; a row costs the table's median seconds for sub-networks of its size, low-fidelity "
+             "screening counted too, surrogate predictions free; mean ± 95% CI over tasks x seeds):", "", head]
     for s in searchers:
         to_ref = [c[ref_n - 1] for _, c, _ in spent[s] if len(c) >= ref_n]
         cells = [ci95([regret_within(run, f * budget) for run in spent[s]]) for f in COST_FRACTIONS]
