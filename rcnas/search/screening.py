@@ -40,16 +40,19 @@ def low_fidelity_task(task: Task, cfg: ScreeningConfig) -> Task:
 
 class Promoter:
     """Successive halving's rule, online: a score is promoted when it ranks within the best ``ceil(keep * n)`` of the
-    ``n`` scores seen so far (itself included). The first score is always promoted, so is any new best."""
+    ``n`` scores seen so far (itself included; ``reference`` scores count as seen). The first score it is asked about
+    is always promoted, so that every search has a pick however short it is; so is any new best."""
 
-    def __init__(self, keep: float) -> None:
+    def __init__(self, keep: float, reference: Sequence[float] = ()) -> None:
         self.keep = keep
-        self.scores: list[float] = []
+        self.scores: list[float] = list(reference)
+        self.asked = 0
 
     def __call__(self, score: float) -> bool:
         self.scores.append(score)
+        self.asked += 1
         rank = 1 + sum(1 for s in self.scores if s > score)
-        return rank <= math.ceil(self.keep * len(self.scores))
+        return self.asked == 1 or rank <= math.ceil(self.keep * len(self.scores))
 
 
 class ScreeningEvaluator:
@@ -106,15 +109,15 @@ class ScreeningEvaluator:
         """The task's promoter; a surrogate's starts from its predictions for ``warm`` random sub-networks of the
         space (drawn from a fixed seed: the same reference for every search of the task)."""
         if task.name not in self._promoters:
-            p = Promoter(self.cfg.keep)
+            reference: list[float] = []
             if self.surrogate is not None and self.cfg.warm:
                 rng = np.random.default_rng(0)
                 archs = [task.space.arch(task.space.sample(rng)) for _ in range(self.cfg.warm)]
                 teacher = self.inner.teacher_stats(task)
-                for a, rel in zip(archs, self.surrogate.predict(task, archs)):
-                    p.scores.append(task_reward(task, self._screened(task, a, float(rel) * teacher.robust_acc,
-                                                                     "surrogate").metrics, teacher))
-            self._promoters[task.name] = p
+                reference = [task_reward(task, self._screened(task, a, float(rel) * teacher.robust_acc,
+                                                              "surrogate").metrics, teacher)
+                             for a, rel in zip(archs, self.surrogate.predict(task, archs))]
+            self._promoters[task.name] = Promoter(self.cfg.keep, reference)
         return self._promoters[task.name]
 
     def _cheap(self, task: Task, arch: ArchSpec) -> tuple[Evaluation, float | None]:
