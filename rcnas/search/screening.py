@@ -40,19 +40,20 @@ def low_fidelity_task(task: Task, cfg: ScreeningConfig) -> Task:
 
 class Promoter:
     """Successive halving's rule, online: a score is promoted when it ranks within the best ``ceil(keep * n)`` of the
-    ``n`` scores seen so far (itself included; ``reference`` scores count as seen). The first score it is asked about
-    is always promoted, so that every search has a pick however short it is; so is any new best."""
+    ``n`` scores seen so far (itself included; ``reference`` scores count as seen). Without a reference the first
+    score is always promoted, and so is any new best. With one (a surrogate's predictions for random sub-networks),
+    even the first must beat most of it: on the digits table, promoting the first proposal regardless raised the
+    screened random search's regret at a fifth of the agent's evaluation seconds from 0.035 to 0.039. A search whose
+    proposals never rank high enough ends without a pick of its own task, with the error that says to search longer."""
 
     def __init__(self, keep: float, reference: Sequence[float] = ()) -> None:
         self.keep = keep
         self.scores: list[float] = list(reference)
-        self.asked = 0
 
     def __call__(self, score: float) -> bool:
         self.scores.append(score)
-        self.asked += 1
         rank = 1 + sum(1 for s in self.scores if s > score)
-        return self.asked == 1 or rank <= math.ceil(self.keep * len(self.scores))
+        return rank <= math.ceil(self.keep * len(self.scores))
 
 
 class ScreeningEvaluator:
