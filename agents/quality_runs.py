@@ -44,14 +44,13 @@ class Runs(Protocol):
 class LiveRuns:
     """PPO searches answered by the evaluation service named ``service``: each search is a client of its store."""
 
-    def __init__(self, service: str, grid: tuple[int, int], prior: tuple[str, ...] = ()) -> None:
-        self.service, self.grid, self.prior = service, grid, list(prior)
-        """``prior``: task files whose stored evaluations train a screening surrogate (the meta tasks)"""
+    def __init__(self, service: str, grid: tuple[int, int]) -> None:
+        self.service, self.grid = service, grid
 
     def config(self, exp: ExperimentConfig, tasks: list[str], client: str,
                load_module_from: Optional[str] = None) -> PPOConfig:
         return build_ppo_config(exp, tasks, self.service, grid=self.grid, client=client,
-                                load_module_from=load_module_from, prior=self.prior)
+                                load_module_from=load_module_from)
 
     def requests(self, client: str) -> list[Request]:
         return RayEvaluator(self.service).requests(client)

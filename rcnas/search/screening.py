@@ -69,6 +69,7 @@ class ScreeningEvaluator:
         self._promoters: dict[str, Promoter] = {}
         self._low: dict[str, Task] = {}
         self._seen: dict[tuple[str, str], Evaluation] = {}
+        self._teachers: dict[str, TeacherStats] = {}
         self.surrogate = Surrogate() if cfg.by == "surrogate" else None
         self.promoted = self.screened_out = 0
         if self.surrogate is not None:
@@ -78,12 +79,16 @@ class ScreeningEvaluator:
         rows = getattr(self.inner, "rows", None)
         if rows is None:
             return []
-        teacher = self.inner.teacher_stats(task).robust_acc
+        teacher = self.teacher_stats(task).robust_acc
         return [Point(task, arch_from_dict(r["arch"]), r["metrics"]["robust_acc"] / teacher) for r in rows(task)
                 if r["metrics"]["status"] == "ok" and teacher > 0]
 
     def teacher_stats(self, task: Task) -> TeacherStats:
-        return self.inner.teacher_stats(task)
+        """The wrapped evaluator's, once per task: with the evaluation service each is a round trip, and every
+        proposal needs it."""
+        if task.name not in self._teachers:
+            self._teachers[task.name] = self.inner.teacher_stats(task)
+        return self._teachers[task.name]
 
     def evaluate(self, task: Task, arch: ArchSpec, seed: int = 0) -> Evaluation:
         seen = self._seen.get((task.name, arch.key()))
@@ -98,7 +103,7 @@ class ScreeningEvaluator:
         if promote:
             result = self.inner.evaluate(task, arch)
             if self.surrogate is not None and result.metrics.ok:
-                teacher = self.inner.teacher_stats(task).robust_acc
+                teacher = self.teacher_stats(task).robust_acc
                 with self._lock:
                     self.surrogate.add([Point(task, arch, result.metrics.robust_acc / teacher)])
         else:
@@ -114,7 +119,7 @@ class ScreeningEvaluator:
             if self.surrogate is not None and self.cfg.warm:
                 rng = np.random.default_rng(0)
                 archs = [task.space.arch(task.space.sample(rng)) for _ in range(self.cfg.warm)]
-                teacher = self.inner.teacher_stats(task)
+                teacher = self.teacher_stats(task)
                 reference = [task_reward(task, self._screened(task, a, float(rel) * teacher.robust_acc,
                                                               "surrogate").metrics, teacher)
                              for a, rel in zip(archs, self.surrogate.predict(task, archs))]
@@ -124,7 +129,7 @@ class ScreeningEvaluator:
     def _cheap(self, task: Task, arch: ArchSpec) -> tuple[Evaluation, float | None]:
         """The cheap score of ``arch``: its evaluation as a screened-out record, and the value it is ranked by (its
         predicted or low-fidelity reward; None while a surrogate has too few points to predict)."""
-        teacher = self.inner.teacher_stats(task)
+        teacher = self.teacher_stats(task)
         if self.surrogate is not None:
             with self._lock:
                 if len(self.surrogate) < self.cfg.min_points:
@@ -136,7 +141,7 @@ class ScreeningEvaluator:
         low = self.inner.evaluate(low_task, arch)
         m = low.metrics
         metrics = replace(m, reason=m.reason or "screened out at the low fidelity")
-        return replace(low, metrics=metrics), task_reward(task, m, self.inner.teacher_stats(low_task))
+        return replace(low, metrics=metrics), task_reward(task, m, self.teacher_stats(low_task))
 
     def _screened(self, task: Task, arch: ArchSpec, robust: float, fidelity: str) -> Evaluation:
         cost = task.space.cost(arch)
