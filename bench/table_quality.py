@@ -17,8 +17,13 @@ Searcher names may carry a screening suffix: ``rl+surrogate``, ``random+screen``
 low fidelity's answers come from ``--screen-table``). Besides regret per evaluation, the report gives regret against
 evaluation seconds (each table row's measured proxy seconds), the cost that screening and a surrogate cut.
 
-    python bench/table_quality.py [--table bench/tables/digits-e20-t444.csv.gz] [--seeds 30] [--n 10,25,50,100]
-        [--held-out digits-cw-e20-t444-r30,digits-cw-e20-t444-r50,digits-fgsm-e20-t444-r30,digits-pgd-e20-t444-r45]
+``--kind NAME`` takes the meta tasks, the held-out tasks and the tables from a held-out kind of ``--splits``
+(``bench/splits/digits.yaml``: budgets tighter or looser than every meta task's, another teacher, the reverse), so
+that each way a user's task can lie outside the meta-training is measured on its own; the report then gives every
+held-out task its own table beside the pooled one, and the share of seeds whose pick is the table's best.
+
+    python bench/table_quality.py [--kind tighter|looser|other-teacher|reverse] [--seeds 30] [--n 10,25,50,100]
+        [--table bench/tables/digits-e20-t444.csv.gz[,...]] [--held-out TASK,...]
         [--searchers rl,ppo-scratch,rl-repeats,random,evolution,compound,uniform,prune] [--out runs/bench/table-quality]
 """
 
@@ -39,12 +44,36 @@ from agents.quality_runs import TableRuns, fine_tune, meta_train
 from rcnas.config import ScreeningConfig
 from rcnas.distributed.resources import ensure_ray
 from rcnas.infra.cli import run_main
+from rcnas.infra.configio import StrictModel, read_yaml, validate
 from rcnas.infra.errors import ConfigError
 from rcnas.search.quality import best_so_far, ci95, distinct, held, scored, text_chart
 from rcnas.search.screening import SCREEN_SUFFIX, ScreeningEvaluator
 from rcnas.search.searchers import DETERMINISTIC, run_searcher
-from rcnas.search.table import Scorer, TableEvaluator, open_table
+from rcnas.search.table import Scorer, TableEvaluator, open_table, open_tables
 from rcnas.task import Task, load_task, shared_grid
+
+DEFAULT_TABLE = "bench/tables/digits-e20-t444.csv.gz"
+DEFAULT_HELD_OUT = "digits-cw-e20-t444-r30,digits-cw-e20-t444-r50,digits-fgsm-e20-t444-r30,digits-pgd-e20-t444-r45"
+
+
+class Split(StrictModel):
+    """One held-out kind of a splits file."""
+
+    meta: list[str]
+    """the tasks the agent meta-trains on"""
+    held_out: list[str]
+    """the tasks every searcher is measured on; none may be a meta task"""
+    tables: list[str]
+    """the tables that answer them, one per teacher"""
+
+
+def load_split(path: str, kind: str) -> Split:
+    """The kind ``kind`` of the splits file ``path``; one line naming the known kinds when it is not one."""
+    raw = read_yaml(path)
+    if kind not in raw:
+        raise ConfigError(f"--kind {kind!r} is not a held-out kind of {path} (known: {', '.join(raw)})")
+    return validate(Split, raw[kind], f"{path}: {kind}")
+
 
 PPO_VARIANTS = {"rl": (True, True), "ppo-scratch": (False, True), "rl-repeats": (True, False),
                 "ppo-scratch-repeats": (False, False)}
@@ -53,12 +82,16 @@ PPO_VARIANTS = {"rl": (True, True), "ppo-scratch": (False, True), "rl-repeats": 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--table", default="bench/tables/digits-e20-t444.csv.gz")
+    p.add_argument("--kind", default=None, help="a held-out kind of --splits: its meta tasks, held-out tasks and "
+                                                "tables replace the experiment's meta tasks and the defaults")
+    p.add_argument("--splits", default="bench/splits/digits.yaml")
+    p.add_argument("--table", default=None, help="comma-separated tables, one per teacher (default: the kind's, or "
+                                                 f"{DEFAULT_TABLE})")
     p.add_argument("--screen-table", default="bench/tables/digits-e20-t444-screen.csv.gz",
                    help="the same sub-networks at the screening fidelity (for the +screen searchers)")
     p.add_argument("--experiment", default="configs/experiments/digits.yaml")
-    p.add_argument("--held-out", default="digits-cw-e20-t444-r30,digits-cw-e20-t444-r50,digits-fgsm-e20-t444-r30,"
-                                         "digits-pgd-e20-t444-r45")
+    p.add_argument("--held-out", default=None,
+                   help=f"comma-separated tasks (default: the kind's, or {DEFAULT_HELD_OUT})")
     p.add_argument("--searchers", default="rl,ppo-scratch,rl-repeats,random,evolution,compound,uniform,prune")
     p.add_argument("--seeds", type=int, default=30)
     p.add_argument("--n", default="10,25,50,100", help="evaluation budgets; every search runs to the largest")
@@ -106,16 +139,18 @@ def typical_seconds(table: Any, bins: int = 20) -> dict[str, float]:
     return {k: median[int(b)] for (k, _), b in zip(rows, which)}
 
 
-def one_search(s: str, task_file: str, seed: int, exp: Any, grid: tuple[int, int], tables: list[str], n: int,
-               meta: dict[str, Any] | None) -> tuple[list[float], list[float], float]:
+def one_search(s: str, task_file: str, seed: int, exp: Any, grid: tuple[int, int], tables: list[tuple[str, str]],
+               n: int, meta: dict[str, Any] | None) -> tuple[list[float], list[float], float]:
     """One search until ``n`` distinct evaluations at the task's proxy: the reward of each distinct sub-network in
     the order asked for, the evaluation seconds spent when each was made (screening's low-fidelity evaluations
-    included; a surrogate's predictions cost none), and the wall seconds the search took."""
+    included; a surrogate's predictions cost none), and the wall seconds the search took. ``tables``: (path, a task
+    file of its teacher), the screening table last when there is one."""
     task = load_task(task_file)
     t0 = time.perf_counter()
     client = f"{s}/{task.name}/seed{seed}"
     base, screening = split_name(s)
-    runs = TableRuns([open_table(t, task) for t in tables], grid, meta["stored"] if meta else None)
+    runs = TableRuns([open_table(path, teacher_task) for path, teacher_task in tables], grid,
+                     meta["stored"] if meta else None)
     if base in PPO_VARIANTS:
         changes: dict[str, Any] = {"seed": seed, "avoid_repeats": PPO_VARIANTS[base][1]}
         if screening:
@@ -131,8 +166,11 @@ def one_search(s: str, task_file: str, seed: int, exp: Any, grid: tuple[int, int
             proposals = math.ceil(n / cfg.keep)  # about n of them promoted
         run_searcher(base, task, ev, proposals, seed)
     log = runs.requests(client)
-    found = scored(log, task, runs.evaluator(client).teacher_stats(task))
-    cost = {name: typical_seconds(t) for name, t in zip(("proxy", "screen"), runs.tables)}
+    table_ev = runs.evaluator(client)
+    found = scored(log, task, table_ev.teacher_stats(task))
+    cost = {"proxy": typical_seconds(table_ev.table_for(task)[0])}
+    if screening and screening["by"] == "low_fidelity":
+        cost["screen"] = typical_seconds(runs.tables[-1])
     spent, costs = 0.0, []
     for r in distinct(log, None):  # every first evaluation costs its seconds, at whichever fidelity
         spent += cost["screen" if r.task_name.endswith(SCREEN_SUFFIX) else "proxy"][r.arch_key]
@@ -145,14 +183,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
     exp, metas, _ = load_experiment(args.experiment)
-    held_out = [str(Path(task_path(t)).resolve()) for t in args.held_out.split(",")]
+    split = load_split(args.splits, args.kind) if args.kind else None
+    if split:
+        metas = [task_path(m) for m in split.meta]
+    held_out = [str(Path(task_path(t)).resolve())
+                for t in (args.held_out or (",".join(split.held_out) if split else DEFAULT_HELD_OUT)).split(",")]
+    table_files = [str(Path(t).resolve()) for t in (args.table.split(",") if args.table else
+                                                    split.tables if split else [DEFAULT_TABLE])]
     tasks = [load_task(t) for t in held_out]
-    table = open_table(args.table, tasks[0])
-    for t in [*tasks, *(load_task(m) for m in metas)]:
-        table.column_for(t)  # every task, meta ones included, must be answerable: refused before any work
-    if overlap := {t.name for t in tasks} & {load_task(m).name for m in metas}:
-        raise ConfigError(f"--held-out {sorted(overlap)} are meta-training tasks of {args.experiment}")
-    table_file = str(Path(args.table).resolve())
+    meta_tasks = [load_task(m) for m in metas]
+    if overlap := {t.name for t in tasks} & {m.name for m in meta_tasks}:
+        raise ConfigError(f"--held-out {sorted(overlap)} are meta-training tasks"
+                          + (f" of --kind {args.kind}" if split else f" of {args.experiment}"))
+    # every task, meta ones included, must be answerable: refused before any work
+    table_list = open_tables(table_files, [*tasks, *meta_tasks])
     # one process: the env lives in the search's own process (env_runners 0), so the table evaluator handed to it is
     # the one whose requests are read (agents/quality_runs.py)
     exp = with_changes(exp, "--meta-iterations", meta_iterations=args.meta_iterations, env_runners=0)
@@ -160,20 +204,22 @@ def main(argv: list[str] | None = None) -> int:
     searchers = args.searchers.split(",")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    g = shared_grid([*tasks, *(load_task(m) for m in metas)])
+    g = shared_grid([*tasks, *meta_tasks])
     grid = (g.max_depth, g.max_width)
     ensure_ray(num_cpus=args.jobs, verbose=False)  # library noise silenced in every worker
-    tables = [table_file]
+    # each table travels as (path, a task file of its teacher): a search's process opens it again
+    by_teacher = {t.teacher.name: str(t.source) for t in [*tasks, *meta_tasks]}
+    tables = [(f, by_teacher[t.header["teacher"]]) for f, t in zip(table_files, table_list)]
     if any((split_name(x)[1] or {}).get("by") == "low_fidelity" for x in searchers):
         screen = open_table(args.screen_table, tasks[0])
         low = ScreeningConfig(by="low_fidelity").fidelity
         for t in tasks:  # every held-out task's screening fidelity must be a column of it: refused before any work
             screen.column_for(t.replace(proxy=t.config.proxy.model_copy(update=low)))
-        tables.append(str(Path(args.screen_table).resolve()))
+        tables.append((str(Path(args.screen_table).resolve()), held_out[0]))
     metas_done: list[dict[str, Any]] = []
     if any(PPO_VARIANTS.get(split_name(x)[0], (False,))[0] or split_name(x)[1] for x in searchers):
         for k in range(args.meta_seeds):
-            metas_done.append(meta_train(TableRuns(table, grid), with_changes(exp, "--meta-seeds", seed=k), metas,
+            metas_done.append(meta_train(TableRuns(table_list, grid), with_changes(exp, "--meta-seeds", seed=k), metas,
                                          out, f"meta-seed{k}", f"meta-seed{k}"))
         print(f"meta-training: {args.meta_seeds} x {metas_done[0]['iterations']} iterations "
               f"({statistics.fmean(m['seconds'] for m in metas_done):.0f} s each; answered from the table)",
@@ -192,8 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     refs = [job.remote(s, f, seed, exp, grid, tables, budgets[-1],
                        metas_done[seed % len(metas_done)] if metas_done else None) for s, f, seed in runs]
     results = dict(zip(runs, ray.get(refs)))
+    per_task: dict[tuple[str, str], list[list[float]]] = {}
+    best_found: dict[tuple[str, str], list[bool]] = {}
     for task_file, task in zip(held_out, tasks):
-        scorer = Scorer(task, TableEvaluator(table))
+        scorer = Scorer(task, TableEvaluator(table_list))
         for s in searchers:
             once = split_name(s)[0] in DETERMINISTIC
             for seed in range(1 if once else args.seeds):
@@ -204,18 +252,22 @@ def main(argv: list[str] | None = None) -> int:
                 # a deterministic rule gives the same run for every seed: it counts once per seed in the means
                 for _ in range(args.seeds if once else 1):
                     curves[s].append(regret)
+                    per_task.setdefault((task.name, s), []).append(regret)
+                    best_found.setdefault((task.name, s), []).append(scorer.rank(bsf[-1]) == 1)
                     spent[s].append(([scorer.all[0] - b for b in bsf], costs, scorer.all[0] - scorer.all[-1]))
                     for n in budgets:
                         ranks.setdefault((s, n), []).append(scorer.rank(bsf[min(n, len(bsf)) - 1]))
             print(f"{task.name} {s}: mean regret at N={budgets[-1]} "
                   f"{statistics.fmean(c[-1] for c in curves[s][-args.seeds:]):.4f}", flush=True)
     report = render(args, exp, tasks, metas, searchers, budgets, curves, ranks, seconds, meta,
-                    time.perf_counter() - t_start, table.header)
+                    time.perf_counter() - t_start, [t.header for t in table_list], best_found)
+    report += "\n\n" + per_task_tables(tasks, searchers, budgets, per_task, best_found)
     report += "\n\n" + cost_table(searchers, spent, 25 if budgets[-1] >= 25 else budgets[-1])
     if metas_done:
-        report += "\n\n" + surrogate_quality(table, metas_done, tasks)
-    (out / "results.json").write_text(json.dumps({"curves": curves, "ranks": {f"{s}@{n}": r for (s, n), r in
-                                                                               ranks.items()},
+        report += "\n\n" + surrogate_quality(table_list, metas_done, tasks)
+    (out / "results.json").write_text(json.dumps({"kind": args.kind, "curves": curves,
+                                                  "per_task": {f"{t}/{s}": c for (t, s), c in per_task.items()},
+                                                  "ranks": {f"{s}@{n}": r for (s, n), r in ranks.items()},
                                                   "costs": {s: [c for _, c, _ in v] for s, v in spent.items()}},
                                                  indent=0))
     plot(curves, out / "regret.png", [t.name for t in tasks], args.seeds)
@@ -260,7 +312,7 @@ def cost_table(searchers: list[str], spent: dict[str, list[tuple[list[float], li
     return "\n".join(lines)
 
 
-def surrogate_quality(table: Any, metas_done: list[dict[str, Any]], tasks: list[Task]) -> str:
+def surrogate_quality(tables: list[Any], metas_done: list[dict[str, Any]], tasks: list[Task]) -> str:
     """How well the screening surrogate ranks each held-out task's sub-networks when it knows only what a search
     starts with (one meta-training's evaluations): Kendall's tau of its predictions against the table's rewards over
     every feasible sub-network of the task, mean over the meta-trainings."""
@@ -268,14 +320,14 @@ def surrogate_quality(table: Any, metas_done: list[dict[str, Any]], tasks: list[
 
     from rcnas.search.surrogate import Point, Surrogate
 
-    ev = TableEvaluator(table)
+    ev = TableEvaluator(tables)
     taus: dict[str, list[float]] = {t.name: [] for t in tasks}
     for m in metas_done:
         s = Surrogate()
         for file, keys in m["stored"].items():
             t = load_task(file)
             teacher = ev.teacher_stats(t).robust_acc
-            col = table.column_for(t)
+            table, col = ev.table_for(t)
             s.add([Point(t, table.rows[k].arch, table.rows[k].robust[col] / teacher) for k in keys])
         for t in tasks:
             scorer = Scorer(t, ev)
@@ -292,23 +344,28 @@ def surrogate_quality(table: Any, metas_done: list[dict[str, Any]], tasks: list[
 
 def render(args: argparse.Namespace, exp: Any, tasks: list[Task], metas: list[str], searchers: list[str],
            budgets: list[int], curves: dict[str, list[list[float]]], ranks: dict[tuple[str, int], list[int]],
-           seconds: dict[str, float], meta: dict[str, Any] | None, total: float, header: dict[str, Any]) -> str:
-    lines = [f"{len(tasks)} held-out tasks ({', '.join(t.name for t in tasks)}) x {args.seeds} seeds; table "
-             f"{args.table} ({header['rows']} sub-networks of {header['teacher']}, code {header['code_version']}); "
-             f"whole run {total / 60:.1f} min"
+           seconds: dict[str, float], meta: dict[str, Any] | None, total: float, headers: list[dict[str, Any]],
+           best_found: dict[tuple[str, str], list[bool]]) -> str:
+    kind = f"held-out kind {args.kind} of {args.splits}; " if args.kind else ""
+    lines = [f"{kind}{len(tasks)} held-out tasks ({', '.join(t.name for t in tasks)}) x {args.seeds} seeds; meta "
+             f"tasks {', '.join(Path(m).stem for m in metas)}; tables "
+             + ", ".join(f"{Path(h['source']).name} ({h['rows']} sub-networks of {h['teacher']}, code "
+                         f"{h['code_version']})" for h in headers)
+             + f"; whole run {total / 60:.1f} min"
              + (f", meta-training {meta['seconds']:.0f} s each ({meta['iterations']} iterations, {meta['seeds']} "
                 f"independent meta-trainings: seed s fine-tunes meta-training s mod {meta['seeds']})" if meta else "")
              + f". PPO: M={exp.M}, lr {exp.ppo.lr:g}, {exp.ppo.num_epochs} epochs, entropy {exp.ppo.entropy_coeff:g}.",
              "", "| searcher | " + " | ".join(f"regret N={n}" for n in budgets) + " | "
-             + " | ".join(f"rank N={n}" for n in budgets) + " | s/search |",
-             "|" + "---|" * (2 + 2 * len(budgets))]
+             + " | ".join(f"rank N={n}" for n in budgets) + f" | best found N={budgets[-1]} | s/search |",
+             "|" + "---|" * (3 + 2 * len(budgets))]
     for s in searchers:
         reg = [ci95([c[n - 1] for c in curves[s]]) for n in budgets]
         rk = [ci95([float(r) for r in ranks[s, n]]) for n in budgets]
         runs = 1 if s in DETERMINISTIC else args.seeds
         lines.append(f"| {s} | " + " | ".join(f"{m:.4f} ± {h:.4f}" for m, h in reg) + " | "
                      + " | ".join(f"{m:.0f} ± {h:.0f}" for m, h in rk)
-                     + f" | {seconds[s] / (runs * len(tasks)):.2f} |")
+                     + f" | {found_share(best_found, [t.name for t in tasks], s)} | "
+                     f"{seconds[s] / (runs * len(tasks)):.2f} |")
     lines += ["", "_regret = best reward in the table (within the task's budget) minus the best reward among the first "
               "N distinct evaluations; rank of that pick among the task's feasible sub-networks (1 = best); mean ± "
               "95% CI half-width over tasks x seeds; rewards are robust accuracy relative to the teacher's, with the "
@@ -316,6 +373,29 @@ def render(args: argparse.Namespace, exp: Any, tasks: list[Task], metas: list[st
               "Mean regret against distinct evaluations (all tasks and seeds):", "", "```",
               text_chart({s: [statistics.fmean(c[i] for c in curves[s]) for i in range(budgets[-1])]
                           for s in searchers}), "```"]
+    return "\n".join(lines)
+
+
+def found_share(best_found: dict[tuple[str, str], list[bool]], task_names: list[str], s: str) -> str:
+    """How many of ``s``'s searches on ``task_names`` ended with the table's best sub-network, as "k/n"."""
+    hits = [b for t in task_names for b in best_found[t, s]]
+    return f"{sum(hits)}/{len(hits)}"
+
+
+def per_task_tables(tasks: list[Task], searchers: list[str], budgets: list[int],
+                    per_task: dict[tuple[str, str], list[list[float]]],
+                    best_found: dict[tuple[str, str], list[bool]]) -> str:
+    """One table per held-out task: each searcher's regret at every N (mean ± 95% CI over seeds) and how many seeds
+    ended with the table's best (a deterministic rule: all or none)."""
+    lines = [f"Per held-out task (mean regret ± 95% CI over seeds; best found = seeds whose pick at N={budgets[-1]} "
+             "is the table's best):"]
+    for t in tasks:
+        lines += ["", f"**{t.name}**", "", "| searcher | " + " | ".join(f"regret N={n}" for n in budgets)
+                  + f" | best found N={budgets[-1]} |", "|" + "---|" * (2 + len(budgets))]
+        for s in searchers:
+            reg = [ci95([c[n - 1] for c in per_task[t.name, s]]) for n in budgets]
+            lines.append(f"| {s} | " + " | ".join(f"{m:.4f} ± {h:.4f}" for m, h in reg)
+                         + f" | {found_share(best_found, [t.name], s)} |")
     return "\n".join(lines)
 
 

@@ -172,6 +172,35 @@ def test_table_benchmark_smoke(synth, tmp_path):
     assert (out / "regret.png").stat().st_size > 1000
 
 
+T332_TASKS = ["digits-pgd-e20-t332-r35", "digits-fgsm-e20-t332-r50", "digits-cw-e20-t332-r35"]
+
+
+def test_table_benchmark_held_out_kind_across_two_teachers(synth, tmp_path):
+    """A held-out kind meta-trains on one teacher's tasks and is measured on another's: both tables serve one run,
+    each held-out task gets its own table, and the best-found share is reported."""
+    other = tmp_path / "t332.csv.gz"
+    synthetic_table(other, [task(t) for t in T332_TASKS])
+    splits = tmp_path / "splits.yaml"
+    splits.write_text(f"cross:\n  meta: [{TABLE_TASKS[0]}, {TABLE_TASKS[1]}]\n  held_out: [{T332_TASKS[0]}, "
+                      f"{T332_TASKS[2]}]\n  tables: [{synth}, {other}]\n")
+    out = tmp_path / "tq"
+    res = run_script("bench/table_quality.py", "--splits", str(splits), "--kind", "cross", "--seeds", "2",
+                     "--n", "3,5", "--searchers", "rl,random,uniform", "--meta-iterations", "2", "--meta-seeds", "1",
+                     "--out", str(out), timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    assert "held-out kind cross" in report and "t332.csv.gz" in report and "synth.csv.gz" in report
+    assert f"**{T332_TASKS[0]}**" in report and f"**{T332_TASKS[2]}**" in report and "best found N=5" in report
+    per_task = json.loads((out / "results.json").read_text())["per_task"]
+    assert len(per_task[f"{T332_TASKS[2]}/rl"]) == 2 and len(per_task[f"{T332_TASKS[0]}/uniform"][0]) == 5
+    # a kind that is not in the file, and a held-out task that is a meta task: one line each, before any work
+    res = run_script("bench/table_quality.py", "--splits", str(splits), "--kind", "nope", "--out", str(out))
+    assert res.returncode == 2 and "known: cross" in res.stderr and "Traceback" not in res.stderr
+    res = run_script("bench/table_quality.py", "--splits", str(splits), "--kind", "cross", "--held-out",
+                     TABLE_TASKS[0], "--out", str(out))
+    assert res.returncode == 2 and "meta-training tasks of --kind cross" in res.stderr
+
+
 def test_table_benchmark_refuses_a_task_the_table_cannot_answer(synth, tmp_path):
     res = run_script("bench/table_quality.py", "--table", str(synth), "--held-out", "digits-pgd-e10-t444-r25",
                      "--out", str(tmp_path / "x"), timeout=120)

@@ -433,6 +433,32 @@ def open_table(path: str | Path, task: Task | str) -> Table:
     return _OPEN[k]
 
 
+def open_tables(paths: Sequence[str | Path], tasks: Sequence[Task]) -> list[Table]:
+    """Each table of ``paths`` opened with whichever of ``tasks`` has its teacher (a table rebuilds its sub-networks
+    from a task of its own teacher), then every task checked answerable by one of them: refused before any work.
+
+    Raises:
+        ConfigError: one line naming the table no task fits, or the task no table answers.
+    """
+    by_teacher = {t.teacher.name: t for t in tasks}
+    tables = []
+    for path in paths:
+        errors = []
+        for task in by_teacher.values():
+            try:
+                tables.append(open_table(path, task))
+                break
+            except ConfigError as exc:
+                errors.append(str(exc))
+        else:
+            raise ConfigError(f"{path}: no task given has this table's teacher (tried {', '.join(by_teacher)}): "
+                              + (errors[0] if errors else "no tasks"))
+    ev = TableEvaluator(tables)
+    for task in tasks:
+        ev.table_for(task)
+    return tables
+
+
 class TableEvaluator:
     """The :class:`rcnas.proxy.protocol.Evaluator` of one or more tables (of other teachers, or of the same
     sub-networks at a screening fidelity beside the proxy's): answers in microseconds from the table whose teacher
@@ -454,7 +480,8 @@ class TableEvaluator:
         self._cols: dict[int, tuple[Task, Table, str]] = {}
         self._seen: set[tuple[str, str]] = set()
 
-    def _column(self, task: Task) -> tuple[Table, str]:
+    def table_for(self, task: Task) -> tuple[Table, str]:
+        """The table that answers ``task`` and its column (one line saying why when none does)."""
         hit = self._cols.get(id(task))
         if hit is None or hit[0] is not task:
             keys = (teacher_key(task), fidelity_key(task.config))
@@ -465,11 +492,11 @@ class TableEvaluator:
         return hit[1], hit[2]
 
     def teacher_stats(self, task: Task) -> TeacherStats:
-        table, col = self._column(task)
+        table, col = self.table_for(task)
         return table.teacher(col)
 
     def _metrics(self, task: Task, arch: ArchSpec, seed: int) -> ProxyMetrics:
-        table, col = self._column(task)
+        table, col = self.table_for(task)
         row = table.rows.get(arch.key())
         if row is None or row.macs > task.budget:
             raise EvaluationFailed(f"{arch.short()} is not in the table {table.header['source']} (within "
@@ -494,7 +521,7 @@ class TableEvaluator:
     def rows(self, task: Task) -> list[dict[str, Any]]:
         """What the store holds for ``task`` before the search (``stored``), as the service's ``rows`` returns it."""
         keys = self.stored.get(str(Path(task.source).resolve()), []) if task.source else []
-        table, _ = self._column(task)
+        table, _ = self.table_for(task)
         return [{"arch": asdict(table.rows[k].arch), "metrics": self._metrics(task, table.rows[k].arch, 0).to_dict()}
                 for k in keys if k in table.rows and table.rows[k].macs <= task.budget]
 
@@ -505,9 +532,9 @@ class Scorer:
     def __init__(self, task: Task, ev: TableEvaluator) -> None:
         self.task = task
         self.teacher = ev.teacher_stats(task)
-        col = ev.table.column_for(task)
+        table, col = ev.table_for(task)
         self.ranked = sorted(((self.reward(r.robust[col], r.macs, r.status == "ok"), r)
-                              for r in ev.table.rows.values() if r.macs <= task.budget),
+                              for r in table.rows.values() if r.macs <= task.budget),
                              key=lambda p: p[0], reverse=True)
         """(reward, row) of every sub-network within the task's budget, best first"""
         self.all = [reward for reward, _ in self.ranked]
