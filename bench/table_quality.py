@@ -299,7 +299,7 @@ def cost_table(searchers: list[str], spent: dict[str, list[tuple[list[float], li
         return f"(no {ref} search made {ref_n} evaluations: no cost table)"
     budget = statistics.fmean(at_ref)
     head = (f"| searcher | eval s to N={ref_n} | "
-            + " | ".join(f"regret at {f:g} x ({budget:.0f} s)" for f in COST_FRACTIONS)
+            + " | ".join(f"regret at {f:g} x ({f * budget:.0f} s)" for f in COST_FRACTIONS)
             + " |\n|" + "---|" * (2 + len(COST_FRACTIONS)))
     lines = [f"Regret against evaluation seconds (reference: {ref}'s mean seconds to its evaluation {ref_n}, "
              f"{budget:.1f} s; a row costs the table's median seconds for sub-networks of its size, low-fidelity "
