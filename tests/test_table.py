@@ -285,3 +285,38 @@ def test_rerank_benchmark_smoke(synth, tmp_path):
     assert "pruned (slimming)" in report
     again = run_script(*cmd, timeout=600)
     assert again.returncode == 0 and "reusing 3 finished result(s)" in again.stdout + again.stderr
+
+
+def test_held_out_verdict_says_where_the_agent_meets_the_targets(tmp_path):
+    """The verdict script on made-up curves: an agent ahead early and level late meets the targets; one that a
+    baseline beats early, or that finds the best less often, does not."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("verdict", ROOT / "bench" / "held_out_verdict.py")
+    verdict = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(verdict)
+    rng = np.random.default_rng(0)
+
+    def curves(early: float, late: float, found: int) -> list[list[float]]:
+        out = []
+        for k in range(30):
+            end = 0.0 if k < found else late + 0.01 * rng.random()
+            out.append([early + 0.01 * rng.random()] * 25 + [end] * 75)
+        return out
+
+    good = {"rl": curves(0.02, 0.01, 10), "random": curves(0.1, 0.01, 5), "uniform": [[0.2] * 100] * 30}
+    v = verdict.verdict(good, "rl", [10, 25], [50, 100])
+    assert v["ok"] and v["found"][:2] == (10, 30)
+    behind = {**good, "evolution": curves(0.015, 0.01, 10)}  # a baseline as good early: not ahead any more
+    assert not verdict.verdict(behind, "rl", [10, 25], [50, 100])["ok"]
+    rarer = {**good, "random": curves(0.1, 0.01, 20)}  # a baseline finds the best in more seeds
+    v = verdict.verdict(rarer, "rl", [10, 25], [50, 100])
+    assert not v["ok"] and not v["found_ok"]
+    run = tmp_path / "tq"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({"kind": "tighter", "per_task": {f"t1/{s}": c for s, c in
+                                                                                  good.items()}}))
+    res = run_script("bench/held_out_verdict.py", str(run))
+    assert res.returncode == 0 and "| tighter / t1 |" in res.stdout and "met |" in res.stdout
+    res = run_script("bench/held_out_verdict.py", str(tmp_path / "missing"))
+    assert res.returncode == 2 and "no such file" in res.stderr and "Traceback" not in res.stderr
