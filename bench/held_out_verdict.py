@@ -10,6 +10,9 @@ and, per held-out kind and per task (and pooled over a kind's tasks), compares t
 Other searchers of the run (``random+surrogate@0.1``, ablations) are shown beside the agent with ``--also``, and never
 count as baselines.
 
+Several folders of one kind (say, a run of another searcher on the same tasks) are read as one run. A searcher
+measured only to a smaller N is judged there only (``--not-behind ""``).
+
     python bench/held_out_verdict.py runs/bench/tq-tighter runs/bench/tq-looser ... [--agent rl] [--also NAME,...]
 """
 
@@ -56,7 +59,10 @@ def read_run(folder: str) -> dict[str, Any]:
 
 
 def cell(curves: list[list[float]], n: int) -> tuple[float, float]:
-    return ci95([c[min(n, len(c)) - 1] for c in curves])
+    if any(len(c) < n for c in curves):
+        raise ConfigError(f"a searcher was measured to fewer than N = {n} evaluations: judge it at smaller N only "
+                          "(--ahead / --not-behind)")
+    return ci95([c[n - 1] for c in curves])
 
 
 def verdict(by: dict[str, list[list[float]]], agent: str, ahead: list[int], not_behind: list[int]) -> dict[str, Any]:
@@ -76,7 +82,7 @@ def verdict(by: dict[str, list[list[float]]], agent: str, ahead: list[int], not_
         out["cells"][n] = (m, h, best, others[best], ok)
         out["ok"] &= ok
     last = max(ahead + not_behind)
-    found = {s: sum(c[min(last, len(c)) - 1] <= 1e-12 for c in by[s]) for s in [agent, *bases]}
+    found = {s: sum(c[last - 1] <= 1e-12 for c in by[s]) for s in [agent, *bases]}
     most = max(bases, key=lambda b: found[b])
     out["found"] = (found[agent], len(by[agent]), most, found[most], len(by[most]))
     out["found_ok"] = found[agent] / len(by[agent]) >= found[most] / len(by[most])
@@ -97,11 +103,18 @@ def row(name: str, v: dict[str, Any], by: dict[str, list[list[float]]], also: li
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    ahead = [int(x) for x in args.ahead.split(",")]
-    not_behind = [int(x) for x in args.not_behind.split(",")]
+    ahead = [int(x) for x in args.ahead.split(",") if x]
+    not_behind = [int(x) for x in args.not_behind.split(",") if x]
     ns = ahead + not_behind
     also = [a for a in args.also.split(",") if a]
-    runs = [read_run(r) for r in args.runs]
+    runs: list[dict[str, Any]] = []
+    for r in map(read_run, args.runs):  # runs of one kind (other searchers, same tasks) are read as one
+        same = next((x for x in runs if x["kind"] == r["kind"]), None)
+        if same is None:
+            runs.append(r)
+            continue
+        for task, by in r["tasks"].items():
+            same["tasks"].setdefault(task, {}).update(by)
     print(f"The agent ({args.agent}) against the baselines ({', '.join(BASELINES)}): mean regret ± 95% CI at each N "
           f"and the best baseline there; bold = target met (ahead at N = {args.ahead}, intervals apart; not behind "
           f"at N = {args.not_behind}); best found = seeds whose pick at N = {max(ns)} is the table's best.\n")

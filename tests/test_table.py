@@ -318,5 +318,15 @@ def test_held_out_verdict_says_where_the_agent_meets_the_targets(tmp_path):
                                                                                   good.items()}}))
     res = run_script("bench/held_out_verdict.py", str(run))
     assert res.returncode == 0 and "| tighter / t1 |" in res.stdout and "met |" in res.stdout
+    # another searcher's run of the same kind, to N = 25 only: read with the first, judged where it was measured
+    other = tmp_path / "tq2"
+    other.mkdir()
+    (other / "results.json").write_text(json.dumps({"kind": "tighter", "per_task": {
+        "t1/rl+x": [[0.001] * 25] * 30}}))
+    res = run_script("bench/held_out_verdict.py", str(run), str(other), "--agent", "rl+x", "--not-behind", "")
+    assert res.returncode == 0 and "| tighter / t1 |" in res.stdout and "tighter, pooled" in res.stdout
+    assert "0.001 ± 0.000" in res.stdout
+    res = run_script("bench/held_out_verdict.py", str(run), str(other), "--agent", "rl+x")
+    assert res.returncode == 2 and "fewer than N = 50" in res.stderr
     res = run_script("bench/held_out_verdict.py", str(tmp_path / "missing"))
     assert res.returncode == 2 and "no such file" in res.stderr and "Traceback" not in res.stderr
