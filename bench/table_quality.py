@@ -12,6 +12,8 @@ sub-network outside it. ``rl`` is meta-trained ``--meta-seeds`` times on the exp
 from the table), and search seed s fine-tunes meta-training s mod that number: the meta-training's own luck is part
 of every interval (with one shared meta-training, 30 seeds measured one meta policy). ``rl-repeats`` and
 ``ppo-scratch-repeats`` are the same agents with ``avoid_repeats`` off (the ablation of the repeat mask).
+``rl>evolution@25`` is the agent for its first 25 distinct evaluations, then regularized evolution seeded with the
+best of them (a hybrid that hands over to a local search late).
 
 Searcher names may carry a screening suffix: ``rl+surrogate``, ``random+screen`` (``rcnas.search.screening``; the
 low fidelity's answers come from ``--screen-table``). Besides regret per evaluation, the report gives regret against
@@ -123,6 +125,19 @@ def split_name(s: str) -> tuple[str, dict[str, Any] | None]:
         raise ConfigError(f"--searchers: {s!r}: {keep!r} after @ is not a share to keep (e.g. 0.1)") from None
 
 
+def handover(base: str) -> tuple[str, str | None, int]:
+    """``rl>evolution@25`` -> (``rl``, ``evolution``, 25): the agent's first 25 distinct evaluations, then evolution
+    from the best of them (the hybrid that hands over to a local search); ``rl`` -> (``rl``, None, 0)."""
+    agent, _, rest = base.partition(">")
+    if not rest:
+        return agent, None, 0
+    local, _, k = rest.partition("@")
+    if agent not in PPO_VARIANTS or not k.isdigit() or int(k) < 1:
+        raise ConfigError(f"--searchers: {base!r}: a handover is AGENT>SEARCHER@K (e.g. rl>evolution@25), AGENT one "
+                          f"of {', '.join(PPO_VARIANTS)}, K the agent's evaluations before it hands over")
+    return agent, local, int(k)
+
+
 def typical_seconds(table: Any, bins: int = 20) -> dict[str, float]:
     """Each row's cost: the median of the table's measured seconds over the rows of about its size (``bins`` MACs
     quantiles). The seconds column also carries the load of the machine that built the table (its 90th percentile is
@@ -149,14 +164,18 @@ def one_search(s: str, task_file: str, seed: int, exp: Any, grid: tuple[int, int
     t0 = time.perf_counter()
     client = f"{s}/{task.name}/seed{seed}"
     base, screening = split_name(s)
+    base, local, k = handover(base)
     runs = TableRuns([open_table(path, teacher_task) for path, teacher_task in tables], grid,
                      meta["stored"] if meta else None)
     if base in PPO_VARIANTS:
         changes: dict[str, Any] = {"seed": seed, "avoid_repeats": PPO_VARIANTS[base][1]}
         if screening:
             changes["screening"] = screening
-        fine_tune(runs, with_changes(exp, s, **changes), task_file, client, n,
+        fine_tune(runs, with_changes(exp, s, **changes), task_file, client, min(k, n) if local else n,
                   meta["checkpoint"] if meta and PPO_VARIANTS[base][0] else None)
+        if local:  # the agent's sub-networks seed the local search, which spends the rest of the n
+            done = [r.arch for r in distinct(runs.requests(client), task.name)]
+            run_searcher(local, task, runs.evaluator(client), n, seed, start=done)
     else:
         ev: Any = runs.evaluator(client)
         proposals = n
@@ -217,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
             screen.column_for(t.replace(proxy=t.config.proxy.model_copy(update=low)))
         tables.append((str(Path(args.screen_table).resolve()), held_out[0]))
     metas_done: list[dict[str, Any]] = []
-    if any(PPO_VARIANTS.get(split_name(x)[0], (False,))[0] or split_name(x)[1] for x in searchers):
+    for x in searchers:  # a malformed name is refused before any work
+        handover(split_name(x)[0])
+    if any(PPO_VARIANTS.get(handover(split_name(x)[0])[0], (False,))[0] or split_name(x)[1] for x in searchers):
         for k in range(args.meta_seeds):
             metas_done.append(meta_train(TableRuns(table_list, grid), with_changes(exp, "--meta-seeds", seed=k), metas,
                                          out, f"meta-seed{k}", f"meta-seed{k}"))

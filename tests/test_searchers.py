@@ -49,6 +49,31 @@ def test_evolution_improves_on_its_initial_population_under_a_monotone_reward():
     assert max(s.reward for s in steps[10:]) >= max(s.reward for s in steps[:10])
 
 
+def test_actions_of_inverts_arch_and_refuses_what_is_not_in_the_space():
+    space = TASK.space
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        actions = space.sample(rng)
+        assert space.actions_of(space.arch(actions)) == actions
+    with pytest.raises(ValueError, match="not a sub-network"):
+        space.actions_of(space.teacher.arch)  # the whole teacher: over the budget
+
+
+def test_a_handover_seeds_evolution_with_the_best_of_what_was_found():
+    """``start`` sub-networks are asked first (counted in n, not evaluated again by the store) and evolution's first
+    population is the best of them: its first child is a mutation of one of those, not of a random sub-network."""
+    first = run_searcher("random", TASK, FakeEvaluator(), n=15, seed=3)
+    fake = FakeEvaluator()
+    steps = run_searcher("evolution", TASK, fake, n=25, seed=0, start=[s.arch for s in first])
+    assert [s.arch for s in steps[:15]] == [s.arch for s in first] and len(steps) == 25
+    best = sorted(first, key=lambda s: s.reward)[-10:]
+    parents = {TASK.space.actions_of(s.arch) for s in best}
+    children = [TASK.space.actions_of(s.arch) for s in steps[15:20]]
+    # a one-stage mutation of a seeded parent (later stages kept where they still fit)
+    assert any(sum(a != b for a, b in zip(c, p)) == 1 for c in children for p in parents)
+    assert max(s.reward for s in steps) >= max(s.reward for s in first)
+
+
 def test_compound_scaling_follows_the_2_2_1_depth_rule():
     steps = run_searcher("compound", TASK, FakeEvaluator(), n=5, seed=0)
     for s in steps:

@@ -159,12 +159,13 @@ def test_table_benchmark_smoke(synth, tmp_path):
     synthetic_table(screen, [low_fidelity_task(task(t), low) for t in TABLE_TASKS], scale=0.5)
     res = run_script("bench/table_quality.py", "--table", str(synth), "--screen-table", str(screen), "--seeds", "2",
                      "--n", "3,6", "--held-out", "digits-fgsm-e20-t444-r30", "--searchers",
-                     "rl,random,uniform,prune,rl+surrogate,random+screen@0.5", "--meta-iterations", "2",
+                     "rl,random,uniform,prune,rl+surrogate,random+screen@0.5,rl>evolution@3", "--meta-iterations", "2",
                      "--meta-seeds", "2", "--out", str(out), timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     report = (out / "report.md").read_text()
     assert "| rl |" in report and "| random |" in report and "regret N=6" in report
     assert "| prune |" in report and "| random+screen@0.5 |" in report and "| rl+surrogate |" in report
+    assert "| rl>evolution@3 |" in report
     assert "Regret against evaluation seconds" in report and "2 independent meta-trainings" in report
     # screening spends on both fidelities: its searches cost more seconds per evaluation than plain random search
     costs = json.loads((out / "results.json").read_text())["costs"]

@@ -8,7 +8,7 @@ its trajectory: every evaluated sub-network in order with its reward, from which
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,8 +99,11 @@ def mutate(space: CompressionSpace, actions: tuple[int, ...], rng: np.random.Gen
 
 @SEARCHERS.register("evolution")
 def regularized_evolution(ev: Budgeted, rng: np.random.Generator, population: int = 10, sample: int = 3) -> None:
-    """Regularized evolution (Real et al., AAAI 2019): tournament selection, one-stage mutation, oldest dies."""
-    pop: list[tuple[tuple[int, ...], float]] = []
+    """Regularized evolution (Real et al., AAAI 2019): tournament selection, one-stage mutation, oldest dies.
+    Sub-networks ``ev`` already holds (another searcher's, handed over) seed the population: the best
+    ``population`` of them instead of random ones, the worst taking the place of the oldest (it dies first)."""
+    seeded = sorted(ev.trajectory, key=lambda s: s.reward)[-population:]
+    pop: list[tuple[tuple[int, ...], float]] = [(ev.space.actions_of(s.arch), s.reward) for s in seeded]
     while len(pop) < population and not ev.done:
         a = ev.space.sample(rng)
         pop.append((a, ev(ev.space.arch(a))))
@@ -156,8 +159,14 @@ def prune(ev: Budgeted, rng: np.random.Generator) -> None:
     ev(slimming_prune(ev.space, ev.teacher.bn_scales))
 
 
-def run_searcher(name: str, task: Task, evaluator: Evaluator, n: int, seed: int = 0) -> list[Step]:
-    """Run searcher ``name`` for at most ``n`` distinct evaluations; returns its trajectory."""
+def run_searcher(name: str, task: Task, evaluator: Evaluator, n: int, seed: int = 0,
+                 start: Sequence[ArchSpec] = ()) -> list[Step]:
+    """Run searcher ``name`` for at most ``n`` distinct evaluations; returns its trajectory. ``start``: sub-networks
+    another searcher already evaluated (a handover): asked for first (the store answers them), counted in ``n``,
+    and, for evolution, its first population."""
     ev = Budgeted(task, task.space, evaluator, n)
+    for arch in start:
+        if not ev.done:
+            ev(arch)
     SEARCHERS.get(name)(ev, np.random.default_rng(seed))
     return ev.trajectory

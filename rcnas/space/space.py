@@ -206,6 +206,24 @@ class CompressionSpace:
             actions += (int(rng.choice(valid)),)
         return actions
 
+    def actions_of(self, arch: ArchSpec) -> tuple[int, ...]:
+        """The actions that choose ``arch`` (the inverse of :meth:`arch`), for a searcher that continues from
+        sub-networks another one found.
+
+        Raises:
+            ValueError: ``arch`` is not a sub-network of this space within its budget.
+        """
+        if len(arch.stages) != self.n_stages:
+            raise ValueError(f"{arch.short()} has {len(arch.stages)} stages, this space {self.n_stages}")
+        actions: tuple[int, ...] = ()
+        for i, stage in enumerate(arch.stages):
+            valid = np.flatnonzero(self.mask(actions))
+            hit = [int(a) for a in valid if self.stage_spec(i, self.choices[i][int(a)]) == stage]
+            if not hit:
+                raise ValueError(f"{arch.short()} is not a sub-network of this space within its budget (stage {i + 1})")
+            actions += (hit[0],)
+        return actions
+
     def index(self, stage: int, choice: StageChoice) -> int:
         a = self.grid.encode(choice)
         if a not in self.choices[stage]:
