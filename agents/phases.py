@@ -28,6 +28,7 @@ from rcnas.distributed.service import RayEvaluator, evaluation_service
 from rcnas.infra.files import inside, write_atomic
 from rcnas.infra.log import say
 from rcnas.infra.provenance import content_key, environment
+from rcnas.search.quality import distinct
 from rcnas.search.searchers import SEARCHERS, run_searcher
 from rcnas.space.arch import ArchSpec
 from rcnas.space.baselines import slimming_prune
@@ -254,4 +255,17 @@ def _search(run: _Run) -> Phases:
                                  client=f"{opts.searcher}-finetune", prior=run.metas)
     ft_ckpt = run.stage("finetune", ft_config, exp.finetune_iterations)
     experiments["finetune"] = _stage_folder(run.storage, "finetune", run.out / "tune")
+    if exp.handover.evaluations:
+        _handover(run, f"{opts.searcher}-finetune")
     return Phases(meta_ckpt, ft_ckpt, experiments)
+
+
+def _handover(run: _Run, agent_client: str) -> None:
+    """3'. The local search of ``exp.handover``, seeded with the sub-networks the agent evaluated on the target task
+    (from the store's request log: a resumed run hands over the same ones, and its repeats are lookups)."""
+    exp, task = run.exp, run.task
+    ev = RayEvaluator(run.service, client=f"{run.opts.searcher}-handover")
+    found = [r.arch for r in distinct(ev.requests(agent_client), task.name)]
+    run.log(f"handing over to {exp.handover.to}: {exp.handover.evaluations} more evaluations on {task.name}, "
+            f"starting from the best of the agent's {len(found)}")
+    run_searcher(exp.handover.to, task, ev, len(found) + exp.handover.evaluations, exp.seed, start=found)

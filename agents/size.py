@@ -119,6 +119,9 @@ def run_size(exp: ExperimentConfig, tasks: Sequence[Task], *, target: Optional[T
         ft_evals = exp.finetune_iterations * exp.M
         evals += ft_evals
         parts.append(f"fine-tuning {_n(exp.finetune_iterations, 'iteration')} x M={exp.M} = {ft_evals:,}")
+        if exp.handover.evaluations:
+            evals += exp.handover.evaluations
+            parts.append(f"hand-over to {exp.handover.to}: {exp.handover.evaluations:,}")
     else:
         evals += n
         parts.append(f"searcher {searcher}: {n:,}")

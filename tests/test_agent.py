@@ -133,6 +133,7 @@ def test_train_smoke_writes_every_output(tmp_path):
     # the console says how the search goes, one line per iteration, without Tune's config dump or library noise
     console = proc.stdout + proc.stderr
     assert "[meta] iteration 1/1 | best reward" in console and "[finetune] iteration 1/1 |" in console
+    assert "handing over to evolution: 2 more evaluations" in console  # smoke.yaml's handover ran
     for noise in ("Configuration for experiment", "Trial status", "DeprecationWarning", "Install gputil",
                   "Traceback", "Token authentication is enabled", "Using blocking ray.get inside async actor"):
         assert noise not in console, noise

@@ -162,8 +162,9 @@ def test_run_size_of_the_digits_experiment_is_one_line_with_its_figures():
     exp, tasks = _tasks(DIGITS)
     line = run_size(exp, tasks, auto_workers=4)
     assert "\n" not in line and line.startswith("run size: ")
-    # 6 meta iterations x M=5 + 4 fine-tuning iterations x M=5
-    assert "about 50 evaluations" in line and "= 30 over 3 tasks" in line and "= 20" in line, line
+    # 6 meta iterations x M=5 + 4 fine-tuning iterations x M=5 + the hand-over's 10
+    assert "about 60 evaluations" in line and "= 30 over 3 tasks" in line and "= 20" in line, line
+    assert "hand-over to evolution: 10" in line, line
     assert "1 teacher training" in line and "5 attacks on 359 test examples" in line, line
     # 4 workers (given) + 1 learner (the async sampler in its process) + the service + the driver
     assert "4 evaluation workers (auto" in line and "(auto: one per GPU, else per CPU) + 1 learner" in line, line
@@ -179,13 +180,13 @@ def test_run_size_of_the_smoke_experiment_and_its_variants():
     exp, tasks = _tasks(SMOKE)
     line = run_size(exp, tasks, auto_workers=2)
     assert "\n" not in line
-    assert "about 4 evaluations" in line and "2 attacks on 32 test examples" in line, line
+    assert "about 6 evaluations" in line and "2 attacks on 32 test examples" in line, line  # 2 + 2 + hand-over 2
     assert "2 evaluation workers" in line and "+ 1 learner" in line and "= 5 processes" in line, line
     assert "env runner" not in line and "4 evaluations in flight" in line, line
     line = run_size(exp.model_copy(update={"in_flight": 1}), tasks, auto_workers=2)
     assert "1 evaluations in flight" not in line and "1 evaluation in flight" in line, line
-    # from a meta checkpoint: fine-tuning only, and only the target's teacher
-    assert "about 2 evaluations" in run_size(exp, tasks, meta=False, auto_workers=2)
+    # from a meta checkpoint: fine-tuning (and the hand-over) only, and only the target's teacher
+    assert "about 4 evaluations" in run_size(exp, tasks, meta=False, auto_workers=2)
     # a baseline searcher: n evaluations, no env runners or learner, no final comparison when switched off
     line = run_size(exp, tasks, searcher="random", n=30, final_eval=False, auto_workers=3)
     assert "about 30 evaluations" in line and "env runner" not in line and "final comparison" not in line, line
@@ -195,7 +196,7 @@ def test_run_size_of_the_smoke_experiment_and_its_variants():
                                  "rerank": exp.rerank.model_copy(update={"top_k": 5})})
     line = run_size(big, tasks)
     assert "8 evaluation workers +" in line and "GiB of GPU memory per worker" in line, line
-    assert "about 9 evaluations" in line and "re-ranking 5 x 2 seeds" in line, line
+    assert "about 11 evaluations" in line and "re-ranking 5 x 2 seeds" in line, line
 
 
 def test_run_size_starts_nothing():
