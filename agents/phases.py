@@ -29,7 +29,7 @@ from rcnas.infra.files import inside, write_atomic
 from rcnas.infra.log import say
 from rcnas.infra.provenance import content_key, environment
 from rcnas.search.quality import distinct
-from rcnas.search.searchers import SEARCHERS, run_searcher
+from rcnas.search.searchers import SEARCHERS, in_space, run_searcher
 from rcnas.space.arch import ArchSpec
 from rcnas.space.baselines import slimming_prune
 from rcnas.task import Task, shared_grid
@@ -262,10 +262,13 @@ def _search(run: _Run) -> Phases:
 
 def _handover(run: _Run, agent_client: str) -> None:
     """3'. The local search of ``exp.handover``, seeded with the sub-networks the agent evaluated on the target task
-    (from the store's request log: a resumed run hands over the same ones, and its repeats are lookups)."""
+    (from the store's request log: a resumed run hands over the same ones, and its repeats are lookups). It asks for
+    one sub-network at a time: with many workers, the others wait meanwhile."""
     exp, task = run.exp, run.task
     ev = RayEvaluator(run.service, client=f"{run.opts.searcher}-handover")
-    found = [r.arch for r in distinct(ev.requests(agent_client), task.name)]
+    # the fine-tuning client's requests for this task (a run re-started in the same folder adds its own to an
+    # earlier run's); run_searcher keeps those within this task's budget
+    found = in_space(task.space, [r.arch for r in distinct(ev.requests(agent_client), task.name)])
     run.log(f"handing over to {exp.handover.to}: {exp.handover.evaluations} more evaluations on {task.name}, "
             f"starting from the best of the agent's {len(found)}")
     run_searcher(exp.handover.to, task, ev, len(found) + exp.handover.evaluations, exp.seed, start=found)

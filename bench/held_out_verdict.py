@@ -70,6 +70,9 @@ def verdict(by: dict[str, list[list[float]]], agent: str, ahead: list[int], not_
     if agent not in by:
         raise ConfigError(f"searcher {agent!r} is not in these results (searchers: {', '.join(by)})")
     bases = [b for b in BASELINES if b in by]
+    if not bases:
+        raise ConfigError(f"no baseline in these results (searchers: {', '.join(by)}; baselines: "
+                          f"{', '.join(BASELINES)}): give the folder of a run that measured them too")
     out: dict[str, Any] = {"cells": {}, "ok": True}
     for n in ahead + not_behind:
         m, h = cell(by[agent], n)
@@ -114,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(r)
             continue
         for task, by in r["tasks"].items():
+            if twice := set(by) & set(same["tasks"].get(task, {})):
+                raise ConfigError(f"{sorted(twice)} on {task} are in two of the folders given for kind "
+                                  f"{r['kind']}: give one run of each searcher")
             same["tasks"].setdefault(task, {}).update(by)
     print(f"The agent ({args.agent}) against the baselines ({', '.join(BASELINES)}): mean regret ± 95% CI at each N "
           f"and the best baseline there; bold = target met (ahead at N = {args.ahead}, intervals apart; not behind "

@@ -12,8 +12,9 @@ sub-network outside it. ``rl`` is meta-trained ``--meta-seeds`` times on the exp
 from the table), and search seed s fine-tunes meta-training s mod that number: the meta-training's own luck is part
 of every interval (with one shared meta-training, 30 seeds measured one meta policy). ``rl-repeats`` and
 ``ppo-scratch-repeats`` are the same agents with ``avoid_repeats`` off (the ablation of the repeat mask).
-``rl>evolution@25`` is the agent for its first 25 distinct evaluations, then regularized evolution seeded with the
-best of them (a hybrid that hands over to a local search late).
+``rl>evolution@25`` is the agent until its first 25 distinct evaluations (to the end of the PPO iteration that
+reaches them: 25-29 with M = 5), then regularized evolution seeded with the best of them (a hybrid that hands over
+to a local search late); a screening suffix screens the agent's part only.
 
 Searcher names may carry a screening suffix: ``rl+surrogate``, ``random+screen`` (``rcnas.search.screening``; the
 low fidelity's answers come from ``--screen-table``). Besides regret per evaluation, the report gives regret against
@@ -50,7 +51,7 @@ from rcnas.infra.configio import StrictModel, read_yaml, validate
 from rcnas.infra.errors import ConfigError
 from rcnas.search.quality import best_so_far, ci95, distinct, held, scored, text_chart
 from rcnas.search.screening import SCREEN_SUFFIX, ScreeningEvaluator
-from rcnas.search.searchers import DETERMINISTIC, run_searcher
+from rcnas.search.searchers import DETERMINISTIC, SEARCHERS, run_searcher
 from rcnas.search.table import Scorer, TableEvaluator, open_table, open_tables
 from rcnas.task import Task, load_task, shared_grid
 
@@ -132,9 +133,10 @@ def handover(base: str) -> tuple[str, str | None, int]:
     if not rest:
         return agent, None, 0
     local, _, k = rest.partition("@")
-    if agent not in PPO_VARIANTS or not k.isdigit() or int(k) < 1:
+    if agent not in PPO_VARIANTS or local not in SEARCHERS.names() or not k.isdigit() or int(k) < 1:
         raise ConfigError(f"--searchers: {base!r}: a handover is AGENT>SEARCHER@K (e.g. rl>evolution@25), AGENT one "
-                          f"of {', '.join(PPO_VARIANTS)}, K the agent's evaluations before it hands over")
+                          f"of {', '.join(PPO_VARIANTS)}, SEARCHER one of {', '.join(SEARCHERS.names())}, K the "
+                          "agent's evaluations before it hands over")
     return agent, local, int(k)
 
 

@@ -72,6 +72,11 @@ def test_a_handover_seeds_evolution_with_the_best_of_what_was_found():
     # a one-stage mutation of a seeded parent (later stages kept where they still fit)
     assert any(sum(a != b for a, b in zip(c, p)) == 1 for c in children for p in parents)
     assert max(s.reward for s in steps) >= max(s.reward for s in first)
+    # a handed-over list read from a store may hold another budget's sub-networks of a task with the same name:
+    # they are left out, never evaluated or seeded (the whole teacher is over this task's budget)
+    fake = FakeEvaluator()
+    steps = run_searcher("evolution", TASK, fake, n=20, seed=0, start=[TASK.space.teacher.arch, first[0].arch])
+    assert steps[0].arch == first[0].arch and TASK.space.teacher.arch not in {s.arch for s in steps}
 
 
 def test_compound_scaling_follows_the_2_2_1_depth_rule():

@@ -159,13 +159,26 @@ def prune(ev: Budgeted, rng: np.random.Generator) -> None:
     ev(slimming_prune(ev.space, ev.teacher.bn_scales))
 
 
+def in_space(space: CompressionSpace, archs: Sequence[ArchSpec]) -> list[ArchSpec]:
+    """The sub-networks of ``archs`` that ``space`` holds (its teacher's, within its budget): a handed-over list
+    read from a store may hold another budget's sub-networks of a task with the same name."""
+    out = []
+    for arch in archs:
+        try:
+            space.actions_of(arch)
+        except ValueError:
+            continue
+        out.append(arch)
+    return out
+
+
 def run_searcher(name: str, task: Task, evaluator: Evaluator, n: int, seed: int = 0,
                  start: Sequence[ArchSpec] = ()) -> list[Step]:
     """Run searcher ``name`` for at most ``n`` distinct evaluations; returns its trajectory. ``start``: sub-networks
-    another searcher already evaluated (a handover): asked for first (the store answers them), counted in ``n``,
-    and, for evolution, its first population."""
+    another searcher already evaluated (a handover): those in the task's space are asked for first (the store answers
+    them), counted in ``n``, and, for evolution, its first population."""
     ev = Budgeted(task, task.space, evaluator, n)
-    for arch in start:
+    for arch in in_space(task.space, start):
         if not ev.done:
             ev(arch)
     SEARCHERS.get(name)(ev, np.random.default_rng(seed))

@@ -222,6 +222,8 @@ class CompressionSpace:
             if not hit:
                 raise ValueError(f"{arch.short()} is not a sub-network of this space within its budget (stage {i + 1})")
             actions += (hit[0],)
+        if self.arch(actions) != arch:  # the stages match, but not the rest (another teacher's stem, say)
+            raise ValueError(f"{arch.short()} is not a sub-network of this space's teacher")
         return actions
 
     def index(self, stage: int, choice: StageChoice) -> int:
