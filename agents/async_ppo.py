@@ -9,9 +9,11 @@ per evaluation worker, plus M queued); whenever one comes back its episode is co
 episodes PPO updates the policy (RLlib's learner, loss and GAE unchanged; more than M when the policy lag would
 otherwise exceed ``policy_lag`` updates). An episode may have been decided by a policy a few updates old: it carries
 the log-probabilities it was sampled with, and PPO's clipped ratio is taken against them (the policy lag is
-reported as ``rcnas/policy_lag``). The sampler's state is not part of a checkpoint: a resumed run decides anew from
-its seed (evaluations that finished are in the store; those running when it was killed are lost, and ``ordered``
-reproduces a search only when it is not resumed).
+reported as ``rcnas/policy_lag``). The sampler's state is part of the algorithm's checkpoint (its random state,
+the episodes whose evaluations were running or waiting to be used, the env's task draws and repeat masks): a resumed
+search asks again for the evaluations that were running when it was killed (the store answers those that finished
+meanwhile) and decides on from where it was, so that ``ordered`` reproduces a search across a resume too. A
+screening evaluator's promotion ranking is not part of it: a resumed screened search ranks anew.
 
 With more than one evaluation in flight, which policy decides which sub-network depends on which evaluation comes
 back first, unless the episodes are taken in the order they were decided (``ordered``): reproducible from the seed,
@@ -59,6 +61,8 @@ from envs.compression_env import CompressionEnv, Finish
 SAMPLER_KEY = "sampler"
 """``env_config`` key of the sampler's settings (``in_flight``, ``episodes``): the env ignores it, and it travels
 with the config through Tune and checkpoints"""
+SAMPLER_STATE = "rcnas_sampler"
+"""the algorithm state's key (and checkpoint component name) of the sampler's state"""
 WINDOW = 100
 """episodes averaged in the per-episode means, as RLlib's env runners do"""
 
@@ -127,6 +131,36 @@ class EpisodeSampler:
     def running(self) -> int:
         return len(self._pending)
 
+    def state(self) -> dict[str, Any]:
+        """Everything the episodes to come depend on besides the policy, as plain data (it goes into the algorithm's
+        checkpoint): the random state, the episodes still waiting for their evaluations or to be used, the env's."""
+        return {
+            "seed": self._seed, "generator": self._gen.get_state().numpy(), "started": self._started,
+            "version": self.version, "env": self.env.sampling_state(),
+            "pending": [{"episode": o.episode.get_state(), "task_index": o.finish.index,
+                         "actions": list(o.finish.actions), "info": dict(o.finish.info), "last_obs": o.last_obs,
+                         "action": o.action, "outputs": o.outputs, "version": o.version, "index": o.index}
+                        for o in sorted(self._pending.values(), key=lambda o: o.index)],
+            "done": [{"episode": s.episode.get_state(), "lag": s.lag} for s in self._done],
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state` (a fresh sampler of the same env and seed): the evaluations that were running
+        are asked for again, in the order they were decided."""
+        if self._started or self._pending or self._done:
+            raise RuntimeError("restore() into a sampler that has already sampled")
+        if state["seed"] != self._seed:
+            raise ValueError(f"a sampler state of seed {state['seed']} restored into one of seed {self._seed}")
+        self._gen.set_state(torch.as_tensor(np.asarray(state["generator"], dtype=np.uint8)))
+        self._started, self.version = int(state["started"]), int(state["version"])
+        self.env.restore_sampling_state(state["env"])
+        self._done.extend(Sampled(SingleAgentEpisode.from_state(d["episode"]), int(d["lag"])) for d in state["done"])
+        for p in state["pending"]:
+            index, actions = int(p["task_index"]), tuple(int(a) for a in p["actions"])
+            finish = Finish(index, self.env.tasks[index], actions, self.env.spaces[index].arch(actions), p["info"])
+            self._submit(_Open(SingleAgentEpisode.from_state(p["episode"]), finish, p["last_obs"], int(p["action"]),
+                               p["outputs"], int(p["version"]), int(p["index"])))
+
     def collect(self, module: Any, n: int, needed: Optional[int] = None) -> list[Sampled]:
         """``n`` complete episodes: the oldest that came back, sampling new ones from ``module`` (RLlib's RLModule:
         ``forward_exploration`` gives the masked logits) to keep ``in_flight`` evaluations running meanwhile, but
@@ -174,8 +208,12 @@ class EpisodeSampler:
                 break
             episode.add_env_step(nxt, action, 0.0, infos=info, extra_model_outputs=outputs)
             obs = nxt
-        opened = _Open(episode, finish, nxt, action, outputs, self.version, self._started)
-        evaluate = env.evaluator.evaluate
+        self._submit(_Open(episode, finish, nxt, action, outputs, self.version, self._started))
+        self._started += 1
+
+    def _submit(self, opened: _Open) -> None:
+        """Start ``opened``'s evaluation (in this thread when one at a time)."""
+        evaluate, finish = self.env.evaluator.evaluate, opened.finish
         if self.in_flight == 1:
             future: Future = Future()
             try:
@@ -185,7 +223,6 @@ class EpisodeSampler:
         else:
             future = _in_thread(lambda: evaluate(finish.task, finish.arch))
         self._pending[future] = opened
-        self._started += 1
 
     def _decided(self, future: Future) -> int:
         return self._pending[future].index
@@ -216,6 +253,21 @@ class AsyncSearchPPO(PPO):
     algorithm's own local runner holds the policy that samples)."""
 
     _sampler: Optional[EpisodeSampler] = None
+    _sampler_from_checkpoint: Optional[dict[str, Any]] = None
+    """a checkpoint's sampler state, applied when the sampler is built (at the first step after the restore)"""
+
+    def get_state(self, components: Any = None, *, not_components: Any = None, **kwargs: Any) -> dict[str, Any]:
+        state = super().get_state(components, not_components=not_components, **kwargs)
+        if self._check_component(SAMPLER_STATE, components, not_components):
+            sampler_state = self._sampler.state() if self._sampler is not None else self._sampler_from_checkpoint
+            if sampler_state is not None:
+                state[SAMPLER_STATE] = sampler_state
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        if SAMPLER_STATE in state:
+            self._sampler, self._sampler_from_checkpoint = None, state[SAMPLER_STATE]
 
     def _episode_sampler(self) -> EpisodeSampler:
         if self._sampler is None:
@@ -230,6 +282,9 @@ class AsyncSearchPPO(PPO):
             self._sampler = EpisodeSampler(env, int(in_flight), seed=int(self.config.seed or 0),
                                            ordered=bool(settings.get("ordered")),
                                            refresh=settings.get("lagged") == "refresh")
+            if self._sampler_from_checkpoint is not None:
+                self._sampler.restore(self._sampler_from_checkpoint)
+                self._sampler_from_checkpoint = None
         return self._sampler
 
     def training_step(self) -> None:

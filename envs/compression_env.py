@@ -84,6 +84,25 @@ class CompressionEnv(gym.Env):
         self._index, self._actions = 0, ()
         self._repeats = [RepeatMask(s) for s in self.spaces]
 
+    def sampling_state(self) -> dict[str, Any]:
+        """What the episodes still to come depend on besides the policy: the random state that draws each episode's
+        task, and the sub-networks each task's repeat mask already hides (a resumed search decides on from here)."""
+        return {"rng": self.np_random.bit_generator.state if self._np_random is not None else None,
+                "finished": [sorted(m.finished_actions()) for m in self._repeats]}
+
+    def restore_sampling_state(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`sampling_state` of an env of the same tasks."""
+        finished = state["finished"]
+        if len(finished) != len(self._repeats):
+            raise ValueError(f"a sampling state of {len(finished)} tasks for an env of {len(self._repeats)}")
+        if state["rng"] is not None:
+            rng = np.random.Generator(getattr(np.random, state["rng"]["bit_generator"])())
+            rng.bit_generator.state = state["rng"]
+            self.np_random = rng
+        for mask, done in zip(self._repeats, finished):
+            for actions in done:
+                mask.finished(tuple(int(a) for a in actions))
+
     @property
     def task(self) -> Task:
         return self.tasks[self._index]
@@ -190,6 +209,9 @@ class RepeatMask:
             for actions in self.space.completions():
                 _count_prefixes(self._total, actions)
         return self._total.get(prefix, 0)
+
+    def finished_actions(self) -> set[tuple[int, ...]]:
+        return set(self._finished)
 
     def exhausted(self, prefix: tuple[int, ...]) -> bool:
         return self._done.get(prefix, 0) >= self.total(prefix)

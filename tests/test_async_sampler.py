@@ -199,3 +199,84 @@ def test_refresh_takes_a_lagged_episodes_probabilities_from_the_current_policy()
                 Columns.ACTION_DIST_INPUTS]
         want = torch.log_softmax(logits, -1).gather(1, torch.as_tensor(ep.get_actions(slice(0, len(ep))))[:, None])
         assert np.allclose(ep.get_extra_model_outputs(Columns.ACTION_LOGP), want[:, 0].numpy(), atol=1e-5)
+
+
+def _ordered_rounds(sampler, module, rounds):
+    got = []
+    for _ in range(rounds):
+        got += sampler.collect(module, 2)
+        sampler.version += 1
+    return [(list(s.episode.get_actions()), s.episode.get_infos(-1)["task"], s.lag) for s in got]
+
+
+def test_a_search_resumed_from_the_sampler_state_decides_what_it_would_have_decided():
+    """Ordered, three in flight, two tasks (the env's task draws and repeat masks matter): a search stopped after
+    two updates, its state pickled as a checkpoint pickles it and restored into a fresh env and sampler, decides the
+    same sub-networks with the same lags as one never stopped; the evaluations running at the stop are asked again."""
+    import pickle
+
+    tasks = [TASK, str(ROOT / "configs/tasks/digits-fgsm-e20-t444-r50.yaml")]
+
+    def fresh(evaluator):
+        env = CompressionEnv(tasks=tasks, evaluator=evaluator, avoid_repeats=True)
+        return EpisodeSampler(env, in_flight=3, seed=5, ordered=True), module_for(env)
+
+    straight, module = fresh(Gated(hold_s=0.01))
+    whole = _ordered_rounds(straight, module, 5)
+    first, module = fresh(Gated(hold_s=0.01))
+    head = _ordered_rounds(first, module, 2)
+    state = pickle.loads(pickle.dumps(first.state()))
+    assert len(state["pending"]) == first.running > 0
+    again = Gated(hold_s=0.01)
+    resumed, module = fresh(again)
+    resumed.restore(state)
+    assert resumed.running == first.running
+    tail = _ordered_rounds(resumed, module, 3)
+    assert head + tail == whole
+    with pytest.raises(RuntimeError, match="already sampled"):
+        resumed.restore(state)
+    wrong, _ = fresh(FakeEvaluator())
+    wrong._seed = 6
+    with pytest.raises(ValueError, match="seed 5"):
+        wrong.restore(state)
+
+
+@pytest.mark.ray
+def test_the_algorithm_checkpoint_carries_the_sampler_state(ray_local, tmp_path):
+    """AsyncSearchPPO answered from the digits table: after an update its checkpoint holds the sampler's state, and
+    an algorithm restored from it continues the same search (the same next sub-networks as the one that went on)."""
+    from agents.async_ppo import SAMPLER_STATE
+    from agents.config import load_experiment, with_changes
+    from agents.quality_runs import TableRuns
+    from rcnas.search.table import open_table
+    from rcnas.task import load_task
+
+    exp, metas, _ = load_experiment(ROOT / "configs/experiments/digits.yaml")
+    exp = with_changes(exp, "test", in_flight=3)
+    table = open_table(str(ROOT / "bench/tables/digits-e20-t444.csv.gz"), load_task(metas[0]))
+    algos = []
+    try:
+        for client in ("a", "b"):
+            algos.append(TableRuns(table, (4, 4)).config(exp, metas, client).build_algo())
+        going, restored = algos
+        going.train()
+        path = going.save_to_path(str(tmp_path / "ckpt"))
+        assert SAMPLER_STATE in going.get_state()
+        restored.restore_from_path(path)
+        learned: list[list] = [[], []]
+        for a, seen in zip(algos, learned):
+            update = a.learner_group.update
+
+            def spy(*args, update=update, seen=seen, **kwargs):
+                seen += [(s.get_infos(-1)["arch_key"], tuple(s.get_extra_model_outputs(Columns.ACTION_LOGP)))
+                         for s in kwargs["episodes"]]
+                return update(*args, **kwargs)
+
+            a.learner_group.update = spy
+            a.train()
+        # the same episodes learned from, in the same order, sampled with the same probabilities
+        assert learned[0] == learned[1] and len(learned[0]) == exp.M
+        assert going._sampler._started == restored._sampler._started
+    finally:
+        for a in algos:
+            a.stop()
