@@ -277,7 +277,7 @@ class AsyncSearchPPO(PPO):
             # one per worker, and M more queued at the service: a worker that finishes while the policy updates
             # finds the next sub-network waiting (measured: 85% -> 93% of 8 simulated workers busy, regret per
             # evaluation within noise of one per worker; BENCHMARKS.md)
-            workers = _parallelism(env.evaluator)
+            workers = parallelism(env.evaluator)
             in_flight = settings.get("in_flight") or (workers + int(settings.get("episodes") or 0) if workers else 1)
             self._sampler = EpisodeSampler(env, int(in_flight), seed=int(self.config.seed or 0),
                                            ordered=bool(settings.get("ordered")),
@@ -350,7 +350,7 @@ def episodes_per_update(m: int, in_flight: int, policy_lag: Optional[int]) -> in
     return max(m, -(-in_flight // policy_lag))
 
 
-def _parallelism(evaluator: Any) -> int:
+def parallelism(evaluator: Any) -> int:
     """How many evaluations the evaluator runs side by side: the service's workers; 0 for one that says nothing
     (an evaluator in this process, a table: one at a time, in this thread)."""
     stats = getattr(evaluator, "stats", None)

@@ -149,7 +149,7 @@ class HandoverSettings(StrictModel):
     (a hybrid that hands over late): measured on the tabular benchmark, the fine-tuned policy stops improving once
     it has found its region (on budgets looser than its meta tasks' its regret went only from 0.061 to 0.052 between
     N = 50 and 100, while PPO from scratch reached 0.022); handing over to evolution after 25 evaluations reached
-    0.022 too. Evolution asks for one sub-network at a time."""
+    0.022 too. Evolution breeds as many children per round as the service has workers, evaluated side by side."""
 
     to: Literal["evolution"] = "evolution"
     """the local search: regularized evolution whose first population is the agent's best sub-networks"""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from agents.async_ppo import parallelism
 from agents.config import ExperimentConfig
 from agents.manifest import verify_from
 from agents.ppo import build_ppo_config
@@ -232,7 +233,8 @@ def _search(run: _Run) -> Phases:
     if opts.searcher in SEARCHERS:
         # 2'. a baseline searcher on the same service, store and budget wall
         log(f"searcher {opts.searcher}: {opts.n} evaluations on {task.name}")
-        run_searcher(opts.searcher, task, RayEvaluator(run.service, client=opts.searcher), opts.n, exp.seed)
+        ev = RayEvaluator(run.service, client=opts.searcher)
+        run_searcher(opts.searcher, task, ev, opts.n, exp.seed, parallel=parallelism(ev))
         return Phases()
     # 2. meta-training across the task set (skipped by the downstream run, which starts from a checkpoint, and by
     # the PPO-from-scratch baseline)
@@ -263,7 +265,7 @@ def _search(run: _Run) -> Phases:
 def _handover(run: _Run, agent_client: str) -> None:
     """3'. The local search of ``exp.handover``, seeded with the sub-networks the agent evaluated on the target task
     (from the store's request log: a resumed run hands over the same ones, and its repeats are lookups). It asks for
-    one sub-network at a time: with many workers, the others wait meanwhile."""
+    as many sub-networks at once as the service has workers (evolution breeds that many children per round)."""
     exp, task = run.exp, run.task
     ev = RayEvaluator(run.service, client=f"{run.opts.searcher}-handover")
     # the fine-tuning client's requests for this task (a run re-started in the same folder adds its own to an
@@ -271,4 +273,5 @@ def _handover(run: _Run, agent_client: str) -> None:
     found = in_space(task.space, [r.arch for r in distinct(ev.requests(agent_client), task.name)])
     run.log(f"handing over to {exp.handover.to}: {exp.handover.evaluations} more evaluations on {task.name}, "
             f"starting from the best of the agent's {len(found)}")
-    run_searcher(exp.handover.to, task, ev, len(found) + exp.handover.evaluations, exp.seed, start=found)
+    run_searcher(exp.handover.to, task, ev, len(found) + exp.handover.evaluations, exp.seed, start=found,
+                 parallel=parallelism(ev))

@@ -33,10 +33,14 @@ class Step:
 
 
 class Budgeted:
-    """Evaluates sub-networks for a searcher, counting distinct ones against the budget ``n``."""
+    """Evaluates sub-networks for a searcher, counting distinct ones against the budget ``n``. ``parallel``: how many
+    evaluations a searcher should ask for at once (:meth:`many`: the evaluation service's workers, which would
+    otherwise wait while one sub-network at a time is evaluated)."""
 
-    def __init__(self, task: Task, space: CompressionSpace, evaluator: Evaluator, n: int) -> None:
-        self.task, self.space, self.evaluator, self.n = task, space, evaluator, n
+    def __init__(self, task: Task, space: CompressionSpace, evaluator: Evaluator, n: int, parallel: int = 1) -> None:
+        if parallel < 1:
+            raise ValueError(f"parallel must be at least 1, got {parallel}")
+        self.task, self.space, self.evaluator, self.n, self.parallel = task, space, evaluator, n, parallel
         self.teacher = evaluator.teacher_stats(task)
         self.trajectory: list[Step] = []
         self._seen: dict[ArchSpec, Step] = {}
@@ -54,6 +58,27 @@ class Budgeted:
         self._seen[arch] = step
         self.trajectory.append(step)
         return reward
+
+    @property
+    def left(self) -> int:
+        return self.n - len(self.trajectory)
+
+    def many(self, archs: Sequence[ArchSpec]) -> list[float]:
+        """The rewards of ``archs``, the new ones evaluated side by side (at most :attr:`left` of them; the rest
+        must be repeats) and added to the trajectory in the order given, whichever finishes first."""
+        new = list(dict.fromkeys(a for a in archs if a not in self._seen))
+        if len(new) > self.left:
+            raise ValueError(f"{len(new)} new sub-networks asked for with {self.left} evaluations left")
+        if len(new) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(len(new)) as pool:
+                results = list(pool.map(lambda a: self.evaluator.evaluate(self.task, a), new))
+            for arch, m in zip(new, results):
+                reward = task_reward(self.task, m.metrics, self.teacher)
+                self._seen[arch] = Step(arch, reward, m.metrics.robust_acc, m.metrics.macs, m.cached)
+                self.trajectory.append(self._seen[arch])
+        return [self(a) for a in archs]
 
 
 Searcher = Callable[[Budgeted, np.random.Generator], None]
@@ -73,11 +98,18 @@ def searcher_names() -> list[str]:
 
 @SEARCHERS.register("random")
 def random_search(ev: Budgeted, rng: np.random.Generator) -> None:
-    """Uniformly random valid actions per stage, until ``n`` distinct sub-networks are evaluated."""
+    """Uniformly random valid actions per stage, until ``n`` distinct sub-networks are evaluated (``ev.parallel`` at
+    a time)."""
     for _ in range(100 * ev.n):
         if ev.done:
             return
-        ev(ev.space.arch(ev.space.sample(rng)))
+        ev.many(_new(ev, lambda: ev.space.sample(rng)))
+
+
+def _new(ev: Budgeted, draw: Callable[[], tuple[int, ...]]) -> list[ArchSpec]:
+    """Sub-networks from ``draw()`` for one round: ``ev.parallel`` draws, fewer when fewer evaluations are left
+    (a draw may repeat one already evaluated: it costs nothing)."""
+    return [ev.space.arch(draw()) for _ in range(min(ev.parallel, ev.left))]
 
 
 def mutate(space: CompressionSpace, actions: tuple[int, ...], rng: np.random.Generator) -> tuple[int, ...]:
@@ -101,20 +133,26 @@ def mutate(space: CompressionSpace, actions: tuple[int, ...], rng: np.random.Gen
 def regularized_evolution(ev: Budgeted, rng: np.random.Generator, population: int = 10, sample: int = 3) -> None:
     """Regularized evolution (Real et al., AAAI 2019): tournament selection, one-stage mutation, oldest dies.
     Sub-networks ``ev`` already holds (another searcher's, handed over) seed the population: the best
-    ``population`` of them instead of random ones, the worst taking the place of the oldest (it dies first)."""
+    ``population`` of them instead of random ones, the worst taking the place of the oldest (it dies first).
+    With ``ev.parallel`` k > 1, each round breeds k children from the same population and evaluates them side by side
+    (asynchronous evolution's batch form); k = 1 is the sequential algorithm."""
     seeded = sorted(ev.trajectory, key=lambda s: s.reward)[-population:]
     pop: list[tuple[tuple[int, ...], float]] = [(ev.space.actions_of(s.arch), s.reward) for s in seeded]
     while len(pop) < population and not ev.done:
-        a = ev.space.sample(rng)
-        pop.append((a, ev(ev.space.arch(a))))
+        first = [ev.space.sample(rng) for _ in range(min(ev.parallel, ev.left, population - len(pop)))]
+        pop += zip(first, ev.many([ev.space.arch(a) for a in first]))
     for _ in range(100 * ev.n):
         if ev.done:
             return
-        contenders = [pop[i] for i in rng.choice(len(pop), size=min(sample, len(pop)), replace=False)]
-        parent = max(contenders, key=lambda p: p[1])[0]
-        child = mutate(ev.space, parent, rng)
-        pop.append((child, ev(ev.space.arch(child))))
-        pop.pop(0)
+
+        def child() -> tuple[int, ...]:
+            contenders = [pop[i] for i in rng.choice(len(pop), size=min(sample, len(pop)), replace=False)]
+            return mutate(ev.space, max(contenders, key=lambda p: p[1])[0], rng)
+
+        children = [child() for _ in range(min(ev.parallel, ev.left))]
+        for c, reward in zip(children, ev.many([ev.space.arch(c) for c in children])):
+            pop.append((c, reward))
+            pop.pop(0)
 
 
 @SEARCHERS.register("compound")
@@ -173,11 +211,12 @@ def in_space(space: CompressionSpace, archs: Sequence[ArchSpec]) -> list[ArchSpe
 
 
 def run_searcher(name: str, task: Task, evaluator: Evaluator, n: int, seed: int = 0,
-                 start: Sequence[ArchSpec] = ()) -> list[Step]:
+                 start: Sequence[ArchSpec] = (), parallel: int = 1) -> list[Step]:
     """Run searcher ``name`` for at most ``n`` distinct evaluations; returns its trajectory. ``start``: sub-networks
     another searcher already evaluated (a handover): those in the task's space are asked for first (the store answers
-    them), counted in ``n``, and, for evolution, its first population."""
-    ev = Budgeted(task, task.space, evaluator, n)
+    them), counted in ``n``, and, for evolution, its first population. ``parallel``: evaluations asked for at once by
+    the searchers that can (random search, evolution; the rules evaluate one or a few sub-networks)."""
+    ev = Budgeted(task, task.space, evaluator, n, parallel)
     for arch in in_space(task.space, start):
         if not ev.done:
             ev(arch)
