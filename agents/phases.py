@@ -245,7 +245,8 @@ def _search(run: _Run) -> Phases:
     elif opts.searcher == "rl":
         log(f"meta-training on {len(run.metas)} tasks, {exp.meta_iterations} iterations of M={exp.M}")
         meta_ckpt = run.stage("meta", build_ppo_config(exp, run.metas, run.service, grid=run.grid,
-                                                       client="rl-meta"), exp.meta_iterations)
+                                                       client="rl-meta", screen=exp.screening.meta),
+                               exp.meta_iterations)
         log(f"meta checkpoint: {meta_ckpt}")
         experiments["meta"] = _stage_folder(run.storage, "meta", run.out / "tune")
         _keep(run.out, opts, log)

@@ -10,6 +10,7 @@ step or an attack) through the task's teacher, which bounds every sub-network.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -113,12 +114,16 @@ def run_size(exp: ExperimentConfig, tasks: Sequence[Task], *, target: Optional[T
     if searcher == "rl" or searcher == "ppo-scratch":
         if meta:
             meta_evals = exp.meta_iterations * exp.M
-            evals += meta_evals
-            parts.append(f"meta-training {_n(exp.meta_iterations, 'iteration')} x M={exp.M} = {meta_evals:,} over "
-                         f"{_n(len(metas), 'task')}")
+            promoted = _promoted(exp, meta_evals, prior=False) if exp.screening.meta else meta_evals
+            evals += promoted
+            parts.append(f"meta-training {_n(exp.meta_iterations, 'iteration')} x M={exp.M} = {meta_evals:,}"
+                         f"{' proposals' if promoted != meta_evals else ''} over {_n(len(metas), 'task')}"
+                         + _screened_note(exp, meta_evals, promoted))
         ft_evals = exp.finetune_iterations * exp.M
-        evals += ft_evals
-        parts.append(f"fine-tuning {_n(exp.finetune_iterations, 'iteration')} x M={exp.M} = {ft_evals:,}")
+        promoted = _promoted(exp, ft_evals, prior=meta)
+        evals += promoted
+        parts.append(f"fine-tuning {_n(exp.finetune_iterations, 'iteration')} x M={exp.M} = {ft_evals:,}"
+                     f"{' proposals' if promoted != ft_evals else ''}" + _screened_note(exp, ft_evals, promoted))
         if exp.handover.evaluations:
             evals += exp.handover.evaluations
             parts.append(f"hand-over to {exp.handover.to}: {exp.handover.evaluations:,}")
@@ -198,3 +203,21 @@ def run_size(exp: ExperimentConfig, tasks: Sequence[Task], *, target: Optional[T
               if on_gpu else "")
            + ")")
     return (f"run size: about {evals:,} evaluations ({'; '.join(parts)}; {each}), {trainings}; {proc_text}; {mem}")
+
+
+def _promoted(exp: ExperimentConfig, proposals: int, prior: bool) -> int:
+    """About how many of ``proposals`` reach the proxy under ``exp.screening`` (all of them without): the ``keep``
+    share, after the first ``min_points`` a surrogate with no stored evaluations to start from (``prior``) promotes
+    while it learns."""
+    sc = exp.screening
+    if sc.by == "none":
+        return proposals
+    first = min(sc.min_points, proposals) if sc.by == "surrogate" and not prior else 0
+    return first + math.ceil(sc.keep * (proposals - first))
+
+
+def _screened_note(exp: ExperimentConfig, proposals: int, promoted: int) -> str:
+    if promoted == proposals:
+        return ""
+    what = "surrogate" if exp.screening.by == "surrogate" else "low fidelity, each one evaluated cheaply"
+    return f", screened ({what}): about {promoted:,} to the proxy"

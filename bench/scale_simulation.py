@@ -245,7 +245,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     exp, metas, _ = load_experiment(args.experiment)
-    exp = with_changes(exp, "--lagged", lagged=args.lagged)
+    # the agent's sampling is what is measured: no screening (its proposals would not reach the workers) and no
+    # hand-over, whatever the experiment ships with
+    exp = with_changes(exp, "--lagged", lagged=args.lagged, screening={"by": "none"}, handover={"evaluations": 0})
     held_out = [str(Path(task_path(t)).resolve()) for t in args.held_out.split(",")]
     metas = [str(Path(m).resolve()) for m in metas]
     every = [load_task(t) for t in [*metas, *held_out]]

@@ -220,7 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     table_list = open_tables(table_files, [*tasks, *meta_tasks])
     # one process: the env lives in the search's own process (env_runners 0), so the table evaluator handed to it is
     # the one whose requests are read (agents/quality_runs.py)
-    exp = with_changes(exp, "--meta-iterations", meta_iterations=args.meta_iterations, env_runners=0)
+    # the plain agent: a searcher's name says what screens it and what it hands over to (the experiment's own
+    # screening and hand-over would change every PPO searcher alike)
+    exp = with_changes(exp, "--meta-iterations", meta_iterations=args.meta_iterations, env_runners=0,
+                       screening={"by": "none"}, handover={"evaluations": 0})
     budgets = sorted(int(x) for x in args.n.split(","))
     searchers = args.searchers.split(",")
     out = Path(args.out).resolve()

@@ -238,6 +238,10 @@ class ScreeningConfig(StrictModel):
     """the low fidelity: settings of each task's ``proxy:`` block replaced for screening"""
     min_points: Int = Field(20, ge=1, le=MAX_EXAMPLES)
     """surrogate: evaluations it needs (the store's, and this search's) before it screens anything"""
+    meta: bool = True
+    """screen meta-training's proposals too (the search's cost: most of its evaluations are meta-training's); off,
+    meta-training gives every proposal the proxy and only fine-tuning screens (the agent the held-out benchmark
+    measured: meta-trained on proxy answers, screened on the target task)"""
     warm: Int = Field(200, ge=0, le=MAX_EXAMPLES)
     """surrogate: random sub-networks of the task's space whose predicted rewards the first proposals are ranked
     against, as if proposed before them (without them the first proposal, and every early new best, would be

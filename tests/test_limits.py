@@ -208,3 +208,19 @@ def test_run_size_starts_nothing():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     lines = out.stdout.splitlines()
     assert len(lines) == 2 and lines[0].startswith("run size: ") and lines[1] == "False False", out.stdout
+
+
+def test_run_size_counts_what_screening_promotes():
+    """cifar10 screens with a surrogate, one proposal in ten promoted: meta-training's first 20 proposals reach the
+    proxy while the surrogate learns, fine-tuning's surrogate starts from the meta tasks' evaluations; with
+    ``meta: false`` meta-training evaluates every proposal."""
+    from agents.size import run_size
+
+    exp, tasks = _tasks(ROOT / "configs/experiments/cifar10.yaml")
+    screened = exp.model_copy(update={"handover": exp.handover.model_copy(update={"evaluations": 0})})
+    line = run_size(screened, tasks, auto_workers=8)
+    assert "= 1,000 proposals over 6 tasks, screened (surrogate): about 118 to the proxy" in line, line
+    assert "= 200 proposals, screened (surrogate): about 20 to the proxy" in line and "about 138 evaluations" in line
+    meta_plain = screened.model_copy(update={"screening": exp.screening.model_copy(update={"meta": False})})
+    line = run_size(meta_plain, tasks, auto_workers=8)
+    assert "= 1,000 over 6 tasks;" in line and "about 1,020 evaluations" in line, line
