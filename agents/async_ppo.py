@@ -13,7 +13,8 @@ reported as ``rcnas/policy_lag``). The sampler's state is part of the algorithm'
 the episodes whose evaluations were running or waiting to be used, the env's task draws and repeat masks): a resumed
 search asks again for the evaluations that were running when it was killed (the store answers those that finished
 meanwhile) and decides on from where it was, so that ``ordered`` reproduces a search across a resume too. A
-screening evaluator's promotion ranking is not part of it: a resumed screened search ranks anew.
+screening surrogate's state is not part of it: a resumed screened search's surrogate learns again from the store (an
+episode promoted before the checkpoint stays promoted).
 
 With more than one evaluation in flight, which policy decides which sub-network depends on which evaluation comes
 back first, unless the episodes are taken in the order they were decided (``ordered``): reproducible from the seed,
@@ -79,6 +80,8 @@ class _Open:
     version: int
     index: int
     """the order it was decided in"""
+    promoted: bool = False
+    """screened in this thread and promoted: its proxy result is learnt from when it is completed"""
 
 
 @dataclass
@@ -139,7 +142,8 @@ class EpisodeSampler:
             "version": self.version, "env": self.env.sampling_state(),
             "pending": [{"episode": o.episode.get_state(), "task_index": o.finish.index,
                          "actions": list(o.finish.actions), "info": dict(o.finish.info), "last_obs": o.last_obs,
-                         "action": o.action, "outputs": o.outputs, "version": o.version, "index": o.index}
+                         "action": o.action, "outputs": o.outputs, "version": o.version, "index": o.index,
+                         "promoted": o.promoted}
                         for o in sorted(self._pending.values(), key=lambda o: o.index)],
             "done": [{"episode": s.episode.get_state(), "lag": s.lag} for s in self._done],
         }
@@ -159,7 +163,7 @@ class EpisodeSampler:
             index, actions = int(p["task_index"]), tuple(int(a) for a in p["actions"])
             finish = Finish(index, self.env.tasks[index], actions, self.env.spaces[index].arch(actions), p["info"])
             self._submit(_Open(SingleAgentEpisode.from_state(p["episode"]), finish, p["last_obs"], int(p["action"]),
-                               p["outputs"], int(p["version"]), int(p["index"])))
+                               p["outputs"], int(p["version"]), int(p["index"]), bool(p.get("promoted"))))
 
     def collect(self, module: Any, n: int, needed: Optional[int] = None) -> list[Sampled]:
         """``n`` complete episodes: the oldest that came back, sampling new ones from ``module`` (RLlib's RLModule:
@@ -212,10 +216,24 @@ class EpisodeSampler:
         self._started += 1
 
     def _submit(self, opened: _Open) -> None:
-        """Start ``opened``'s evaluation (in this thread when one at a time)."""
-        evaluate, finish = self.env.evaluator.evaluate, opened.finish
+        """Start ``opened``'s evaluation (in this thread when one at a time). A screening evaluator that screens in
+        this process (a surrogate) screens here, in the order decided, and learns from a promoted proposal's result
+        when its episode is completed: which proposals are promoted never depends on which evaluation finished
+        first, so that ``ordered`` reproduces a screened search too."""
+        ev, finish = self.env.evaluator, opened.finish
+        evaluate = ev.evaluate
+        if getattr(ev, "screens_in_process", False):
+            if not opened.promoted:  # (a restored episode was promoted before the checkpoint)
+                early = ev.screen(finish.task, finish.arch)
+                if early is not None:  # screened out (or a repeat): its answer is already here
+                    future: Future = Future()
+                    future.set_result(early)
+                    self._pending[future] = opened
+                    return
+                opened.promoted = True
+            evaluate = ev.inner.evaluate
         if self.in_flight == 1:
-            future: Future = Future()
+            future = Future()
             try:
                 future.set_result(evaluate(finish.task, finish.arch))
             except Exception as exc:  # noqa: BLE001 - raised by _complete, like the threaded path
@@ -229,7 +247,10 @@ class EpisodeSampler:
 
     def _complete(self, future: Future) -> None:
         opened = self._pending.pop(future)
-        reward, terminated, truncated, info = self.env.outcome(opened.finish, future.result())
+        result = future.result()
+        if opened.promoted and getattr(self.env.evaluator, "screens_in_process", False):
+            self.env.evaluator.learn(opened.finish.task, opened.finish.arch, result)
+        reward, terminated, truncated, info = self.env.outcome(opened.finish, result)
         opened.episode.add_env_step(opened.last_obs, opened.action, reward, infos=info, terminated=terminated,
                                     truncated=truncated, extra_model_outputs=opened.outputs)
         self._done.append(Sampled(opened.episode.to_numpy(), self.version - opened.version))

@@ -8,6 +8,7 @@ Read it like a training loop: each numbered phase is one call.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,10 +31,11 @@ from rcnas.infra.files import inside, write_atomic
 from rcnas.infra.log import say
 from rcnas.infra.provenance import content_key, environment
 from rcnas.search.quality import distinct
+from rcnas.search.screening import ScreeningEvaluator
 from rcnas.search.searchers import SEARCHERS, in_space, run_searcher
 from rcnas.space.arch import ArchSpec
 from rcnas.space.baselines import slimming_prune
-from rcnas.task import Task, shared_grid
+from rcnas.task import Task, load_task, shared_grid
 
 
 @dataclass(frozen=True)
@@ -267,12 +269,23 @@ def _handover(run: _Run, agent_client: str) -> None:
     """3'. The local search of ``exp.handover``, seeded with the sub-networks the agent evaluated on the target task
     (from the store's request log: a resumed run hands over the same ones, and its repeats are lookups). It asks for
     as many sub-networks at once as the service has workers (evolution breeds that many children per round)."""
-    exp, task = run.exp, run.task
+    exp, task, sc = run.exp, run.task, run.exp.screening
     ev = RayEvaluator(run.service, client=f"{run.opts.searcher}-handover")
     # the fine-tuning client's requests for this task (a run re-started in the same folder adds its own to an
     # earlier run's); run_searcher keeps those within this task's budget
-    found = in_space(task.space, [r.arch for r in distinct(ev.requests(agent_client), task.name)])
-    run.log(f"handing over to {exp.handover.to}: {exp.handover.evaluations} more evaluations on {task.name}, "
-            f"starting from the best of the agent's {len(found)}")
-    run_searcher(exp.handover.to, task, ev, len(found) + exp.handover.evaluations, exp.seed, start=found,
+    agent = distinct(ev.requests(agent_client), task.name)
+    found = in_space(task.space, [r.arch for r in agent])
+    searched: Any = ev
+    proposals = exp.handover.evaluations
+    if sc.by != "none" and sc.handover:
+        # the surrogate learns from the meta tasks' stored evaluations and the agent's on this task (not the store's
+        # whole record of this task: a resumed run's would hold the first hand-over's own, and it would screen
+        # otherwise); about one proposal in 1 / keep reaches the proxy, so the local search proposes that many more
+        screening = ScreeningEvaluator(ev, sc, prior=[load_task(m) for m in run.metas])
+        screening.learn_from(task, [(r.arch, r.metrics) for r in agent if r.arch in set(found)])
+        searched, proposals = screening, math.ceil(exp.handover.evaluations / sc.keep)
+    run.log(f"handing over to {exp.handover.to}: {exp.handover.evaluations} more evaluations on {task.name}"
+            + (f" (of {proposals} proposals screened by the {sc.by.replace('_', ' ')})" if searched is not ev else "")
+            + f", starting from the best of the agent's {len(found)}")
+    run_searcher(exp.handover.to, task, searched, len(found) + proposals, exp.seed, start=found,
                  parallel=parallelism(ev))

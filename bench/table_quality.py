@@ -113,15 +113,20 @@ SCREENED = {"surrogate": {"by": "surrogate"}, "screen": {"by": "low_fidelity"}}
 
 def split_name(s: str) -> tuple[str, dict[str, Any] | None]:
     """``rl+surrogate`` -> (``rl``, its screening settings), ``rl+surrogate@0.1`` with ``keep: 0.1``; ``rl`` ->
-    (``rl``, None)."""
+    (``rl``, None). A hybrid's screening covers the agent's part; ``+handover`` at the end, the hand-over's too
+    (``rl>evolution@10+surrogate@0.1+handover``)."""
     base, _, suffix = s.partition("+")
+    suffix, both = (suffix[: -len("+handover")], True) if suffix.endswith("+handover") else (suffix, False)
+    if both and ">" not in base:
+        raise ConfigError(f"--searchers: {s!r}: +handover screens a hand-over, and {base!r} hands over to nothing")
     kind, _, keep = suffix.partition("@")
     if suffix and kind not in SCREENED:
         raise ConfigError(f"--searchers: {s!r}: unknown suffix {kind!r}; known: {', '.join(SCREENED)}")
     if not suffix:
         return base, None
     try:
-        return base, {**SCREENED[kind], **({"keep": float(keep)} if keep else {})}
+        return base, {**SCREENED[kind], **({"keep": float(keep)} if keep else {}),
+                      **({"handover": True} if both else {})}
     except ValueError:
         raise ConfigError(f"--searchers: {s!r}: {keep!r} after @ is not a share to keep (e.g. 0.1)") from None
 
@@ -176,8 +181,16 @@ def one_search(s: str, task_file: str, seed: int, exp: Any, grid: tuple[int, int
         fine_tune(runs, with_changes(exp, s, **changes), task_file, client, min(k, n) if local else n,
                   meta["checkpoint"] if meta and PPO_VARIANTS[base][0] else None)
         if local:  # the agent's sub-networks seed the local search, which spends the rest of the n
-            done = [r.arch for r in distinct(runs.requests(client), task.name)]
-            run_searcher(local, task, runs.evaluator(client), n, seed, start=done)
+            found = distinct(runs.requests(client), task.name)
+            done = [r.arch for r in found]
+            ev = runs.evaluator(client)
+            budget = n
+            if screening and screening.get("handover"):  # screened as the product's hand-over is (agents/phases.py)
+                cfg = ScreeningConfig(**screening)
+                screened = ScreeningEvaluator(ev, cfg, prior=[load_task(m) for m in runs.stored])
+                screened.learn_from(task, [(r.arch, r.metrics) for r in found])  # the agent's evaluations
+                ev, budget = screened, len(done) + math.ceil(max(0, n - len(done)) / cfg.keep)
+            run_searcher(local, task, ev, budget, seed, start=done)
     else:
         ev: Any = runs.evaluator(client)
         proposals = n

@@ -242,6 +242,9 @@ class ScreeningConfig(StrictModel):
     """screen meta-training's proposals too (the search's cost: most of its evaluations are meta-training's); off,
     meta-training gives every proposal the proxy and only fine-tuning screens (the agent the held-out benchmark
     measured: meta-trained on proxy answers, screened on the target task)"""
+    handover: bool = False
+    """screen the hand-over's proposals too (``handover:`` of an experiment): its local search then spends its
+    evaluations on the proposals the surrogate ranks best, as fine-tuning does"""
     warm: Int = Field(200, ge=0, le=MAX_EXAMPLES)
     """surrogate: random sub-networks of the task's space whose predicted rewards the first proposals are ranked
     against, as if proposed before them (without them the first proposal, and every early new best, would be

@@ -157,3 +157,38 @@ def test_the_env_screens_when_its_config_says_so(tables):
             mask = obs["action_mask"]
             obs, reward, done, _, info = env.step(int(rng.choice(np.flatnonzero(mask))))
     assert {r.task_name for r in inner.requests} == {cw.name, cw.name + SCREEN_SUFFIX}
+
+
+class _Jittered(TableEvaluator):
+    """The table, each answer after a random little wait (another seed, another finishing order)."""
+
+    def __init__(self, table, jitter_seed: int, **kw) -> None:
+        import random
+        import threading
+
+        super().__init__(table, **kw)
+        self._rng, self._lock = random.Random(jitter_seed), threading.Lock()
+
+    def evaluate(self, task, arch, seed: int = 0):
+        import time
+
+        with self._lock:
+            wait = self._rng.uniform(0, 0.03)
+        time.sleep(wait)
+        return super().evaluate(task, arch, seed)
+
+
+def test_a_batched_screened_search_promotes_the_same_whichever_evaluation_finishes_first(tables):
+    """Evolution breeding 4 children a round through a surrogate: the children are screened one after the other and
+    the surrogate learns from the results in the order bred, so two runs whose evaluations finish in different
+    orders promote and find the same sub-networks."""
+    proxy, _ = tables
+    cw = task("digits-cw-e20-t444-r30")
+    runs = []
+    for jitter in (1, 2):
+        inner = _Jittered(read_table(proxy, cw), jitter)
+        ev = ScreeningEvaluator(inner, ScreeningConfig(by="surrogate", keep=0.3, min_points=4, warm=20))
+        steps = run_searcher("evolution", cw, ev, 40, seed=5, parallel=4)
+        runs.append(([(s.arch.key(), s.reward) for s in steps], sorted(r.arch_key for r in inner.requests)))
+        assert ev.promoted == len(inner.requests) and ev.screened_out > 0
+    assert runs[0] == runs[1]

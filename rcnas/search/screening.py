@@ -91,6 +91,24 @@ class ScreeningEvaluator:
         return self._teachers[task.name]
 
     def evaluate(self, task: Task, arch: ArchSpec, seed: int = 0) -> Evaluation:
+        early = self.screen(task, arch)
+        if early is not None:
+            return early
+        result = self.inner.evaluate(task, arch)
+        self.learn(task, arch, result)
+        return result
+
+    @property
+    def screens_in_process(self) -> bool:
+        """Whether :meth:`screen` is quick (a surrogate's prediction, not a low-fidelity evaluation): a caller that
+        evaluates several proposals at once then screens them one after the other in its own thread and learns from
+        their results in an order of its choosing, so that which proposals are promoted never depends on which
+        evaluation finished first (the async sampler, a batched local search)."""
+        return self.surrogate is not None
+
+    def screen(self, task: Task, arch: ArchSpec) -> Evaluation | None:
+        """The first half of :meth:`evaluate`: the answer when ``arch`` is screened out (or a repeat), None when it
+        is promoted; the caller then has it evaluated by ``self.inner`` and hands the result to :meth:`learn`."""
         seen = self._seen.get((task.name, arch.key()))
         if seen is not None:  # a repeat: the same answer, and it is not screened (or counted) twice
             return replace(seen, cached=True)
@@ -101,15 +119,27 @@ class ScreeningEvaluator:
             self.promoted += promote
             self.screened_out += not promote
         if promote:
-            result = self.inner.evaluate(task, arch)
-            if self.surrogate is not None and result.metrics.ok:
-                teacher = self.teacher_stats(task).robust_acc
-                with self._lock:
-                    self.surrogate.add([Point(task, arch, result.metrics.robust_acc / teacher)])
-        else:
-            result = cheap
+            return None
+        self._seen[(task.name, arch.key())] = cheap
+        return cheap
+
+    def learn_from(self, task: Task, found: Sequence[tuple[ArchSpec, ProxyMetrics]]) -> None:
+        """Proxy results of ``task`` the surrogate learns from besides the prior tasks' stored rows (a hand-over: the
+        agent's evaluations of the target task, and no others, so that a resumed hand-over screens as the first
+        one did)."""
+        if self.surrogate is None:
+            return
+        teacher = self.teacher_stats(task).robust_acc
+        with self._lock:
+            self.surrogate.add([Point(task, a, m.robust_acc / teacher) for a, m in found if m.ok and teacher > 0])
+
+    def learn(self, task: Task, arch: ArchSpec, result: Evaluation) -> None:
+        """The second half: a promoted proposal's proxy result, remembered and learnt from."""
+        if self.surrogate is not None and result.metrics.ok:
+            teacher = self.teacher_stats(task).robust_acc
+            with self._lock:
+                self.surrogate.add([Point(task, arch, result.metrics.robust_acc / teacher)])
         self._seen[(task.name, arch.key())] = result
-        return result
 
     def _promoter(self, task: Task) -> Promoter:
         """The task's promoter; a surrogate's starts from its predictions for ``warm`` random sub-networks of the

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -70,15 +71,29 @@ class Budgeted:
         if len(new) > self.left:
             raise ValueError(f"{len(new)} new sub-networks asked for with {self.left} evaluations left")
         if len(new) > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(len(new)) as pool:
-                results = list(pool.map(lambda a: self.evaluator.evaluate(self.task, a), new))
+            results = _side_by_side(self.task, self.evaluator, new)
             for arch, m in zip(new, results):
                 reward = task_reward(self.task, m.metrics, self.teacher)
                 self._seen[arch] = Step(arch, reward, m.metrics.robust_acc, m.metrics.macs, m.cached)
                 self.trajectory.append(self._seen[arch])
         return [self(a) for a in archs]
+
+
+def _side_by_side(task: Task, evaluator: Evaluator, archs: list[ArchSpec]) -> list[Any]:
+    """The evaluations of ``archs`` run at once. A screening evaluator that screens in this process screens them one
+    after the other first and learns from the results in the order given: which are promoted never depends on
+    which evaluation finished first."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    screening: Any = evaluator if getattr(evaluator, "screens_in_process", False) else None
+    early = [screening.screen(task, a) for a in archs] if screening else [None] * len(archs)
+    inner = screening.inner if screening else evaluator
+    todo = [a for a, e in zip(archs, early) if e is None]
+    with ThreadPoolExecutor(max(1, len(todo))) as pool:
+        done = dict(zip(todo, pool.map(lambda a: inner.evaluate(task, a), todo)))
+    for a in todo if screening else ():
+        screening.learn(task, a, done[a])
+    return [e if e is not None else done[a] for a, e in zip(archs, early)]
 
 
 Searcher = Callable[[Budgeted, np.random.Generator], None]
