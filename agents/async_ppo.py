@@ -290,6 +290,13 @@ class AsyncSearchPPO(PPO):
         if SAMPLER_STATE in state:
             self._sampler, self._sampler_from_checkpoint = None, state[SAMPLER_STATE]
 
+    def screening_counts(self) -> Optional[dict[str, int]]:
+        """Proposals promoted to the proxy and screened out so far by this search's screening (None without one)."""
+        ev = self._sampler.env.evaluator if self._sampler is not None else None
+        if ev is None or not hasattr(ev, "screened_out"):
+            return None
+        return {"promoted": int(ev.promoted), "screened_out": int(ev.screened_out)}
+
     def _episode_sampler(self) -> EpisodeSampler:
         if self._sampler is None:
             cfg = self.config.env_config

@@ -59,6 +59,9 @@ class SearchMetrics(RLlibCallback):
         stats = service.stats()
         result.setdefault("rcnas", {}).update({k: stats[k] for k in ("computed", "from_store", "deduplicated",
                                                                        "failed", "retried")})
+        counts = getattr(algorithm, "screening_counts", lambda: None)()
+        if counts is not None:  # screening: how many proposals never reached the proxy
+            result["rcnas"].update(counts)
 
 
 class SignExperiment(tune.Callback):

@@ -14,14 +14,14 @@ ENV_NAME = "rcnas-compression"
 
 
 def make_env(env_config: Mapping[str, Any]) -> CompressionEnv:
-    """``env_config``: ``tasks`` (YAML paths; one per episode is drawn), ``grid``, ``service`` (the evaluation
-    service's actor name, looked up in whichever process RLlib builds the env), ``client`` (the tag under which the
-    service logs this run's requests), ``avoid_repeats``. (Table-backed benchmarks give the env class its evaluator
-    directly: ``agents.quality_runs.TableRuns``.)"""
+    """``env_config``: ``service`` (the evaluation service's actor name, looked up in whichever process RLlib
+    builds the env), ``client`` (the tag under which the service logs this run's requests), and the env's own keys
+    (``tasks``: YAML paths, one per episode drawn; ``grid``, ``avoid_repeats``, ``screening``). (Table-backed
+    benchmarks give the env class its evaluator directly: ``agents.quality_runs.TableRuns``.)"""
     cfg = dict(env_config)
     evaluator = RayEvaluator(cfg["service"], client=cfg.get("client", ""))
-    return CompressionEnv(tasks=cfg["tasks"], grid=cfg.get("grid"), evaluator=evaluator,
-                          avoid_repeats=cfg.get("avoid_repeats", False))
+    # the env reads the rest of its settings (screening among them) from the config itself
+    return CompressionEnv({k: v for k, v in cfg.items() if k not in ("service", "client")}, evaluator=evaluator)
 
 
 def register() -> str:

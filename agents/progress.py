@@ -31,7 +31,8 @@ def progress_line(stage: str, iteration: int, total: int, rcnas: dict[str, Any],
                      f"at {human(rcnas['best_macs'])} MACs")
     if "computed" in rcnas:
         parts.append(f"evaluations {rcnas['computed']} computed, {rcnas['from_store']} from store, "
-                     f"{rcnas['failed']} failed")
+                     f"{rcnas['failed']} failed"
+                     + (f"; {rcnas['screened_out']} proposals screened out" if "screened_out" in rcnas else ""))
     eta = elapsed / done_here * (total - iteration) if done_here else 0.0
     parts.append(f"{_clock(elapsed)} elapsed, ETA {_clock(eta)}")
     return " | ".join(parts)

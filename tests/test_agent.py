@@ -127,6 +127,8 @@ def test_train_smoke_writes_every_output(tmp_path):
     assert list((run / "tune" / "finetune").rglob("progress.csv"))
     progress = next((run / "tune" / "finetune").rglob("progress.csv")).read_text()
     assert "rcnas/best_reward" in progress and "rcnas/computed" in progress
+    # smoke.yaml screens fine-tuning with a surrogate: the registered env wraps the service in the screening
+    assert "rcnas/screened_out" in progress and "rcnas/promoted" in progress
     results = json.loads((run / "final" / "results.json").read_text())
     assert {r["name"] for r in results} == {"rl-chosen", "uniform-shrink", "slimming-pruned", "teacher-tiny-222"}
     assert "rl-chosen" in proc.stdout
@@ -134,6 +136,7 @@ def test_train_smoke_writes_every_output(tmp_path):
     console = proc.stdout + proc.stderr
     assert "[meta] iteration 1/1 | best reward" in console and "[finetune] iteration 1/1 |" in console
     assert "handing over to evolution: 2 more evaluations" in console  # smoke.yaml's handover ran
+    assert "(of 4 proposals screened by the surrogate)" in console and "proposals screened out |" in console
     for noise in ("Configuration for experiment", "Trial status", "DeprecationWarning", "Install gputil",
                   "Traceback", "Token authentication is enabled", "Using blocking ray.get inside async actor"):
         assert noise not in console, noise
