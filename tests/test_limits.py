@@ -162,8 +162,9 @@ def test_run_size_of_the_digits_experiment_is_one_line_with_its_figures():
     exp, tasks = _tasks(DIGITS)
     line = run_size(exp, tasks, auto_workers=4)
     assert "\n" not in line and line.startswith("run size: ")
-    # 6 meta iterations x M=5 + 4 fine-tuning iterations x M=5 + the hand-over's 10
-    assert "about 60 evaluations" in line and "= 30 over 3 tasks" in line and "= 20" in line, line
+    # 6 meta iterations x M=5 (not screened) + 20 fine-tuning iterations x M=5 screened to ~10 + the hand-over's 10
+    assert "about 50 evaluations" in line and "= 30 over 3 tasks" in line, line
+    assert "= 100 proposals, screened (surrogate): about 10 to the proxy" in line, line
     assert "hand-over to evolution: 10" in line, line
     assert "1 teacher training" in line and "5 attacks on 359 test examples" in line, line
     # 4 workers (given) + 1 learner (the async sampler in its process) + the service + the driver
@@ -180,12 +181,14 @@ def test_run_size_of_the_smoke_experiment_and_its_variants():
     exp, tasks = _tasks(SMOKE)
     line = run_size(exp, tasks, auto_workers=2)
     assert "\n" not in line
-    assert "about 6 evaluations" in line and "2 attacks on 32 test examples" in line, line  # 2 + 2 + hand-over 2
+    # 2 + 2 screened to 1 + hand-over 2
+    assert "about 5 evaluations" in line and "2 attacks on 32 test examples" in line, line
     assert "2 evaluation workers" in line and "+ 1 learner" in line and "= 5 processes" in line, line
     assert "env runner" not in line and "4 evaluations in flight" in line, line
     line = run_size(exp.model_copy(update={"in_flight": 1}), tasks, auto_workers=2)
     assert "1 evaluations in flight" not in line and "1 evaluation in flight" in line, line
     # from a meta checkpoint: fine-tuning (and the hand-over) only, and only the target's teacher
+    # (no meta-training: the surrogate has no stored evaluations to start from, so it promotes its first 2)
     assert "about 4 evaluations" in run_size(exp, tasks, meta=False, auto_workers=2)
     # a baseline searcher: n evaluations, no env runners or learner, no final comparison when switched off
     line = run_size(exp, tasks, searcher="random", n=30, final_eval=False, auto_workers=3)
@@ -196,7 +199,7 @@ def test_run_size_of_the_smoke_experiment_and_its_variants():
                                  "rerank": exp.rerank.model_copy(update={"top_k": 5})})
     line = run_size(big, tasks)
     assert "8 evaluation workers +" in line and "GiB of GPU memory per worker" in line, line
-    assert "about 11 evaluations" in line and "re-ranking 5 x 2 seeds" in line, line
+    assert "about 10 evaluations" in line and "re-ranking 5 x 2 seeds" in line, line
 
 
 def test_run_size_starts_nothing():
@@ -217,6 +220,8 @@ def test_run_size_counts_what_screening_promotes():
     from agents.size import run_size
 
     exp, tasks = _tasks(ROOT / "configs/experiments/cifar10.yaml")
+    line = run_size(exp, tasks, auto_workers=8)
+    assert "hand-over to evolution: 8" in line and "about 146 evaluations" in line, line
     screened = exp.model_copy(update={"handover": exp.handover.model_copy(update={"evaluations": 0})})
     line = run_size(screened, tasks, auto_workers=8)
     assert "= 1,000 proposals over 6 tasks, screened (surrogate): about 118 to the proxy" in line, line
