@@ -285,7 +285,9 @@ def _handover(run: _Run, agent_client: str) -> None:
         screening.learn_from(task, [(r.arch, r.metrics) for r in agent if r.arch in set(found)])
         searched, proposals = screening, math.ceil(exp.handover.evaluations / sc.keep)
     run.log(f"handing over to {exp.handover.to}: {exp.handover.evaluations} more evaluations on {task.name}"
-            + (f" (of {proposals} proposals screened by the {sc.by.replace('_', ' ')})" if searched is not ev else "")
+            + (f" (of at most {proposals} proposals screened by the {sc.by.replace('_', ' ')})"
+               if searched is not ev else "")
             + f", starting from the best of the agent's {len(found)}")
+    # screened: it stops once the hand-over's evaluations reached the proxy (the proposals only cap it)
     run_searcher(exp.handover.to, task, searched, len(found) + proposals, exp.seed, start=found,
-                 parallel=parallelism(ev))
+                 parallel=parallelism(ev), proxy=len(found) + exp.handover.evaluations if searched is not ev else None)

@@ -190,7 +190,7 @@ def one_search(s: str, task_file: str, seed: int, exp: Any, grid: tuple[int, int
                 screened = ScreeningEvaluator(ev, cfg, prior=[load_task(m) for m in runs.stored])
                 screened.learn_from(task, [(r.arch, r.metrics) for r in found])  # the agent's evaluations
                 ev, budget = screened, len(done) + math.ceil(max(0, n - len(done)) / cfg.keep)
-            run_searcher(local, task, ev, budget, seed, start=done)
+            run_searcher(local, task, ev, budget, seed, start=done, proxy=n if budget != n else None)
     else:
         ev: Any = runs.evaluator(client)
         proposals = n

@@ -133,3 +133,23 @@ def test_parallel_searchers_ask_for_a_batch_at_once_and_stay_reproducible(name):
     assert len(steps) == 13 and [s.arch for s in steps[:5]] == [s.arch for s in first]
     with pytest.raises(ValueError, match="at least 1"):
         run_searcher(name, TASK, FakeEvaluator(), n=3, parallel=0)
+
+
+def test_a_screened_local_search_stops_at_its_proxy_evaluations():
+    """Under screening the budget that counts is the proxy's: evolution through a surrogate that promotes about a
+    third stops once 12 sub-networks (the 5 handed over included) reached the proxy, or at 200 proposals."""
+    from rcnas.config import ScreeningConfig
+    from rcnas.search.screening import ScreeningEvaluator
+
+    inner = FakeEvaluator()
+    screened = ScreeningEvaluator(inner, ScreeningConfig(by="surrogate", keep=0.3, min_points=3, warm=20))
+    first = run_searcher("random", TASK, FakeEvaluator(), n=5, seed=3)
+    # the agent's proxy results: learnt from, and asked for again (the store answers) but never screened out
+    fake = FakeEvaluator()
+    screened.learn_from(TASK, [(s.arch, fake.evaluate(TASK, s.arch).metrics) for s in first])
+    steps = run_searcher("evolution", TASK, screened, n=200, seed=0, start=[s.arch for s in first], parallel=3,
+                         proxy=12)
+    reached = [s for s in steps if screened.reached_proxy(TASK, s.arch)]
+    assert len(reached) == 12 and inner.calls == 12 and len(steps) < 200
+    assert [s.arch for s in steps[:5]] == [s.arch for s in first] and len(screened.surrogate) == 12
+    assert screened.screened_out == len(steps) - 12 > 0 and screened.promoted == 7

@@ -69,6 +69,10 @@ class ScreeningEvaluator:
         self._promoters: dict[str, Promoter] = {}
         self._low: dict[str, Task] = {}
         self._seen: dict[tuple[str, str], Evaluation] = {}
+        self._out: set[tuple[str, str]] = set()
+        """(task, sub-network) screened out"""
+        self._known: set[tuple[str, str]] = set()
+        """(task, sub-network) whose proxy result the surrogate was given (:meth:`learn_from`)"""
         self._teachers: dict[str, TeacherStats] = {}
         self.surrogate = Surrogate() if cfg.by == "surrogate" else None
         self.promoted = self.screened_out = 0
@@ -112,6 +116,8 @@ class ScreeningEvaluator:
         seen = self._seen.get((task.name, arch.key()))
         if seen is not None:  # a repeat: the same answer, and it is not screened (or counted) twice
             return replace(seen, cached=True)
+        if (task.name, arch.key()) in self._known:  # a proxy result already (learn_from): asked for, never screened
+            return None
         cheap, score = self._cheap(task, arch)
         with self._lock:
             # no score yet (a surrogate still learning): promoted, and left out of the ranking
@@ -121,12 +127,19 @@ class ScreeningEvaluator:
         if promote:
             return None
         self._seen[(task.name, arch.key())] = cheap
+        self._out.add((task.name, arch.key()))
         return cheap
+
+    def reached_proxy(self, task: Task, arch: ArchSpec) -> bool:
+        """Whether ``arch``'s answer for ``task`` is the proxy's (promoted), not a cheap score: a local search's budget
+        counts these (:class:`rcnas.search.searchers.Budgeted`)."""
+        return (task.name, arch.key()) not in self._out
 
     def learn_from(self, task: Task, found: Sequence[tuple[ArchSpec, ProxyMetrics]]) -> None:
         """Proxy results of ``task`` the surrogate learns from besides the prior tasks' stored rows (a hand-over: the
         agent's evaluations of the target task, and no others, so that a resumed hand-over screens as the first
         one did)."""
+        self._known.update((task.name, a.key()) for a, _ in found)
         if self.surrogate is None:
             return
         teacher = self.teacher_stats(task).robust_acc
@@ -134,8 +147,8 @@ class ScreeningEvaluator:
             self.surrogate.add([Point(task, a, m.robust_acc / teacher) for a, m in found if m.ok and teacher > 0])
 
     def learn(self, task: Task, arch: ArchSpec, result: Evaluation) -> None:
-        """The second half: a promoted proposal's proxy result, remembered and learnt from."""
-        if self.surrogate is not None and result.metrics.ok:
+        """The second half: a promoted proposal's proxy result, remembered and learnt from (once)."""
+        if self.surrogate is not None and result.metrics.ok and (task.name, arch.key()) not in self._known:
             teacher = self.teacher_stats(task).robust_acc
             with self._lock:
                 self.surrogate.add([Point(task, arch, result.metrics.robust_acc / teacher)])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -38,17 +38,29 @@ class Budgeted:
     evaluations a searcher should ask for at once (:meth:`many`: the evaluation service's workers, which would
     otherwise wait while one sub-network at a time is evaluated)."""
 
-    def __init__(self, task: Task, space: CompressionSpace, evaluator: Evaluator, n: int, parallel: int = 1) -> None:
+    def __init__(self, task: Task, space: CompressionSpace, evaluator: Evaluator, n: int, parallel: int = 1,
+                 proxy: Optional[int] = None) -> None:
         if parallel < 1:
             raise ValueError(f"parallel must be at least 1, got {parallel}")
         self.task, self.space, self.evaluator, self.n, self.parallel = task, space, evaluator, n, parallel
+        self.proxy = proxy
+        """under screening: the search is also done once this many of its sub-networks reached the proxy (``n``
+        then caps the proposals); None: ``n`` alone"""
+        self._reached = getattr(evaluator, "reached_proxy", None)
         self.teacher = evaluator.teacher_stats(task)
         self.trajectory: list[Step] = []
         self._seen: dict[ArchSpec, Step] = {}
 
     @property
     def done(self) -> bool:
-        return len(self.trajectory) >= self.n
+        return len(self.trajectory) >= self.n or (self.proxy is not None and self.at_proxy >= self.proxy)
+
+    @property
+    def at_proxy(self) -> int:
+        """Sub-networks of the trajectory whose answer is the proxy's (all of them without screening)."""
+        if self._reached is None:
+            return len(self.trajectory)
+        return sum(1 for s in self.trajectory if self._reached(self.task, s.arch))
 
     def __call__(self, arch: ArchSpec) -> float:
         if arch in self._seen:  # a repeat costs nothing and is not counted again
@@ -62,7 +74,9 @@ class Budgeted:
 
     @property
     def left(self) -> int:
-        return self.n - len(self.trajectory)
+        """Evaluations a round may still ask for (under a proxy budget, at most the proxy evaluations left)."""
+        left = self.n - len(self.trajectory)
+        return left if self.proxy is None else min(left, self.proxy - self.at_proxy)
 
     def many(self, archs: Sequence[ArchSpec]) -> list[float]:
         """The rewards of ``archs``, the new ones evaluated side by side (at most :attr:`left` of them; the rest
@@ -226,12 +240,14 @@ def in_space(space: CompressionSpace, archs: Sequence[ArchSpec]) -> list[ArchSpe
 
 
 def run_searcher(name: str, task: Task, evaluator: Evaluator, n: int, seed: int = 0,
-                 start: Sequence[ArchSpec] = (), parallel: int = 1) -> list[Step]:
+                 start: Sequence[ArchSpec] = (), parallel: int = 1, proxy: Optional[int] = None) -> list[Step]:
     """Run searcher ``name`` for at most ``n`` distinct evaluations; returns its trajectory. ``start``: sub-networks
     another searcher already evaluated (a handover): those in the task's space are asked for first (the store answers
     them), counted in ``n``, and, for evolution, its first population. ``parallel``: evaluations asked for at once by
-    the searchers that can (random search, evolution; the rules evaluate one or a few sub-networks)."""
-    ev = Budgeted(task, task.space, evaluator, n, parallel)
+    the searchers that can (random search, evolution; the rules evaluate one or a few sub-networks). ``proxy``:
+    under screening, stop once this many sub-networks (``start`` included) reached the proxy, ``n`` then capping the
+    proposals."""
+    ev = Budgeted(task, task.space, evaluator, n, parallel, proxy)
     for arch in in_space(task.space, start):
         if not ev.done:
             ev(arch)
