@@ -261,3 +261,10 @@ def with_changes(exp: ExperimentConfig, where: str, **changes: object) -> Experi
     from rcnas.infra.configio import validate
 
     return validate(ExperimentConfig, {**exp.model_dump(mode="json"), **changes}, where)
+
+
+def meta_stage(exp: ExperimentConfig) -> ExperimentConfig:
+    """The experiment as meta-training runs it: without screening when ``screening.meta`` is off."""
+    if exp.screening.by == "none" or exp.screening.meta:
+        return exp
+    return exp.model_copy(update={"screening": exp.screening.model_copy(update={"by": "none"})})

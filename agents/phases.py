@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from agents.async_ppo import parallelism
-from agents.config import ExperimentConfig
+from agents.config import ExperimentConfig, meta_stage
 from agents.manifest import verify_from
 from agents.ppo import build_ppo_config
 from agents.rerun import relative_paths
@@ -246,9 +246,8 @@ def _search(run: _Run) -> Phases:
         meta_ckpt = opts.from_checkpoint
     elif opts.searcher == "rl":
         log(f"meta-training on {len(run.metas)} tasks, {exp.meta_iterations} iterations of M={exp.M}")
-        meta_ckpt = run.stage("meta", build_ppo_config(exp, run.metas, run.service, grid=run.grid,
-                                                       client="rl-meta", screen=exp.screening.meta),
-                               exp.meta_iterations)
+        meta_ckpt = run.stage("meta", build_ppo_config(meta_stage(exp), run.metas, run.service, grid=run.grid,
+                                                       client="rl-meta"), exp.meta_iterations)
         log(f"meta checkpoint: {meta_ckpt}")
         experiments["meta"] = _stage_folder(run.storage, "meta", run.out / "tune")
         _keep(run.out, opts, log)

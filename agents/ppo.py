@@ -16,8 +16,8 @@ from agents.rl_module import StageEncoderModule
 
 def build_ppo_config(exp: ExperimentConfig, tasks: list[str], service: str,
                      grid: Optional[tuple[int, int]] = None, load_module_from: Optional[str] = None,
-                     client: str = "", search_metrics: bool = True, prior: Optional[list[str]] = None,
-                     screen: bool = True) -> PPOConfig:
+                     client: str = "", search_metrics: bool = True, prior: Optional[list[str]] = None
+                     ) -> PPOConfig:
     """PPO over the compression env: ``M`` episodes (sub-networks) per policy update, sampled as ``exp.sampler``
     says (:class:`agents.async_ppo.AsyncSearchPPO` by default).
 
@@ -27,7 +27,6 @@ def build_ppo_config(exp: ExperimentConfig, tasks: list[str], service: str,
             envs answer from a table has no service: off).
         prior: task files whose stored evaluations train the screening surrogate from the start (fine-tuning: the
             meta tasks), besides ``tasks`` themselves.
-        screen: screen proposals as ``exp.screening`` says (meta-training passes ``exp.screening.meta``).
     """
     from rcnas.task import load_task
 
@@ -37,7 +36,7 @@ def build_ppo_config(exp: ExperimentConfig, tasks: list[str], service: str,
     minibatch = (exp.ppo.minibatch_episodes or exp.M) * n_stages
     env_config: dict[str, Any] = {"tasks": tasks, "service": service, "grid": list(grid) if grid else None,
                                   "client": client, "avoid_repeats": exp.avoid_repeats}
-    if exp.screening.by != "none" and screen:
+    if exp.screening.by != "none":
         env_config["screening"] = {"config": exp.screening.model_dump(mode="json"),
                                    "prior": list(dict.fromkeys([*(prior or []), *tasks]))}
     asynchronous = exp.sampler == "async"

@@ -17,7 +17,7 @@ from typing import Any, Optional, Protocol
 
 from ray.rllib.algorithms.ppo import PPOConfig
 
-from agents.config import ExperimentConfig
+from agents.config import ExperimentConfig, meta_stage
 from agents.ppo import build_ppo_config
 from agents.stages import StageSettings, module_dir, run_stage, train_iterations
 from envs.compression_env import CompressionEnv
@@ -32,9 +32,8 @@ class Runs(Protocol):
     """Where a benchmark's PPO searches are answered, and how their requests are read back."""
 
     def config(self, exp: ExperimentConfig, tasks: list[str], client: str,
-               load_module_from: Optional[str] = None, screen: bool = True) -> PPOConfig:
-        """PPO over ``tasks`` (YAML paths), its requests logged under ``client``; ``screen``: as
-        :func:`agents.ppo.build_ppo_config`'s."""
+               load_module_from: Optional[str] = None) -> PPOConfig:
+        """PPO over ``tasks`` (YAML paths), its requests logged under ``client``."""
         ...
 
     def requests(self, client: str) -> list[Request]:
@@ -49,9 +48,9 @@ class LiveRuns:
         self.service, self.grid = service, grid
 
     def config(self, exp: ExperimentConfig, tasks: list[str], client: str,
-               load_module_from: Optional[str] = None, screen: bool = True) -> PPOConfig:
+               load_module_from: Optional[str] = None) -> PPOConfig:
         return build_ppo_config(exp, tasks, self.service, grid=self.grid, client=client,
-                                load_module_from=load_module_from, screen=screen)
+                                load_module_from=load_module_from)
 
     def requests(self, client: str) -> list[Request]:
         return RayEvaluator(self.service).requests(client)
@@ -88,12 +87,12 @@ class TableRuns:
         return self._evaluators[client]
 
     def config(self, exp: ExperimentConfig, tasks: list[str], client: str,
-               load_module_from: Optional[str] = None, screen: bool = True) -> PPOConfig:
+               load_module_from: Optional[str] = None) -> PPOConfig:
         if exp.sampler == "env_runners" and exp.env_runners:
             raise ValueError("a table-backed search runs its env in this process: env_runners must be 0")
         # no service, so no search metrics read from its store
         config = build_ppo_config(exp, tasks, "", grid=self.grid, client=client, search_metrics=False,
-                                  load_module_from=load_module_from, prior=list(self.stored), screen=screen)
+                                  load_module_from=load_module_from, prior=list(self.stored))
         # the env class itself (not the registered factory, which opens the table anew): it takes its evaluator from
         # env_config
         return config.environment(env=CompressionEnv,
@@ -113,7 +112,7 @@ def meta_train(runs: Runs, exp: ExperimentConfig, metas: list[str], out: Path, n
     if record.is_file():
         return json.loads(record.read_text())
     t0 = time.perf_counter()
-    ckpt = run_stage(name, runs.config(exp, metas, client, screen=exp.screening.meta), exp.meta_iterations, out,
+    ckpt = run_stage(name, runs.config(meta_stage(exp), metas, client), exp.meta_iterations, out,
                      StageSettings(no_tune=True, log=lambda m: None))
     log = runs.requests(client)
     files = {load_task(m).name: str(Path(m).resolve()) for m in metas}

@@ -170,6 +170,13 @@ def test_the_experiment_picks_the_sampler():
     assert config.env_config[SAMPLER_KEY] == {"in_flight": None, "episodes": 5, "ordered": True, "policy_lag": 4,
                                                "lagged": "as_sampled"}
     assert stage_length(config, 6).env_config[SAMPLER_KEY]["iterations"] == 6
+    # digits screens fine-tuning (and the hand-over) but not meta-training (screening.meta: false)
+    from agents.config import meta_stage
+
+    assert config.env_config["screening"]["config"]["keep"] == 0.1
+    assert "screening" not in build_ppo_config(meta_stage(exp), metas, "svc").env_config
+    cifar, _, _ = load_experiment(ROOT / "configs/experiments/cifar10.yaml")
+    assert meta_stage(cifar) is cifar  # screened for cost
     rllib = build_ppo_config(with_changes(exp, "test", sampler="env_runners", env_runners=3), metas, "svc")
     assert rllib.algo_class is PPO and rllib.num_env_runners == 3 and SAMPLER_KEY not in rllib.env_config
     assert stage_length(rllib, 6) is rllib
