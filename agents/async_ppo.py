@@ -143,8 +143,10 @@ class EpisodeSampler:
             "pending": [{"episode": o.episode.get_state(), "task_index": o.finish.index,
                          "actions": list(o.finish.actions), "info": dict(o.finish.info), "last_obs": o.last_obs,
                          "action": o.action, "outputs": o.outputs, "version": o.version, "index": o.index,
-                         "promoted": o.promoted}
-                        for o in sorted(self._pending.values(), key=lambda o: o.index)],
+                         "promoted": o.promoted,
+                         # a screened-out episode's answer is here already: kept, not screened again
+                         "answer": f.result() if not o.promoted and f.done() and f.exception() is None else None}
+                        for f, o in sorted(self._pending.items(), key=lambda fo: fo[1].index)],
             "done": [{"episode": s.episode.get_state(), "lag": s.lag} for s in self._done],
         }
 
@@ -162,8 +164,14 @@ class EpisodeSampler:
         for p in state["pending"]:
             index, actions = int(p["task_index"]), tuple(int(a) for a in p["actions"])
             finish = Finish(index, self.env.tasks[index], actions, self.env.spaces[index].arch(actions), p["info"])
-            self._submit(_Open(SingleAgentEpisode.from_state(p["episode"]), finish, p["last_obs"], int(p["action"]),
-                               p["outputs"], int(p["version"]), int(p["index"]), bool(p.get("promoted"))))
+            opened = _Open(SingleAgentEpisode.from_state(p["episode"]), finish, p["last_obs"], int(p["action"]),
+                           p["outputs"], int(p["version"]), int(p["index"]), bool(p.get("promoted")))
+            if p.get("answer") is not None:
+                answered: Future = Future()
+                answered.set_result(p["answer"])
+                self._pending[answered] = opened
+            else:
+                self._submit(opened)
 
     def collect(self, module: Any, n: int, needed: Optional[int] = None) -> list[Sampled]:
         """``n`` complete episodes: the oldest that came back, sampling new ones from ``module`` (RLlib's RLModule:

@@ -192,3 +192,32 @@ def test_a_batched_screened_search_promotes_the_same_whichever_evaluation_finish
         runs.append(([(s.arch.key(), s.reward) for s in steps], sorted(r.arch_key for r in inner.requests)))
         assert ev.promoted == len(inner.requests) and ev.screened_out > 0
     assert runs[0] == runs[1]
+
+
+def test_screening_keeps_the_services_worker_count_and_promotes_a_known_result_unscreened(tables):
+    """The async sampler sizes its evaluations in flight from the evaluator's ``stats()``: wrapped in the screening,
+    the service's workers still count (without it a screened search ran one evaluation at a time). A sub-network
+    the store already holds for a prior task is asked for again (the store answers), never screened out."""
+    from agents.async_ppo import parallelism
+
+    proxy, _ = tables
+    cw, pgd = task("digits-cw-e20-t444-r30"), task("digits-pgd-e20-t444-r35")
+    table = read_table(proxy, cw)
+
+    class Service(TableEvaluator):
+        def stats(self):
+            return {"workers": 8}
+
+    stored = {str(pgd.source): list(table.rows)[:40]}
+    inner = Service(table, stored=stored)
+    ev = ScreeningEvaluator(inner, ScreeningConfig(by="surrogate", keep=0.01), prior=[pgd])
+    assert parallelism(ev) == 8 and parallelism(ScreeningEvaluator(TableEvaluator(table), ScreeningConfig())) == 0
+    for key in stored[str(pgd.source)][:10]:
+        arch = table.rows[key].arch
+        if arch_fits(pgd, arch):
+            assert ev.screen(pgd, arch) is None
+    assert ev.screened_out == 0
+
+
+def arch_fits(t, arch) -> bool:
+    return t.space.cost(arch).macs <= t.budget

@@ -72,12 +72,19 @@ class ScreeningEvaluator:
         self._out: set[tuple[str, str]] = set()
         """(task, sub-network) screened out"""
         self._known: set[tuple[str, str]] = set()
-        """(task, sub-network) whose proxy result the surrogate was given (:meth:`learn_from`)"""
+        """(task, sub-network) with a proxy result already (the prior's stored rows, :meth:`learn_from`'s, those
+        promoted): asked for again, never screened, learnt from once"""
+        self._learnt: set[tuple[str, str]] = set()
         self._teachers: dict[str, TeacherStats] = {}
         self.surrogate = Surrogate() if cfg.by == "surrogate" else None
         self.promoted = self.screened_out = 0
         if self.surrogate is not None:
-            self.surrogate.add([p for t in prior for p in self._stored(t)])
+            points = [p for t in prior for p in self._stored(t)]
+            self.surrogate.add(points)
+            self._known.update((p.task.name, p.arch.key()) for p in points)
+            self._learnt.update(self._known)
+        if hasattr(inner, "stats"):  # the service's worker count decides how many evaluations run at once
+            self.stats = inner.stats
 
     def _stored(self, task: Task) -> list[Point]:
         rows = getattr(self.inner, "rows", None)
@@ -116,7 +123,7 @@ class ScreeningEvaluator:
         seen = self._seen.get((task.name, arch.key()))
         if seen is not None:  # a repeat: the same answer, and it is not screened (or counted) twice
             return replace(seen, cached=True)
-        if (task.name, arch.key()) in self._known:  # a proxy result already (learn_from): asked for, never screened
+        if (task.name, arch.key()) in self._known:  # a proxy result already, or one on its way: never screened
             return None
         cheap, score = self._cheap(task, arch)
         with self._lock:
@@ -125,6 +132,8 @@ class ScreeningEvaluator:
             self.promoted += promote
             self.screened_out += not promote
         if promote:
+            # the same sub-network proposed again while this evaluation runs is promoted too (the store answers it)
+            self._known.add((task.name, arch.key()))
             return None
         self._seen[(task.name, arch.key())] = cheap
         self._out.add((task.name, arch.key()))
@@ -139,16 +148,20 @@ class ScreeningEvaluator:
         """Proxy results of ``task`` the surrogate learns from besides the prior tasks' stored rows (a hand-over: the
         agent's evaluations of the target task, and no others, so that a resumed hand-over screens as the first
         one did)."""
+        new = [(a, m) for a, m in found if (task.name, a.key()) not in self._learnt]
         self._known.update((task.name, a.key()) for a, _ in found)
+        self._learnt.update((task.name, a.key()) for a, _ in found)
         if self.surrogate is None:
             return
         teacher = self.teacher_stats(task).robust_acc
         with self._lock:
-            self.surrogate.add([Point(task, a, m.robust_acc / teacher) for a, m in found if m.ok and teacher > 0])
+            self.surrogate.add([Point(task, a, m.robust_acc / teacher) for a, m in new if m.ok and teacher > 0])
 
     def learn(self, task: Task, arch: ArchSpec, result: Evaluation) -> None:
         """The second half: a promoted proposal's proxy result, remembered and learnt from (once)."""
-        if self.surrogate is not None and result.metrics.ok and (task.name, arch.key()) not in self._known:
+        key = (task.name, arch.key())
+        if self.surrogate is not None and result.metrics.ok and key not in self._learnt:
+            self._learnt.add(key)
             teacher = self.teacher_stats(task).robust_acc
             with self._lock:
                 self.surrogate.add([Point(task, arch, result.metrics.robust_acc / teacher)])
