@@ -3,9 +3,9 @@
 ``run.json`` records the run's fingerprint (the resolved experiment and tasks, the searcher's flags and the code
 version) when a search starts, and ``finished`` when it ends. The same command on a finished run prints its results
 and computes nothing; a run with other settings (or a new run without ``--resume`` over an interrupted one) first
-moves the earlier Tune experiments and reports to ``previous/<time>/``, so that TensorBoard, the reward plot and
-the report each show one run. The evaluation store stays where it is: its results are keyed by content and still
-answer every repeated request.
+moves the earlier Tune experiments, reports and final trainings to ``previous/<time>/``, so that TensorBoard, the
+reward plot and the report each show one run. The evaluation store stays where it is: its results are keyed by
+content and still answer every repeated request.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from rcnas.infra.errors import ConfigError
 from rcnas.infra.files import inside, write_atomic
 
 RUN_FILE = "run.json"
-MOVED = ("tune", "summary.json", "report.md", "reward.png", "candidates.png", "topology.png", "chosen_metrics.json")
-"""what belongs to one search (the store, the configs and the lock stay)"""
+MOVED = ("tune", "summary.json", "report.md", "reward.png", "candidates.png", "topology.png", "chosen_metrics.json",
+         "final")
+"""what belongs to one search (the store, the configs and the lock stay). ``final`` too: another search's pick has
+another network, and its final-training checkpoint under the same name (``final/rl-chosen``) cannot resume it"""
 
 
 def fingerprint(exp: Any, tasks: list[Any], **flags: Any) -> str:

@@ -243,6 +243,7 @@ def test_a_rerun_with_other_settings_sets_the_earlier_search_aside(tmp_path):
     (run / "tune" / "meta").mkdir(parents=True)
     (run / "summary.json").write_text('{"chosen": "x"}')
     (run / "evaluations.sqlite").write_text("kept")
+    (run / "final" / "rl-chosen").mkdir(parents=True)  # another pick's final training: not this run's to resume
     rerun.mark(run, "fp-a", finished=True)
     assert rerun.finished_summary(run, "fp-a", need_final=False) == {"chosen": "x"}
     assert rerun.finished_summary(run, "fp-a", need_final=True) is None  # no final comparison yet
@@ -252,6 +253,7 @@ def test_a_rerun_with_other_settings_sets_the_earlier_search_aside(tmp_path):
     moved = rerun.set_aside(run)
     assert moved is not None and (moved / "tune" / "meta").is_dir() and (moved / "summary.json").is_file()
     assert not (run / "tune").exists() and (run / "evaluations.sqlite").read_text() == "kept"
+    assert (moved / "final" / "rl-chosen").is_dir() and not (run / "final").exists()
 
 
 def test_only_known_harmless_worker_lines_are_dropped():
