@@ -86,28 +86,11 @@ def test_compound_scaling_follows_the_2_2_1_depth_rule():
         assert d1 == d2 and d3 <= d1
 
 
-class _Concurrent(FakeEvaluator):
-    """Counts how many evaluations run at once (each holds a little, so that a batch overlaps)."""
+def _concurrent():
+    """An evaluator counting how many evaluations run at once (each holds a little, so that a batch overlaps)."""
+    from tests.test_async_sampler import Gated
 
-    def __init__(self) -> None:
-        import threading
-
-        super().__init__()
-        self.running = self.most = 0
-        self._lock = threading.Lock()
-
-    def evaluate(self, task, arch):
-        import time
-
-        with self._lock:
-            self.running += 1
-            self.most = max(self.most, self.running)
-        time.sleep(0.02)
-        try:
-            return super().evaluate(task, arch)
-        finally:
-            with self._lock:
-                self.running -= 1
+    return Gated(hold_s=0.02)
 
 
 @pytest.mark.parametrize("name", ["random", "evolution"])
@@ -116,20 +99,20 @@ def test_parallel_searchers_ask_for_a_batch_at_once_and_stay_reproducible(name):
     same trajectory from the same seed whichever evaluation finishes first; parallel=1 is the sequential search."""
     runs = []
     for _ in range(2):
-        fake = _Concurrent()
+        fake = _concurrent()
         steps = run_searcher(name, TASK, fake, n=22, seed=2, parallel=4)
         assert len(steps) == 22 == fake.calls and len({s.arch for s in steps}) == 22
         assert fake.most == 4
         runs.append([s.arch for s in steps])
     assert runs[0] == runs[1]
-    one = _Concurrent()
+    one = _concurrent()
     sequential = run_searcher(name, TASK, one, n=22, seed=2)
     assert one.most == 1
     if name == "random":  # the same draws, only evaluated four at a time
         assert runs[0] == [s.arch for s in sequential]
     # a handed-over start, then batches: the budget counts the start too
     first = run_searcher("random", TASK, FakeEvaluator(), n=5, seed=3)
-    steps = run_searcher(name, TASK, _Concurrent(), n=13, seed=0, start=[s.arch for s in first], parallel=3)
+    steps = run_searcher(name, TASK, _concurrent(), n=13, seed=0, start=[s.arch for s in first], parallel=3)
     assert len(steps) == 13 and [s.arch for s in steps[:5]] == [s.arch for s in first]
     with pytest.raises(ValueError, match="at least 1"):
         run_searcher(name, TASK, FakeEvaluator(), n=3, parallel=0)
