@@ -276,17 +276,19 @@ def _handover(run: _Run, agent_client: str) -> None:
     found = in_space(task.space, [r.arch for r in agent])
     searched: Any = ev
     proposals = exp.handover.evaluations
-    if sc.by != "none" and sc.handover:
+    screened = sc.by != "none" and sc.handover
+    if screened:
         # the surrogate learns from the meta tasks' stored evaluations and the agent's on this task (not the store's
         # whole record of this task: a resumed run's would hold the first hand-over's own, and it would screen
         # otherwise); about one proposal in 1 / keep reaches the proxy, so the local search proposes that many more
         screening = ScreeningEvaluator(ev, sc, prior=[load_task(m) for m in run.metas])
-        screening.learn_from(task, [(r.arch, r.metrics) for r in agent if r.arch in set(found)])
+        kept = set(found)
+        screening.learn_from(task, [(r.arch, r.metrics) for r in agent if r.arch in kept])
         searched, proposals = screening, math.ceil(exp.handover.evaluations / sc.keep)
     run.log(f"handing over to {exp.handover.to}: {exp.handover.evaluations} more evaluations on {task.name}"
             + (f" (of at most {proposals} proposals screened by the {sc.by.replace('_', ' ')})"
-               if searched is not ev else "")
+               if screened else "")
             + f", starting from the best of the agent's {len(found)}")
     # screened: it stops once the hand-over's evaluations reached the proxy (the proposals only cap it)
     run_searcher(exp.handover.to, task, searched, len(found) + proposals, exp.seed, start=found,
-                 parallel=parallelism(ev), proxy=len(found) + exp.handover.evaluations if searched is not ev else None)
+                 parallel=parallelism(ev), proxy=len(found) + exp.handover.evaluations if screened else None)

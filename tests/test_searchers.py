@@ -86,11 +86,12 @@ def test_compound_scaling_follows_the_2_2_1_depth_rule():
         assert d1 == d2 and d3 <= d1
 
 
-def _concurrent():
-    """An evaluator counting how many evaluations run at once (each holds a little, so that a batch overlaps)."""
+def _concurrent(hold_s: float = 0.3):
+    """An evaluator counting how many evaluations run at once. Each holds ``hold_s``, long enough that a batch's
+    threads all start before the first finishes even on a loaded machine."""
     from tests.test_async_sampler import Gated
 
-    return Gated(hold_s=0.02)
+    return Gated(hold_s=hold_s)
 
 
 @pytest.mark.parametrize("name", ["random", "evolution"])
@@ -105,14 +106,14 @@ def test_parallel_searchers_ask_for_a_batch_at_once_and_stay_reproducible(name):
         assert fake.most == 4
         runs.append([s.arch for s in steps])
     assert runs[0] == runs[1]
-    one = _concurrent()
+    one = _concurrent(0.0)
     sequential = run_searcher(name, TASK, one, n=22, seed=2)
     assert one.most == 1
     if name == "random":  # the same draws, only evaluated four at a time
         assert runs[0] == [s.arch for s in sequential]
     # a handed-over start, then batches: the budget counts the start too
     first = run_searcher("random", TASK, FakeEvaluator(), n=5, seed=3)
-    steps = run_searcher(name, TASK, _concurrent(), n=13, seed=0, start=[s.arch for s in first], parallel=3)
+    steps = run_searcher(name, TASK, _concurrent(0.0), n=13, seed=0, start=[s.arch for s in first], parallel=3)
     assert len(steps) == 13 and [s.arch for s in steps[:5]] == [s.arch for s in first]
     with pytest.raises(ValueError, match="at least 1"):
         run_searcher(name, TASK, FakeEvaluator(), n=3, parallel=0)
