@@ -30,10 +30,15 @@ class Gated(FakeEvaluator):
         super().__init__()
         self.hold_s, self.slow_if, self.slow_s = hold_s, slow_if, slow_s
         self.running = self.most = 0
+        self.batches: list[int] = []
+        """how many evaluations ran together, per stretch of time in which some ran"""
         self._lock = threading.Lock()
 
     def evaluate(self, task, arch):
         with self._lock:
+            if self.running == 0:
+                self.batches.append(0)
+            self.batches[-1] += 1
             self.running += 1
             self.most = max(self.most, self.running)
         try:

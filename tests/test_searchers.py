@@ -119,6 +119,21 @@ def test_parallel_searchers_ask_for_a_batch_at_once_and_stay_reproducible(name):
         run_searcher(name, TASK, FakeEvaluator(), n=3, parallel=0)
 
 
+def test_a_screened_batched_search_keeps_every_worker_busy():
+    """Under screening a round breeds until ``parallel`` children reached the proxy: 16 proxy evaluations at
+    parallel=4 run as 4 batches of 4 (drawing 4 children a round, about 0.3 x 4 of them would be promoted and the
+    service's workers would mostly run one evaluation at a time)."""
+    from rcnas.config import ScreeningConfig
+    from rcnas.search.screening import ScreeningEvaluator
+
+    for name in ("evolution", "random"):
+        inner = _concurrent()
+        screened = ScreeningEvaluator(inner, ScreeningConfig(by="surrogate", keep=0.3, min_points=3, warm=20))
+        steps = run_searcher(name, TASK, screened, n=400, seed=1, parallel=4, proxy=16)
+        assert inner.calls == 16 == sum(screened.reached_proxy(TASK, s.arch) for s in steps)
+        assert screened.screened_out > 16 and inner.most == 4 and inner.batches == [4, 4, 4, 4]
+
+
 def test_a_screened_local_search_stops_at_its_proxy_evaluations():
     """Under screening the budget that counts is the proxy's: evolution through a surrogate that promotes about a
     third stops once 12 sub-networks (the 5 handed over included) reached the proxy, or at 200 proposals."""

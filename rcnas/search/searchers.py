@@ -50,6 +50,8 @@ class Budgeted:
         self.teacher = evaluator.teacher_stats(task)
         self.trajectory: list[Step] = []
         self._seen: dict[ArchSpec, Step] = {}
+        self.draws = 0
+        """proposals drawn by :meth:`round`"""
 
     @property
     def done(self) -> bool:
@@ -65,18 +67,59 @@ class Budgeted:
     def __call__(self, arch: ArchSpec) -> float:
         if arch in self._seen:  # a repeat costs nothing and is not counted again
             return self._seen[arch].reward
-        m = self.evaluator.evaluate(self.task, arch)
-        reward = task_reward(self.task, m.metrics, self.teacher)
-        step = Step(arch, reward, m.metrics.robust_acc, m.metrics.macs, m.cached)
-        self._seen[arch] = step
-        self.trajectory.append(step)
-        return reward
+        return self._record(arch, self.evaluator.evaluate(self.task, arch))
 
     @property
     def left(self) -> int:
         """Evaluations a round may still ask for (under a proxy budget, at most the proxy evaluations left)."""
         left = self.n - len(self.trajectory)
         return left if self.proxy is None else min(left, self.proxy - self.at_proxy)
+
+    def ask(self, arch: ArchSpec) -> Optional[float]:
+        """``arch``'s reward when it costs no evaluation now: a repeat, or a proposal a screening evaluator that
+        screens in this process screens out (added to the trajectory). None: ``arch`` must be evaluated
+        (:meth:`many`)."""
+        if arch in self._seen:
+            return self._seen[arch].reward
+        if not getattr(self.evaluator, "screens_in_process", False):
+            return None
+        early = self.evaluator.screen(self.task, arch)  # type: ignore[attr-defined]
+        return None if early is None else self._record(arch, early)
+
+    def round(self, draw: Callable[[], tuple[int, ...]], answered: Callable[[tuple[int, ...], float], None]) -> None:
+        """One round of a batched searcher: proposals from ``draw()`` until ``parallel`` of them need evaluating (or
+        the evaluations left, or the proposals, run out), then those evaluated side by side. ``answered(actions,
+        reward)`` gets every answer in the order proposed, at once for those that cost nothing (repeats, proposals
+        screened out: a searcher learns from them before it proposes again, as the sequential algorithm would) and
+        after the batch for the others. Under screening a round so keeps every worker busy: drawing a fixed
+        ``parallel`` proposals, about ``keep`` of them would reach the proxy, mostly one at a time."""
+        batch: list[tuple[int, ...]] = []
+        archs: set[ArchSpec] = set()
+        while len(batch) < min(self.parallel, self.left) and self.draws < 100 * self.n:
+            self.draws += 1
+            actions = draw()
+            arch = self.space.arch(actions)
+            if arch in archs:  # already in this batch: its answer comes with the batch's
+                continue
+            reward = self.ask(arch)
+            if reward is None:
+                batch.append(actions)
+                archs.add(arch)
+            else:
+                answered(actions, reward)
+        for actions, reward in zip(batch, self.many([self.space.arch(a) for a in batch])):
+            answered(actions, reward)
+
+    @property
+    def exhausted(self) -> bool:
+        """Done, or out of proposals (a searcher whose draws keep repeating what it has: ``100 n`` draws at most)."""
+        return self.done or self.draws >= 100 * self.n
+
+    def _record(self, arch: ArchSpec, m: Any) -> float:
+        reward = task_reward(self.task, m.metrics, self.teacher)
+        self._seen[arch] = Step(arch, reward, m.metrics.robust_acc, m.metrics.macs, m.cached)
+        self.trajectory.append(self._seen[arch])
+        return reward
 
     def many(self, archs: Sequence[ArchSpec]) -> list[float]:
         """The rewards of ``archs``, the new ones evaluated side by side (at most :attr:`left` of them; the rest
@@ -85,11 +128,8 @@ class Budgeted:
         if len(new) > self.left:
             raise ValueError(f"{len(new)} new sub-networks asked for with {self.left} evaluations left")
         if len(new) > 1:
-            results = _side_by_side(self.task, self.evaluator, new)
-            for arch, m in zip(new, results):
-                reward = task_reward(self.task, m.metrics, self.teacher)
-                self._seen[arch] = Step(arch, reward, m.metrics.robust_acc, m.metrics.macs, m.cached)
-                self.trajectory.append(self._seen[arch])
+            for arch, m in zip(new, _side_by_side(self.task, self.evaluator, new)):
+                self._record(arch, m)
         return [self(a) for a in archs]
 
 
@@ -129,16 +169,8 @@ def searcher_names() -> list[str]:
 def random_search(ev: Budgeted, rng: np.random.Generator) -> None:
     """Uniformly random valid actions per stage, until ``n`` distinct sub-networks are evaluated (``ev.parallel`` at
     a time)."""
-    for _ in range(100 * ev.n):
-        if ev.done:
-            return
-        ev.many(_new(ev, lambda: ev.space.sample(rng)))
-
-
-def _new(ev: Budgeted, draw: Callable[[], tuple[int, ...]]) -> list[ArchSpec]:
-    """Sub-networks from ``draw()`` for one round: ``ev.parallel`` draws, fewer when fewer evaluations are left
-    (a draw may repeat one already evaluated: it costs nothing)."""
-    return [ev.space.arch(draw()) for _ in range(min(ev.parallel, ev.left))]
+    while not ev.exhausted:
+        ev.round(lambda: ev.space.sample(rng), lambda actions, reward: None)
 
 
 def mutate(space: CompressionSpace, actions: tuple[int, ...], rng: np.random.Generator) -> tuple[int, ...]:
@@ -163,25 +195,25 @@ def regularized_evolution(ev: Budgeted, rng: np.random.Generator, population: in
     """Regularized evolution (Real et al., AAAI 2019): tournament selection, one-stage mutation, oldest dies.
     Sub-networks ``ev`` already holds (another searcher's, handed over) seed the population: the best
     ``population`` of them instead of random ones, the worst taking the place of the oldest (it dies first).
-    With ``ev.parallel`` k > 1, each round breeds k children from the same population and evaluates them side by side
-    (asynchronous evolution's batch form); k = 1 is the sequential algorithm."""
+    With ``ev.parallel`` k > 1, each round breeds children until k need evaluating and evaluates those side by side
+    (asynchronous evolution's batch form; a child answered at once, a repeat or one screened out, joins the
+    population before the next is bred); k = 1 is the sequential algorithm."""
     seeded = sorted(ev.trajectory, key=lambda s: s.reward)[-population:]
     pop: list[tuple[tuple[int, ...], float]] = [(ev.space.actions_of(s.arch), s.reward) for s in seeded]
     while len(pop) < population and not ev.done:
         first = [ev.space.sample(rng) for _ in range(min(ev.parallel, ev.left, population - len(pop)))]
         pop += zip(first, ev.many([ev.space.arch(a) for a in first]))
-    for _ in range(100 * ev.n):
-        if ev.done:
-            return
 
-        def child() -> tuple[int, ...]:
-            contenders = [pop[i] for i in rng.choice(len(pop), size=min(sample, len(pop)), replace=False)]
-            return mutate(ev.space, max(contenders, key=lambda p: p[1])[0], rng)
+    def child() -> tuple[int, ...]:
+        contenders = [pop[i] for i in rng.choice(len(pop), size=min(sample, len(pop)), replace=False)]
+        return mutate(ev.space, max(contenders, key=lambda p: p[1])[0], rng)
 
-        children = [child() for _ in range(min(ev.parallel, ev.left))]
-        for c, reward in zip(children, ev.many([ev.space.arch(c) for c in children])):
-            pop.append((c, reward))
-            pop.pop(0)
+    def answered(actions: tuple[int, ...], reward: float) -> None:
+        pop.append((actions, reward))
+        pop.pop(0)
+
+    while not ev.exhausted:
+        ev.round(child, answered)
 
 
 @SEARCHERS.register("compound")
