@@ -8,7 +8,6 @@ Read it like a training loop: each numbered phase is one call.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from rcnas.infra.files import inside, write_atomic
 from rcnas.infra.log import say
 from rcnas.infra.provenance import content_key, environment
 from rcnas.search.quality import distinct
-from rcnas.search.screening import ScreeningEvaluator
+from rcnas.search.screening import ScreeningEvaluator, proposals_for
 from rcnas.search.searchers import SEARCHERS, in_space, run_searcher
 from rcnas.space.arch import ArchSpec
 from rcnas.space.baselines import slimming_prune
@@ -284,7 +283,7 @@ def _handover(run: _Run, agent_client: str) -> None:
         screening = ScreeningEvaluator(ev, sc, prior=[load_task(m) for m in run.metas])
         kept = set(found)
         screening.learn_from(task, [(r.arch, r.metrics) for r in agent if r.arch in kept])
-        searched, proposals = screening, math.ceil(exp.handover.evaluations / sc.keep)
+        searched, proposals = screening, proposals_for(exp.handover.evaluations, sc)
     run.log(f"handing over to {exp.handover.to}: {exp.handover.evaluations} more evaluations on {task.name}"
             + (f" (of at most {proposals} proposals screened by the {sc.by.replace('_', ' ')})"
                if screened else "")

@@ -50,7 +50,7 @@ from rcnas.infra.cli import run_main
 from rcnas.infra.configio import StrictModel, read_yaml, validate
 from rcnas.infra.errors import ConfigError
 from rcnas.search.quality import best_so_far, ci95, distinct, held, scored, text_chart
-from rcnas.search.screening import SCREEN_SUFFIX, ScreeningEvaluator
+from rcnas.search.screening import SCREEN_SUFFIX, ScreeningEvaluator, proposals_for
 from rcnas.search.searchers import DETERMINISTIC, SEARCHERS, run_searcher
 from rcnas.search.table import Scorer, TableEvaluator, open_table, open_tables
 from rcnas.task import Task, load_task, shared_grid
@@ -109,15 +109,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 SCREENED = {"surrogate": {"by": "surrogate"}, "screen": {"by": "low_fidelity"}}
 """a searcher name's suffix (``rl+surrogate``, ``random+screen``) -> the screening it runs with"""
+FLAGS = {"handover": "handover", "pace": "pace"}
+"""flags after a screening suffix -> the screening setting each switches on"""
 
 
 def split_name(s: str) -> tuple[str, dict[str, Any] | None]:
     """``rl+surrogate`` -> (``rl``, its screening settings), ``rl+surrogate@0.1`` with ``keep: 0.1``; ``rl`` ->
-    (``rl``, None). A hybrid's screening covers the agent's part; ``+handover`` at the end, the hand-over's too
-    (``rl>evolution@10+surrogate@0.1+handover``)."""
+    (``rl``, None). A hybrid's screening covers the agent's part; ``+handover`` after it, the hand-over's too
+    (``rl>evolution@10+surrogate@0.1+handover``); ``+pace``, the promoter paced (``screening.pace``)."""
     base, _, suffix = s.partition("+")
-    suffix, both = (suffix[: -len("+handover")], True) if suffix.endswith("+handover") else (suffix, False)
-    if both and ">" not in base:
+    suffix, *flags = suffix.split("+")
+    if unknown := set(flags) - set(FLAGS):
+        raise ConfigError(f"--searchers: {s!r}: unknown flag(s) {sorted(unknown)}; known: {', '.join(FLAGS)}")
+    if "handover" in flags and ">" not in base:
         raise ConfigError(f"--searchers: {s!r}: +handover screens a hand-over, and {base!r} hands over to nothing")
     kind, _, keep = suffix.partition("@")
     if suffix and kind not in SCREENED:
@@ -125,8 +129,7 @@ def split_name(s: str) -> tuple[str, dict[str, Any] | None]:
     if not suffix:
         return base, None
     try:
-        return base, {**SCREENED[kind], **({"keep": float(keep)} if keep else {}),
-                      **({"handover": True} if both else {})}
+        return base, {**SCREENED[kind], **({"keep": float(keep)} if keep else {}), **{FLAGS[f]: True for f in flags}}
     except ValueError:
         raise ConfigError(f"--searchers: {s!r}: {keep!r} after @ is not a share to keep (e.g. 0.1)") from None
 
@@ -189,7 +192,7 @@ def one_search(s: str, task_file: str, seed: int, exp: Any, grid: tuple[int, int
                 cfg = ScreeningConfig(**screening)
                 screened = ScreeningEvaluator(ev, cfg, prior=[load_task(m) for m in runs.stored])
                 screened.learn_from(task, [(r.arch, r.metrics) for r in found])  # the agent's evaluations
-                ev, budget = screened, len(done) + math.ceil(max(0, n - len(done)) / cfg.keep)
+                ev, budget = screened, len(done) + proposals_for(n - len(done), cfg)
             run_searcher(local, task, ev, budget, seed, start=done, proxy=n if budget != n else None)
     else:
         ev: Any = runs.evaluator(client)
@@ -197,7 +200,7 @@ def one_search(s: str, task_file: str, seed: int, exp: Any, grid: tuple[int, int
         if screening:
             cfg = ScreeningConfig(**screening)
             ev = ScreeningEvaluator(ev, cfg, prior=[load_task(m) for m in runs.stored])
-            proposals = math.ceil(n / cfg.keep)  # about n of them promoted
+            proposals = proposals_for(n, cfg)  # about n of them promoted
         run_searcher(base, task, ev, proposals, seed)
     log = runs.requests(client)
     table_ev = runs.evaluator(client)

@@ -48,6 +48,21 @@ def test_the_promoter_keeps_the_best_share_of_what_it_has_seen():
     assert [warm(s) for s in (0.05, 0.5, 0.85, 0.99)] == [False, False, False, True]
 
 
+def test_a_paced_promoter_never_promotes_more_than_its_share():
+    """Ever-improving scores (a policy that keeps getting better): the rank rule alone promotes every one; paced,
+    at most ceil(keep x proposals) at any point, still the best-ranked ones."""
+    rising = [i / 100 for i in range(100)]
+    plain, paced = Promoter(0.1), Promoter(0.1, pace=True)
+    assert all(plain(s) for s in rising)
+    decisions = [paced(s) for s in rising]
+    for n in range(1, 101):
+        assert sum(decisions[:n]) <= math.ceil(0.1 * n)
+    assert sum(decisions) == 10 and decisions[0]
+    # a score that does not rank high enough is not promoted, whatever share is left
+    low = Promoter(0.5, pace=True)
+    assert [low(s) for s in (0.9, 0.1, 0.05, 0.95)] == [True, False, False, True]
+
+
 def test_low_fidelity_screening_promotes_a_share_and_logs_both_fidelities(tables):
     proxy, low = tables
     cw = task("digits-cw-e20-t444-r30")
