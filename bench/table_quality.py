@@ -17,8 +17,10 @@ reaches them: 25-29 with M = 5), then regularized evolution seeded with the best
 to a local search late); a screening suffix screens the agent's part only.
 
 Searcher names may carry a screening suffix: ``rl+surrogate``, ``random+screen`` (``rcnas.search.screening``; the
-low fidelity's answers come from ``--screen-table``). Besides regret per evaluation, the report gives regret against
-evaluation seconds (each table row's measured proxy seconds), the cost that screening and a surrogate cut.
+low fidelity's answers come from ``--screen-table``), then ``+handover`` (the hand-over screened too) and ``+pace``
+(the promoter paced); ``+w8`` runs a searcher as the product does with 8 evaluation workers (``workers_of``).
+Besides regret per evaluation, the report gives regret against evaluation seconds (each table row's measured proxy
+seconds), the cost that screening and a surrogate cut.
 
 ``--kind NAME`` takes the meta tasks, the held-out tasks and the tables from a held-out kind of ``--splits``
 (``bench/splits/digits.yaml``: budgets tighter or looser than every meta task's, another teacher, the reverse), so
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import time
 from pathlib import Path
@@ -111,14 +114,28 @@ SCREENED = {"surrogate": {"by": "surrogate"}, "screen": {"by": "low_fidelity"}}
 """a searcher name's suffix (``rl+surrogate``, ``random+screen``) -> the screening it runs with"""
 FLAGS = {"handover": "handover", "pace": "pace"}
 """flags after a screening suffix -> the screening setting each switches on"""
+WORKERS = re.compile(r"w([1-9][0-9]*)")
+"""``+w8`` anywhere after a searcher's name: the search as the product runs it on 8 evaluation workers (below)"""
+
+
+def workers_of(s: str) -> int:
+    """``rl+surrogate+w8`` -> 8: the agent keeps 8 + M evaluations in flight, as the async sampler does with 8
+    service workers, taking them in the order decided (``ordered``: which table answer came back first would
+    otherwise decide), and a local search asks for 8 at a time, as the product's hand-over and baselines do. Each
+    episode is then decided by a policy that has not seen the results of the 12 before it: the price of keeping 8
+    workers busy, measured without timing. 0 (no ``+wN``): one evaluation at a time, in the order decided."""
+    found = [int(m.group(1)) for p in s.split("+")[1:] if (m := WORKERS.fullmatch(p))]
+    if len(found) > 1:
+        raise ConfigError(f"--searchers: {s!r}: more than one +wN")
+    return found[0] if found else 0
 
 
 def split_name(s: str) -> tuple[str, dict[str, Any] | None]:
     """``rl+surrogate`` -> (``rl``, its screening settings), ``rl+surrogate@0.1`` with ``keep: 0.1``; ``rl`` ->
     (``rl``, None). A hybrid's screening covers the agent's part; ``+handover`` after it, the hand-over's too
     (``rl>evolution@10+surrogate@0.1+handover``); ``+pace``, the promoter paced (``screening.pace``)."""
-    base, _, suffix = s.partition("+")
-    suffix, *flags = suffix.split("+")
+    base, *rest = s.split("+")
+    suffix, *flags = [p for p in rest if not WORKERS.fullmatch(p)] or [""]
     if unknown := set(flags) - set(FLAGS):
         raise ConfigError(f"--searchers: {s!r}: unknown flag(s) {sorted(unknown)}; known: {', '.join(FLAGS)}")
     if "handover" in flags and ">" not in base:
@@ -175,12 +192,15 @@ def one_search(s: str, task_file: str, seed: int, exp: Any, grid: tuple[int, int
     client = f"{s}/{task.name}/seed{seed}"
     base, screening = split_name(s)
     base, local, k = handover(base)
+    workers = workers_of(s)
     runs = TableRuns([open_table(path, teacher_task) for path, teacher_task in tables], grid,
                      meta["stored"] if meta else None)
     if base in PPO_VARIANTS:
         changes: dict[str, Any] = {"seed": seed, "avoid_repeats": PPO_VARIANTS[base][1]}
         if screening:
             changes["screening"] = screening
+        if workers:
+            changes.update(in_flight=workers + exp.M, ordered=True)
         fine_tune(runs, with_changes(exp, s, **changes), task_file, client, min(k, n) if local else n,
                   meta["checkpoint"] if meta and PPO_VARIANTS[base][0] else None)
         if local:  # the agent's sub-networks seed the local search, which spends the rest of the n
@@ -193,7 +213,8 @@ def one_search(s: str, task_file: str, seed: int, exp: Any, grid: tuple[int, int
                 screened = ScreeningEvaluator(ev, cfg, prior=[load_task(m) for m in runs.stored])
                 screened.learn_from(task, [(r.arch, r.metrics) for r in found])  # the agent's evaluations
                 ev, budget = screened, len(done) + proposals_for(n - len(done), cfg)
-            run_searcher(local, task, ev, budget, seed, start=done, proxy=n if budget != n else None)
+            run_searcher(local, task, ev, budget, seed, start=done, proxy=n if budget != n else None,
+                         parallel=max(1, workers))
     else:
         ev: Any = runs.evaluator(client)
         proposals = n
@@ -201,7 +222,7 @@ def one_search(s: str, task_file: str, seed: int, exp: Any, grid: tuple[int, int
             cfg = ScreeningConfig(**screening)
             ev = ScreeningEvaluator(ev, cfg, prior=[load_task(m) for m in runs.stored])
             proposals = proposals_for(n, cfg)  # about n of them promoted
-        run_searcher(base, task, ev, proposals, seed)
+        run_searcher(base, task, ev, proposals, seed, parallel=max(1, workers))
     log = runs.requests(client)
     table_ev = runs.evaluator(client)
     found = scored(log, task, table_ev.teacher_stats(task))
@@ -259,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     metas_done: list[dict[str, Any]] = []
     for x in searchers:  # a malformed name is refused before any work
         handover(split_name(x)[0])
+        workers_of(x)
     if any(PPO_VARIANTS.get(handover(split_name(x)[0])[0], (False,))[0] or split_name(x)[1] for x in searchers):
         for k in range(args.meta_seeds):
             metas_done.append(meta_train(TableRuns(table_list, grid), with_changes(exp, "--meta-seeds", seed=k), metas,
