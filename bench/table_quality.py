@@ -123,7 +123,9 @@ def workers_of(s: str) -> int:
     service workers, taking them in the order decided (``ordered``: which table answer came back first would
     otherwise decide), and a local search asks for 8 at a time, as the product's hand-over and baselines do. Each
     episode is then decided by a policy that has not seen the results of the 12 before it: the price of keeping 8
-    workers busy, measured without timing. 0 (no ``+wN``): one evaluation at a time, in the order decided."""
+    workers busy, measured without timing. A hybrid's agent hands over once its evaluations in flight are back, so
+    ``rl>evolution@10+w8`` hands over after more than 10 (every one counted in N). 0 (no ``+wN``): one evaluation
+    at a time, in the order decided."""
     found = [int(m.group(1)) for p in s.split("+")[1:] if (m := WORKERS.fullmatch(p))]
     if len(found) > 1:
         raise ConfigError(f"--searchers: {s!r}: more than one +wN")
@@ -222,7 +224,7 @@ def one_search(s: str, task_file: str, seed: int, exp: Any, grid: tuple[int, int
             cfg = ScreeningConfig(**screening)
             ev = ScreeningEvaluator(ev, cfg, prior=[load_task(m) for m in runs.stored])
             proposals = proposals_for(n, cfg)  # about n of them promoted
-        run_searcher(base, task, ev, proposals, seed, parallel=max(1, workers))
+        run_searcher(base, task, ev, proposals, seed, parallel=max(1, workers), proxy=n if screening else None)
     log = runs.requests(client)
     table_ev = runs.evaluator(client)
     found = scored(log, task, table_ev.teacher_stats(task))
@@ -280,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     metas_done: list[dict[str, Any]] = []
     for x in searchers:  # a malformed name is refused before any work
         handover(split_name(x)[0])
-        workers_of(x)
+        if screening := split_name(x)[1]:
+            validate(ScreeningConfig, screening, f"--searchers {x!r}")
+        if workers_of(x):
+            with_changes(exp, f"--searchers {x!r}", in_flight=workers_of(x) + exp.M)
     if any(PPO_VARIANTS.get(handover(split_name(x)[0])[0], (False,))[0] or split_name(x)[1] for x in searchers):
         for k in range(args.meta_seeds):
             metas_done.append(meta_train(TableRuns(table_list, grid), with_changes(exp, "--meta-seeds", seed=k), metas,

@@ -247,8 +247,9 @@ class ScreeningConfig(StrictModel):
     evaluations on the proposals the surrogate ranks best, as fine-tuning does"""
     pace: bool = False
     """never promote more than ``keep`` of the proposals screened so far (besides ranking in the best ``keep``): the
-    proxy evaluations a search spends are then at most ``min_points`` + ``keep`` x its proposals, whatever its
-    policy does; off, an improving policy gets more promoted (its new proposals rank high against its older ones)"""
+    proxy evaluations a search spends are then at most ``keep`` x its scored proposals (rounded up), plus those
+    promoted before the surrogate had ``min_points`` results to score with, whatever its policy does; off, an
+    improving policy gets more promoted (its new proposals rank high against its older ones)"""
     warm: Int = Field(200, ge=0, le=MAX_EXAMPLES)
     """surrogate: random sub-networks of the task's space whose predicted rewards the first proposals are ranked
     against, as if proposed before them (without them the first proposal, and every early new best, would be

@@ -208,7 +208,8 @@ def test_table_benchmark_refuses_a_task_the_table_cannot_answer(synth, tmp_path)
     res = run_script("bench/table_quality.py", "--table", str(synth), "--held-out", "digits-pgd-e10-t444-r25",
                      "--out", str(tmp_path / "x"), timeout=120)
     assert res.returncode == 2 and "not this table's" in res.stderr and "Traceback" not in res.stderr
-    for name, says in (("rl+surrogate+fast", "unknown flag(s) ['fast']"), ("rl+w2+w3", "more than one +wN")):
+    for name, says in (("rl+surrogate+fast", "unknown flag(s) ['fast']"), ("rl+w2+w3", "more than one +wN"),
+                       ("rl+surrogate@2", "keep"), ("rl+w5000", "in_flight")):
         res = run_script("bench/table_quality.py", "--table", str(synth), "--searchers", name,
                          "--out", str(tmp_path / "x"), timeout=120)
         assert res.returncode == 2 and says in res.stderr and "Traceback" not in res.stderr

@@ -89,17 +89,20 @@ class Budgeted:
     def round(self, draw: Callable[[], tuple[int, ...]], answered: Callable[[tuple[int, ...], float], None]) -> None:
         """One round of a batched searcher: proposals from ``draw()`` until ``parallel`` of them need evaluating (or
         the evaluations left, or the proposals, run out), then those evaluated side by side. ``answered(actions,
-        reward)`` gets every answer in the order proposed, at once for those that cost nothing (repeats, proposals
-        screened out: a searcher learns from them before it proposes again, as the sequential algorithm would) and
-        after the batch for the others. Under screening a round so keeps every worker busy: drawing a fixed
-        ``parallel`` proposals, about ``keep`` of them would reach the proxy, mostly one at a time."""
+        reward)`` gets every answer: at once for those that cost nothing (repeats, proposals screened out: a searcher
+        learns from them before it proposes again, as the sequential algorithm would), then the batch's in the order
+        proposed, then those that repeated one of the batch. Under screening a round so keeps every worker busy:
+        drawing a fixed ``parallel`` proposals, about ``keep`` of them would reach the proxy, mostly one at a time."""
         batch: list[tuple[int, ...]] = []
+        again: list[tuple[int, ...]] = []
+        """proposals repeating one of the batch: answered after it, with its reward"""
         archs: set[ArchSpec] = set()
         while len(batch) < min(self.parallel, self.left) and self.draws < 100 * self.n:
             self.draws += 1
             actions = draw()
             arch = self.space.arch(actions)
-            if arch in archs:  # already in this batch: its answer comes with the batch's
+            if arch in archs:
+                again.append(actions)
                 continue
             reward = self.ask(arch)
             if reward is None:
@@ -109,6 +112,8 @@ class Budgeted:
                 answered(actions, reward)
         for actions, reward in zip(batch, self.many([self.space.arch(a) for a in batch])):
             answered(actions, reward)
+        for actions in again:
+            answered(actions, self._seen[self.space.arch(actions)].reward)
 
     @property
     def exhausted(self) -> bool:
