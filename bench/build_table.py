@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[Row] = []
         n_val = 0
         t0, computed = time.perf_counter(), 0
-        with ThreadPoolExecutor(max_workers=2 * max(1, len(ev.placement()))) as pool:
+        pool = ThreadPoolExecutor(max_workers=2 * max(1, len(ev.placement())))
+        try:
             futures = {pool.submit(ev.evaluate, ttask, arch): arch for arch in archs}
             for i, fut in enumerate(as_completed(futures), 1):
                 e = fut.result()
@@ -88,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
                     eta = (len(archs) - i) / rate / 60 if rate else 0.0
                     print(f"{i}/{len(archs)} done ({computed} computed now, {i - computed} from the store), "
                           f"{rate * 60:.1f}/min, ETA {eta:.0f} min", flush=True)
+        finally:
+            # Ctrl-C: the sub-networks not yet started are dropped, not evaluated first (a pool's own exit waits
+            # for every queued one: hours); what finished is in the store for the next run
+            pool.shutdown(wait=False, cancel_futures=True)
     if args.limit is not None:
         print("--limit: no table written (it would be incomplete)")
         return 0
