@@ -52,6 +52,9 @@ class Budgeted:
         self._seen: dict[ArchSpec, Step] = {}
         self.draws = 0
         """proposals drawn by :meth:`round`"""
+        self._at_proxy = 0
+        """counted as steps are added (a round asks after every draw; recounting the trajectory each time, a
+        search of n proposals spent O(n^2) sub-network keys: minutes per screened search)"""
 
     @property
     def done(self) -> bool:
@@ -60,9 +63,7 @@ class Budgeted:
     @property
     def at_proxy(self) -> int:
         """Sub-networks of the trajectory whose answer is the proxy's (all of them without screening)."""
-        if self._reached is None:
-            return len(self.trajectory)
-        return sum(1 for s in self.trajectory if self._reached(self.task, s.arch))
+        return self._at_proxy
 
     def __call__(self, arch: ArchSpec) -> float:
         if arch in self._seen:  # a repeat costs nothing and is not counted again
@@ -124,6 +125,8 @@ class Budgeted:
         reward = task_reward(self.task, m.metrics, self.teacher)
         self._seen[arch] = Step(arch, reward, m.metrics.robust_acc, m.metrics.macs, m.cached)
         self.trajectory.append(self._seen[arch])
+        # whether an answer is the proxy's is settled when it arrives: a screened-out sub-network stays out
+        self._at_proxy += self._reached is None or self._reached(self.task, arch)
         return reward
 
     def many(self, archs: Sequence[ArchSpec]) -> list[float]:

@@ -6,6 +6,7 @@ builder in ``rcnas.models`` turns an :class:`ArchSpec` into a network, and the c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
@@ -78,16 +79,7 @@ class ArchSpec:
         Fields added after stores existed (:data:`_LATER_FIELDS`) count only when they differ from their default,
         so every architecture that existed before them keeps its key (and its stored evaluations).
         """
-        d = asdict(self)
-        for path, default in _LATER_FIELDS:
-            *parents, leaf = path
-            holder = d
-            for name in parents:
-                holder = holder[name]
-            if holder[leaf] == default:
-                del holder[leaf]
-        blob = json.dumps(d, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return _key(self)
 
     def short(self) -> str:
         """A human-readable one-liner, e.g. ``D4-4-2 C32-64-64 bbr``."""
@@ -100,6 +92,22 @@ class ArchSpec:
 _LATER_FIELDS: tuple[tuple[tuple[str, ...], object], ...] = (
     (("input_norm",), None), (("downsample_padding",), "symmetric"), (("block_params", "conv1_input"), "preact"),
 )
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _key(arch: ArchSpec) -> str:
+    """:meth:`ArchSpec.key`, computed once per architecture: a search asks for the keys of the same few thousand
+    sub-networks again and again (its store, its screening), and each is a dict, a JSON dump and a hash."""
+    d = asdict(arch)
+    for path, default in _LATER_FIELDS:
+        *parents, leaf = path
+        holder = d
+        for name in parents:
+            holder = holder[name]
+        if holder[leaf] == default:
+            del holder[leaf]
+    blob = json.dumps(d, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def arch_from_dict(d: dict) -> ArchSpec:
