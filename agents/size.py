@@ -208,7 +208,8 @@ def run_size(exp: ExperimentConfig, tasks: Sequence[Task], *, target: Optional[T
 def _promoted(exp: ExperimentConfig, proposals: int, prior: bool) -> int:
     """About how many of ``proposals`` reach the proxy under ``exp.screening`` (all of them without): the ``keep``
     share, after the first ``min_points`` a surrogate with no stored evaluations to start from (``prior``) promotes
-    while it learns. A floor: a proposal is promoted when it ranks among the best ``keep`` of those seen so far, so a
+    while it learns. Paced (``screening.pace``), a bound (give or take the evaluations in flight while the surrogate
+    learns); unpaced, a floor: a proposal is promoted when it ranks among the best ``keep`` of those seen so far, so a
     policy whose proposals keep improving has more promoted (the digits run: 41 of 100 over 20 iterations)."""
     sc = exp.screening
     if sc.by == "none":
@@ -221,4 +222,6 @@ def _screened_note(exp: ExperimentConfig, proposals: int, promoted: int) -> str:
     if promoted == proposals:
         return ""
     what = "surrogate" if exp.screening.by == "surrogate" else "low fidelity, each one evaluated cheaply"
+    if exp.screening.pace:  # paced: a bound, whatever the policy does
+        return f", screened ({what}, paced): at most ~{promoted:,} to the proxy"
     return f", screened ({what}): at least ~{promoted:,} to the proxy, more while the policy improves"

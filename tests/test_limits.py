@@ -162,9 +162,10 @@ def test_run_size_of_the_digits_experiment_is_one_line_with_its_figures():
     exp, tasks = _tasks(DIGITS)
     line = run_size(exp, tasks, auto_workers=4)
     assert "\n" not in line and line.startswith("run size: ")
-    # 6 meta iterations x M=5 (not screened) + 8 fine-tuning iterations x M=5 screened to at least ~4 + hand-over 10
-    assert "about 44 evaluations" in line and "= 30 over 3 tasks" in line, line
-    assert "= 40 proposals, screened (surrogate): at least ~4 to the proxy" in line, line
+    # 6 meta iterations x M=5 (not screened) + 20 fine-tuning iterations x M=5 screened, paced, to at most ~10
+    # + hand-over 10
+    assert "about 50 evaluations" in line and "= 30 over 3 tasks" in line, line
+    assert "= 100 proposals, screened (surrogate, paced): at most ~10 to the proxy" in line, line
     assert "hand-over to evolution: 10" in line, line
     assert "1 teacher training" in line and "5 attacks on 359 test examples" in line, line
     # 4 workers (given) + 1 learner (the async sampler in its process) + the service + the driver
@@ -221,12 +222,14 @@ def test_run_size_counts_what_screening_promotes():
 
     exp, tasks = _tasks(ROOT / "configs/experiments/cifar10.yaml")
     line = run_size(exp, tasks, auto_workers=8)
-    assert "hand-over to evolution: 8" in line and "about 146 evaluations" in line, line
+    assert "hand-over to evolution: 8" in line and "about 136 evaluations" in line, line
     screened = exp.model_copy(update={"handover": exp.handover.model_copy(update={"evaluations": 0})})
     line = run_size(screened, tasks, auto_workers=8)
-    assert "= 1,000 proposals over 6 tasks, screened (surrogate): at least ~118 to the proxy" in line, line
-    assert "= 200 proposals, screened (surrogate): at least ~20 to the proxy" in line, line
-    assert "about 138 evaluations" in line, line
+    assert "= 1,000 proposals over 6 tasks, screened (surrogate, paced): at most ~118 to the proxy" in line, line
+    assert "= 100 proposals, screened (surrogate, paced): at most ~10 to the proxy" in line, line
+    assert "about 128 evaluations" in line, line
+    unpaced = screened.model_copy(update={"screening": exp.screening.model_copy(update={"pace": False})})
+    assert "screened (surrogate): at least ~118 to the proxy" in run_size(unpaced, tasks, auto_workers=8)
     meta_plain = screened.model_copy(update={"screening": exp.screening.model_copy(update={"meta": False})})
     line = run_size(meta_plain, tasks, auto_workers=8)
-    assert "= 1,000 over 6 tasks;" in line and "about 1,020 evaluations" in line, line
+    assert "= 1,000 over 6 tasks;" in line and "about 1,010 evaluations" in line, line
