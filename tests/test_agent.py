@@ -136,7 +136,8 @@ def test_train_smoke_writes_every_output(tmp_path):
     console = proc.stdout + proc.stderr
     assert "[meta] iteration 1/1 | best reward" in console and "[finetune] iteration 1/1 |" in console
     assert "handing over to evolution: 2 more evaluations" in console  # smoke.yaml's handover ran
-    assert "(of at most 4 proposals screened by the surrogate)" in console and "proposals screened out |" in console
+    # paced at keep 0.5: twice 2 / 0.5 proposals at most
+    assert "(of at most 8 proposals screened by the surrogate)" in console and "proposals screened out |" in console
     for noise in ("Configuration for experiment", "Trial status", "DeprecationWarning", "Install gputil",
                   "Traceback", "Token authentication is enabled", "Using blocking ray.get inside async actor"):
         assert noise not in console, noise
