@@ -112,8 +112,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 SCREENED = {"surrogate": {"by": "surrogate"}, "screen": {"by": "low_fidelity"}}
 """a searcher name's suffix (``rl+surrogate``, ``random+screen``) -> the screening it runs with"""
-FLAGS = {"handover": "handover", "pace": "pace"}
-"""flags after a screening suffix -> the screening setting each switches on"""
+FLAGS = ("handover", "pace")
+"""flags after a screening suffix: each switches on the screening setting of its name"""
 WORKERS = re.compile(r"w([1-9][0-9]*)")
 """``+w8`` anywhere after a searcher's name: the search as the product runs it on 8 evaluation workers (below)"""
 
@@ -148,7 +148,7 @@ def split_name(s: str) -> tuple[str, dict[str, Any] | None]:
     if not suffix:
         return base, None
     try:
-        return base, {**SCREENED[kind], **({"keep": float(keep)} if keep else {}), **{FLAGS[f]: True for f in flags}}
+        return base, {**SCREENED[kind], **({"keep": float(keep)} if keep else {}), **{f: True for f in flags}}
     except ValueError:
         raise ConfigError(f"--searchers: {s!r}: {keep!r} after @ is not a share to keep (e.g. 0.1)") from None
 
