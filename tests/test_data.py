@@ -10,7 +10,7 @@ import torch
 
 from rcnas.config import DatasetConfig
 from rcnas.data.registry import DATASETS, load_splits
-from rcnas.data.tensors import augment, batches
+from rcnas.data.tensors import TensorData, augment, batches, even_batch_size
 from rcnas.infra.errors import DataNotFoundError
 
 
@@ -41,6 +41,24 @@ def test_augment_keeps_shape_and_range_and_is_seeded():
 def test_batches_cover_the_data_once(digits):
     seen = sum(len(y) for _, y in batches(digits.val, 100))
     assert seen == len(digits.val)
+
+
+@pytest.mark.parametrize(("n", "size", "sizes"), [(1000, 512, [500, 500]), (1000, 256, [250] * 4), (359, 512, [359]),
+                                                  (7, 3, [3, 3, 1]), (64, 64, [64])])
+def test_even_batches_split_as_many_times_with_one_shape_where_possible(n, size, sizes):
+    data = TensorData(torch.zeros(n, 1, 2, 2, dtype=torch.uint8), torch.arange(n))
+    got = [len(y) for _, y in batches(data, size, even=True)]
+    assert got == sizes and len(got) == -(-n // size) and even_batch_size(n, size) == sizes[0]
+    assert torch.equal(torch.cat([y for _, y in batches(data, size, even=True)]), torch.arange(n))
+
+
+def test_data_moved_to_its_own_device_is_itself_and_shuffles_draw_on_the_generators_device(digits):
+    assert digits.val.to("cpu") is digits.val
+    g = torch.Generator(device="cpu").manual_seed(3)
+    first = torch.cat([y for _, y in batches(digits.val, 50, shuffle=True, generator=g)])
+    again = torch.cat([y for _, y in batches(digits.val, 50, shuffle=True, generator=torch.Generator().manual_seed(3))])
+    # a generator on the data's device gives the stream a CPU generator always gave: stored CPU results stay valid
+    assert torch.equal(first, again) and sorted(first.tolist()) == sorted(digits.val.y.tolist())
 
 
 def test_missing_cifar_is_one_clear_line(tmp_path):

@@ -119,6 +119,21 @@ def test_the_loop_state_round_trips_through_its_checkpoint(digits, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(again["ema"].values(), saved["ema"].values()))
 
 
+def test_a_state_saved_with_another_generator_kind_resumes_from_the_seed_with_a_warning(digits, tmp_path):
+    ckpt = tmp_path / "train_state.pt"
+    adversarial_train(fresh(), small(digits), recipe(epochs=1), LoopOptions(num_classes=10, checkpoint=ckpt))
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["generator_device"] == "cpu"
+    # a GPU's run continued on a CPU (a retry on another node kind): its Philox state cannot seed a CPU generator
+    torch.save({**saved, "generator": torch.zeros(16, dtype=torch.uint8), "generator_device": "cuda"}, ckpt)
+    with pytest.warns(UserWarning, match="saved on cuda, continued on cpu"):
+        resumed = TrainingLoop(fresh(seed=9), small(digits), recipe(epochs=2),
+                               LoopOptions(num_classes=10, checkpoint=ckpt))
+    assert resumed.state.step == saved["step"] and torch.equal(resumed.g.get_state(),
+                                                               torch.Generator().manual_seed(0).get_state())
+    assert resumed.g.device == next(resumed.model.parameters()).device
+
+
 def test_one_epoch_reads_the_device_a_handful_of_times_not_every_step(digits, monkeypatch):
     loop = TrainingLoop(fresh(), digits, recipe(batch_size=16, epochs=1), LoopOptions(num_classes=10))
     calls = {"n": 0}

@@ -27,9 +27,15 @@ def cw_margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (wrong - true).clamp(max=50.0).sum()
 
 
+def draw_device(generator: torch.Generator | None) -> torch.device:
+    """Where a draw from ``generator`` is made: its own device (the CPU for the global generator)."""
+    return generator.device if generator is not None else torch.device("cpu")
+
+
 def uniform_start(x: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
-    # drawn on the CPU so that a seed gives the same start on every device
-    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    # drawn on the generator's device: the reported attacks pass a CPU generator, so that a seed gives the same start
+    # on every device; the training step passes its own, on the GPU, so that no draw goes through the host
+    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=draw_device(generator)).to(x.device)
     return (noise * 2 - 1) * eps
 
 

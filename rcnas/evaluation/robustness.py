@@ -73,7 +73,8 @@ def robust_accuracy(
     device = next(model.parameters()).device
     model.eval()
     check_model(model, to_float(data.x[: min(8, len(data))]).to(device))
-    clean = torch.cat([_correct(model, x, y).cpu() for x, y in batches(data, batch_size, device)])
+    even = device.type == "cuda"  # one batch shape, one cuDNN autotuning (rcnas.data.tensors.even_batch_size)
+    clean = torch.cat([_correct(model, x, y).cpu() for x, y in batches(data, batch_size, device, even=even)])
     survive = clean.clone()
     results = []
     for label, cfg in attacks.items():
@@ -83,7 +84,7 @@ def robust_accuracy(
         # AutoAttack batches and tracks robust points itself: hand it the whole set at once
         size = 10_000 if ATTACK_KINDS.get(cfg.name).whole_set else batch_size
         with Progress(len(data), f"{desc} {label}", unit="img", enabled=None if desc else False) as bar:
-            for x, y in batches(data, size, device):
+            for x, y in batches(data, size, device, even=even):
                 ctx = AttackContext(num_classes=num_classes, seed=seed, generator=g,
                                     progress=(lambda m, lb=label: progress(f"{lb}: {m}")) if progress else None)
                 ok.append(_correct(model, run_attack(model, x, y, cfg, ctx), y).cpu())
@@ -114,7 +115,7 @@ def local_lipschitz(
     model.eval()
     g = torch.Generator().manual_seed(seed)
     ratios = []
-    for x, y in batches(data, batch_size, device):
+    for x, y in batches(data, batch_size, device, even=device.type == "cuda"):
         x_adv = run_attack(model, x, y, attack, AttackContext(num_classes=num_classes, seed=seed, generator=g))
         with torch.no_grad():
             num = (model(x) - model(x_adv)).abs().sum(1)

@@ -10,6 +10,7 @@ not a state this network can resume from is refused in one line.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Protocol
@@ -73,7 +74,7 @@ class LoopState:
         """Everything a killed run needs to continue exactly: this state and the training objects'."""
         return {"epoch": self.epoch, "step": self.step, "best_acc": self.best_acc, "best_epoch": self.best_epoch,
                 "best": self.best, "history": self.history, "model": model.state_dict(),
-                "optimizer": opt.state_dict(), "generator": g.get_state(),
+                "optimizer": opt.state_dict(), "generator": g.get_state(), "generator_device": g.device.type,
                 "ema": ema.state_dict() if ema is not None else None}
 
     @classmethod
@@ -111,7 +112,12 @@ def resume(checkpoint: Optional[Path], model: nn.Module, opt: torch.optim.Optimi
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
-        g.set_state(saved["generator"])
+        if saved.get("generator_device", "cpu") == g.device.type:
+            g.set_state(saved["generator"].cpu())  # map_location moved it; a generator's state lives on the host
+        else:  # a GPU's run continued on a CPU or back: another generator kind, whose draws start from the seed again
+            was = saved.get("generator_device", "cpu")
+            warnings.warn(f"{checkpoint}: saved on {was}, continued on {g.device.type}; the random draws (shuffling, "
+                          "crops, attack starts) restart from the seed", stacklevel=2)
         return LoopState.from_checkpoint(saved), saved.get("ema")
     except Exception as exc:  # noqa: BLE001 - refused pickles, other shapes, text files: all one user-facing line
         from rcnas.infra.errors import ConfigError

@@ -43,7 +43,7 @@ def trades_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCo
     def kl(logits: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
         return nn.functional.kl_div(nn.functional.log_softmax(logits, 1), p_clean, reduction="sum")
 
-    start = 0.001 * torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device)
+    start = 0.001 * torch.randn(x.shape, generator=g, dtype=x.dtype, device=g.device).to(x.device)
     x_adv = pgd_linf(model, x, y, LinfSteps.of(a), loss_fn=kl, start=start)
     model.train()
     logits = model(x)

@@ -77,7 +77,8 @@ def sandwich_objective(supernet: PreActResNet, teacher: TeacherSpec, base: LossF
 
     def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> LossResult:
         total, logits = base(model, x, y, cfg, g)
-        rng = np.random.default_rng(int(torch.randint(2**31 - 1, (1,), generator=g)))
+        # one read from the device per step: the host must know which sub-networks to run
+        rng = np.random.default_rng(int(torch.randint(2**31 - 1, (1,), generator=g, device=g.device)))
         for arch in [tiny] + [space.arch(space.sample(rng)) for _ in range(n_random)]:
             total = total + base(view(arch), x, y, cfg, g)[0]
         return total, logits

@@ -64,7 +64,8 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 @torch.no_grad()
 def _accuracy(model: nn.Module, data: TensorData, device: torch.device) -> float:
     model.eval()
-    correct = sum((model(x).argmax(1) == y).sum().item() for x, y in batches(data, 512, device))
+    even = device.type == "cuda"  # one batch shape, one cuDNN autotuning
+    correct = sum((model(x).argmax(1) == y).sum().item() for x, y in batches(data, 512, device, even=even))
     return correct / max(len(data), 1)
 
 
@@ -74,7 +75,7 @@ def val_robust_accuracy(model: nn.Module, val: TensorData, cfg: TrainConfig, dev
     model.eval()
     ctx = AttackContext(num_classes=num_classes, seed=cfg.seed, generator=torch.Generator().manual_seed(cfg.seed))
     correct = 0
-    for x, y in batches(val, 512, device):
+    for x, y in batches(val, 512, device, even=device.type == "cuda"):
         x_adv = run_attack(model, x, y, cfg.attack, ctx)
         with torch.no_grad():
             correct += (model(x_adv).argmax(1) == y).sum().item()
@@ -139,12 +140,14 @@ class TrainingLoop:
         self.t0 = time.perf_counter()
         self.model, self.cfg, self.options = model, cfg, options
         self.device = next(model.parameters()).device
-        self.train, self.val = data.train, data.val.head(cfg.val_examples)
+        # on the device once: a GPU step then gathers its batch there instead of converting and copying it each time
+        self.train, self.val = data.train.to(self.device), data.val.head(cfg.val_examples).to(self.device)
         self.steps_per_epoch, self.total = planned_steps(len(self.train), cfg)
         self.n_epochs = math.ceil(self.total / self.steps_per_epoch)
         self.opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay)
-        self.g = torch.Generator().manual_seed(cfg.seed)
+        # shuffling, crops, flips and the inner attack's start draw from it on the device (the CPU: as always)
+        self.g = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.loss_fn = options.objective or LOSSES.get(cfg.loss)
         self.state, saved_ema = resume(options.checkpoint, model, self.opt, self.g, self.device)
         self.runner = StepRunner.setup(model, cfg, self.device)  # after the restore: the average starts from it
