@@ -18,7 +18,8 @@ to a local search late); a screening suffix screens the agent's part only.
 
 Searcher names may carry a screening suffix: ``rl+surrogate``, ``random+screen`` (``rcnas.search.screening``; the
 low fidelity's answers come from ``--screen-table``), then ``+handover`` (the hand-over screened too) and ``+pace``
-(the promoter paced); ``+w8`` runs a searcher as the product does with 8 evaluation workers (``workers_of``).
+(the promoter paced); ``+w8`` runs a searcher as the product does with 8 evaluation workers (``workers_of``), and
+``+refresh`` after it trains the agent on its lagged episodes with ``lagged: refresh``.
 Besides regret per evaluation, the report gives regret against evaluation seconds (each table row's measured proxy
 seconds), the cost that screening and a surrogate cut.
 
@@ -118,6 +119,27 @@ WORKERS = re.compile(r"w([1-9][0-9]*)")
 """``+w8`` anywhere after a searcher's name: the search as the product runs it on 8 evaluation workers (below)"""
 
 
+REFRESH = "refresh"
+"""``+refresh`` after ``+wN``: the agent's ``lagged: refresh`` (an episode decided by an older policy is trained on
+as if the current one had decided it) instead of ``as_sampled`` (PPO's ratio against the probabilities it was
+sampled with)"""
+
+
+def experiment_part(p: str) -> bool:
+    """Whether ``p`` (one ``+`` part of a searcher's name) sets the experiment, not the screening."""
+    return bool(WORKERS.fullmatch(p)) or p == REFRESH
+
+
+def refreshed(s: str) -> bool:
+    """``rl+w8+refresh`` -> True; refused where nothing lags (no ``+wN``) or no agent learns."""
+    if REFRESH not in s.split("+")[1:]:
+        return False
+    if not workers_of(s) or handover(split_name(s)[0])[0] not in PPO_VARIANTS:
+        raise ConfigError(f"--searchers: {s!r}: +refresh changes how the agent learns from lagged episodes; it needs "
+                          "an agent (rl, ppo-scratch, ...) and +wN (one evaluation at a time, nothing lags)")
+    return True
+
+
 def workers_of(s: str) -> int:
     """``rl+surrogate+w8`` -> 8: the agent keeps 8 + M evaluations in flight, as the async sampler does with 8
     service workers, taking them in the order decided (``ordered``: which table answer came back first would
@@ -137,7 +159,7 @@ def split_name(s: str) -> tuple[str, dict[str, Any] | None]:
     (``rl``, None). A hybrid's screening covers the agent's part; ``+handover`` after it, the hand-over's too
     (``rl>evolution@10+surrogate@0.1+handover``); ``+pace``, the promoter paced (``screening.pace``)."""
     base, *rest = s.split("+")
-    suffix, *flags = [p for p in rest if not WORKERS.fullmatch(p)] or [""]
+    suffix, *flags = [p for p in rest if not experiment_part(p)] or [""]
     if unknown := set(flags) - set(FLAGS):
         raise ConfigError(f"--searchers: {s!r}: unknown flag(s) {sorted(unknown)}; known: {', '.join(FLAGS)}")
     if "handover" in flags and ">" not in base:
@@ -203,6 +225,8 @@ def one_search(s: str, task_file: str, seed: int, exp: Any, grid: tuple[int, int
             changes["screening"] = screening
         if workers:
             changes.update(in_flight=workers + exp.M, ordered=True)
+        if refreshed(s):
+            changes["lagged"] = "refresh"
         fine_tune(runs, with_changes(exp, s, **changes), task_file, client, min(k, n) if local else n,
                   meta["checkpoint"] if meta and PPO_VARIANTS[base][0] else None)
         if local:  # the agent's sub-networks seed the local search, which spends the rest of the n
@@ -286,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             validate(ScreeningConfig, screening, f"--searchers {x!r}")
         if workers_of(x):
             with_changes(exp, f"--searchers {x!r}", in_flight=workers_of(x) + exp.M)
+        refreshed(x)
     if any(PPO_VARIANTS.get(handover(split_name(x)[0])[0], (False,))[0] or split_name(x)[1] for x in searchers):
         for k in range(args.meta_seeds):
             metas_done.append(meta_train(TableRuns(table_list, grid), with_changes(exp, "--meta-seeds", seed=k), metas,

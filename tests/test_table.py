@@ -159,7 +159,8 @@ def test_table_benchmark_smoke(synth, tmp_path):
     synthetic_table(screen, [low_fidelity_task(task(t), low) for t in TABLE_TASKS], scale=0.5)
     res = run_script("bench/table_quality.py", "--table", str(synth), "--screen-table", str(screen), "--seeds", "2",
                      "--n", "3,6", "--held-out", "digits-fgsm-e20-t444-r30", "--searchers",
-                     "rl,random,uniform,prune,rl>evolution@3+surrogate@0.5+handover+pace+w4,random+screen@0.5,rl>evolution@3",
+                     "rl,random,uniform,prune,rl>evolution@3+surrogate@0.5+handover+pace+w4,random+screen@0.5,rl>evolution@3,"
+                     "ppo-scratch+w4+refresh",
                      "--meta-iterations", "2",
                      "--meta-seeds", "2", "--out", str(out), timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -167,7 +168,7 @@ def test_table_benchmark_smoke(synth, tmp_path):
     assert "| rl |" in report and "| random |" in report and "regret N=6" in report
     assert "| prune |" in report and "| random+screen@0.5 |" in report
     assert "| rl>evolution@3+surrogate@0.5+handover+pace+w4 |" in report
-    assert "| rl>evolution@3 |" in report
+    assert "| rl>evolution@3 |" in report and "| ppo-scratch+w4+refresh |" in report
     assert "Regret against evaluation seconds" in report and "2 independent meta-trainings" in report
     # screening spends on both fidelities: its searches cost more seconds per evaluation than plain random search
     costs = json.loads((out / "results.json").read_text())["costs"]
@@ -209,7 +210,8 @@ def test_table_benchmark_refuses_a_task_the_table_cannot_answer(synth, tmp_path)
                      "--out", str(tmp_path / "x"), timeout=120)
     assert res.returncode == 2 and "not this table's" in res.stderr and "Traceback" not in res.stderr
     for name, says in (("rl+surrogate+fast", "unknown flag(s) ['fast']"), ("rl+w2+w3", "more than one +wN"),
-                       ("rl+surrogate@2", "keep"), ("rl+w5000", "in_flight")):
+                       ("rl+surrogate@2", "keep"), ("rl+w5000", "in_flight"), ("rl+refresh", "+refresh"),
+                       ("random+w4+refresh", "needs an agent")):
         res = run_script("bench/table_quality.py", "--table", str(synth), "--searchers", name,
                          "--out", str(tmp_path / "x"), timeout=120)
         assert res.returncode == 2 and says in res.stderr and "Traceback" not in res.stderr

@@ -126,7 +126,7 @@ def test_a_state_saved_with_another_generator_kind_resumes_from_the_seed_with_a_
     assert saved["generator_device"] == "cpu"
     # a GPU's run continued on a CPU (a retry on another node kind): its Philox state cannot seed a CPU generator
     torch.save({**saved, "generator": torch.zeros(16, dtype=torch.uint8), "generator_device": "cuda"}, ckpt)
-    with pytest.warns(UserWarning, match="saved on cuda, continued on cpu"):
+    with pytest.warns(UserWarning, match="made on cuda, this run makes them on cpu"):
         resumed = TrainingLoop(fresh(seed=9), small(digits), recipe(epochs=2),
                                LoopOptions(num_classes=10, checkpoint=ckpt))
     assert resumed.state.step == saved["step"] and torch.equal(resumed.g.get_state(),

@@ -41,6 +41,22 @@ class TensorData:
         return TensorData(self.x.to(device), self.y.to(device))
 
 
+RESIDENT_SHARE = 0.25
+"""the most of a GPU's memory left to this process that its training data may take there"""
+
+
+def resident(data: TensorData, device: torch.device) -> TensorData:
+    """``data`` on ``device`` when it takes at most :data:`RESIDENT_SHARE` of the memory this process may still use
+    there, else where it is: a worker sharing a GPU (its memory capped to its share) keeps its room for the network,
+    and its batches are then copied as they always were."""
+    if device.type != "cuda":
+        return data.to(device)
+    free, total = torch.cuda.mem_get_info(device)
+    cap = total * torch.cuda.get_per_process_memory_fraction(device) - torch.cuda.memory_reserved(device)
+    fits = data.x.nbytes + data.y.nbytes <= RESIDENT_SHARE * min(free, cap)
+    return data.to(device) if fits else data
+
+
 @dataclass(frozen=True)
 class DataSplits:
     """Train, validation (carved from the training data) and test splits."""

@@ -116,8 +116,8 @@ def resume(checkpoint: Optional[Path], model: nn.Module, opt: torch.optim.Optimi
             g.set_state(saved["generator"].cpu())  # map_location moved it; a generator's state lives on the host
         else:  # a GPU's run continued on a CPU or back: another generator kind, whose draws start from the seed again
             was = saved.get("generator_device", "cpu")
-            warnings.warn(f"{checkpoint}: saved on {was}, continued on {g.device.type}; the random draws (shuffling, "
-                          "crops, attack starts) restart from the seed", stacklevel=2)
+            warnings.warn(f"{checkpoint}: its random draws were made on {was}, this run makes them on {g.device.type}"
+                          "; the draws (shuffling, crops, attack starts) restart from the seed", stacklevel=2)
         return LoopState.from_checkpoint(saved), saved.get("ema")
     except Exception as exc:  # noqa: BLE001 - refused pickles, other shapes, text files: all one user-facing line
         from rcnas.infra.errors import ConfigError

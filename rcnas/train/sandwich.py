@@ -13,6 +13,7 @@ the supernet and the optimizer of the supernet trains them all.
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 
 import numpy as np
@@ -55,6 +56,17 @@ class SharedSubnet(nn.Module):
         return functional_call(self.body, tensors, (x,))
 
 
+def host_seed(g: torch.Generator) -> int:
+    """A seed for the host's draws (which sub-networks a step trains), taken from ``g`` without waiting for the
+    device: a CPU generator draws it (as it always did); a CUDA generator's state (its seed and offset) lives on the
+    host, so it is hashed, and the offset advanced by a draw that is never read, so that the next step differs."""
+    if g.device.type == "cpu":
+        return int(torch.randint(2**31 - 1, (1,), generator=g))
+    state = g.get_state()
+    torch.randint(2**31 - 1, (1,), generator=g, device=g.device)
+    return int.from_bytes(hashlib.blake2b(state.numpy().tobytes(), digest_size=4).digest(), "little")
+
+
 def sandwich_objective(supernet: PreActResNet, teacher: TeacherSpec, base: LossFn, n_random: int = 2,
                        cache_size: int = 64) -> LossFn:
     """The sandwich loss of one batch: ``base`` on the full network + the smallest + ``n_random`` random
@@ -77,8 +89,7 @@ def sandwich_objective(supernet: PreActResNet, teacher: TeacherSpec, base: LossF
 
     def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> LossResult:
         total, logits = base(model, x, y, cfg, g)
-        # one read from the device per step: the host must know which sub-networks to run
-        rng = np.random.default_rng(int(torch.randint(2**31 - 1, (1,), generator=g, device=g.device)))
+        rng = np.random.default_rng(host_seed(g))
         for arch in [tiny] + [space.arch(space.sample(rng)) for _ in range(n_random)]:
             total = total + base(view(arch), x, y, cfg, g)[0]
         return total, logits

@@ -25,7 +25,7 @@ from torch import nn
 
 from rcnas.attacks import AttackContext, run_attack
 from rcnas.config import TrainConfig
-from rcnas.data.tensors import DataSplits, TensorData, batches
+from rcnas.data.tensors import DataSplits, TensorData, batches, resident
 from rcnas.infra.progress import Progress
 from rcnas.train.data_parallel import Shard, average_gradients
 from rcnas.train.loop_state import Diverged, EpochResult, LoopState, resume, save_atomic
@@ -140,14 +140,18 @@ class TrainingLoop:
         self.t0 = time.perf_counter()
         self.model, self.cfg, self.options = model, cfg, options
         self.device = next(model.parameters()).device
-        # on the device once: a GPU step then gathers its batch there instead of converting and copying it each time
-        self.train, self.val = data.train.to(self.device), data.val.head(cfg.val_examples).to(self.device)
+        # on the device once where it fits: a GPU step then gathers its batch there instead of copying it each time
+        self.train = resident(data.train, self.device)
+        self.val = resident(data.val.head(cfg.val_examples), self.device)
         self.steps_per_epoch, self.total = planned_steps(len(self.train), cfg)
         self.n_epochs = math.ceil(self.total / self.steps_per_epoch)
         self.opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay)
-        # shuffling, crops, flips and the inner attack's start draw from it on the device (the CPU: as always)
-        self.g = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        # shuffling, crops, flips and the inner attack's start draw from it on the device (the CPU: as always).
+        # Data-parallel workers keep a CPU generator: they must draw the same global batches, and CUDA's random
+        # kernels size their launches by the GPU's multiprocessor count, so two GPU models draw different numbers
+        draws = self.device if options.shard is None else torch.device("cpu")
+        self.g = torch.Generator(device=draws).manual_seed(cfg.seed)
         self.loss_fn = options.objective or LOSSES.get(cfg.loss)
         self.state, saved_ema = resume(options.checkpoint, model, self.opt, self.g, self.device)
         self.runner = StepRunner.setup(model, cfg, self.device)  # after the restore: the average starts from it
