@@ -109,10 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     write_table(args.table, header, rows, [
         f"{len(rows)} sub-networks of {ttask.teacher.name} within {ttask.config.budget.ratio:.0%} of its MACs, "
         f"dataset {ttask.config.dataset.name} (validation split, {header['n_val']} examples)",
-        "columns: robust accuracy per attack (proxy: inherit, fine-tune adversarially, attack), clean accuracy",
+        f"columns: robust accuracy per attack ({fidelity_words(ttask.config.proxy.epochs)}), clean accuracy, "
+        "seconds the evaluation took",
     ])
     print(f"wrote {args.table} ({len(rows)} rows)")
     return 0
+
+
+def fidelity_words(epochs: float) -> str:
+    """What a row's figures measured, for the table's comment line."""
+    if epochs == 0:
+        return "screening fidelity: inherit, recalibrate BN, attack; no fine-tuning"
+    return f"proxy: inherit, fine-tune adversarially for {epochs:g} epoch(s), attack"
 
 
 if __name__ == "__main__":
