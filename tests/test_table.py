@@ -164,10 +164,11 @@ def test_table_benchmark_smoke(synth, tmp_path):
                      "rl,random,uniform,prune,rl>evolution@3+surrogate@0.5+handover+pace+w4,random+screen@0.5,rl>evolution@3,"
                      "ppo-scratch+w4+refresh",
                      "--meta-iterations", "2",
-                     "--meta-seeds", "2", "--out", str(out), timeout=600)
+                     "--meta-seeds", "2", "--out", str(out), "--screen-cost", "0.3", timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     report = (out / "report.md").read_text()
     assert "| rl |" in report and "| random |" in report and "regret N=6" in report
+    assert "0.3 x the proxy's for the same sub-network" in report
     assert "| prune |" in report and "| random+screen@0.5 |" in report
     assert "| rl>evolution@3+surrogate@0.5+handover+pace+w4 |" in report
     assert "| rl>evolution@3 |" in report and "| ppo-scratch+w4+refresh |" in report
@@ -217,6 +218,9 @@ def test_table_benchmark_refuses_a_task_the_table_cannot_answer(synth, tmp_path)
         res = run_script("bench/table_quality.py", "--table", str(synth), "--searchers", name,
                          "--out", str(tmp_path / "x"), timeout=120)
         assert res.returncode == 2 and says in res.stderr and "Traceback" not in res.stderr
+    res = run_script("bench/table_quality.py", "--table", str(synth), "--screen-cost", "0", "--out",
+                     str(tmp_path / "x"), timeout=120)
+    assert res.returncode == 2 and "--screen-cost 0" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_the_pruning_baseline_reads_the_committed_tables_teacher_and_fits_every_budget():
