@@ -52,7 +52,8 @@ def resident(data: TensorData, device: torch.device) -> TensorData:
     if device.type != "cuda":
         return data.to(device)
     free, total = torch.cuda.mem_get_info(device)
-    cap = total * torch.cuda.get_per_process_memory_fraction(device) - torch.cuda.memory_reserved(device)
+    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)  # newer torch only: else no cap is known
+    cap = total * (fraction(device) if fraction else 1.0) - torch.cuda.memory_reserved(device)
     fits = data.x.nbytes + data.y.nbytes <= RESIDENT_SHARE * min(free, cap)
     return data.to(device) if fits else data
 
