@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from rcnas.data.tensors import draw_device
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -25,11 +27,6 @@ def cw_margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     wrong = logits.masked_fill(nn.functional.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
     # clamp as in the TRADES/RobustBench CW evaluation, so points far past the boundary stop pulling the step
     return (wrong - true).clamp(max=50.0).sum()
-
-
-def draw_device(generator: torch.Generator | None) -> torch.device:
-    """Where a draw from ``generator`` is made: its own device (the CPU for the global generator)."""
-    return generator.device if generator is not None else torch.device("cpu")
 
 
 def uniform_start(x: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:

@@ -93,6 +93,11 @@ def split_train_val(pool: TensorData, val_fraction: float, seed: int) -> tuple[T
     return pool.subset(train), pool.subset(val)
 
 
+def draw_device(generator: torch.Generator | None) -> torch.device:
+    """Where a draw from ``generator`` is made: its own device (the CPU for the global generator)."""
+    return generator.device if generator is not None else torch.device("cpu")
+
+
 def augment(x: torch.Tensor, padding: int, flip: bool, g: torch.Generator) -> torch.Tensor:
     """Random crop with zero padding (+ horizontal flip) for a float batch, vectorised over the batch; drawn on
     ``g``'s device."""
@@ -131,10 +136,7 @@ def batches(
     n = len(data)
     if even:
         batch_size = even_batch_size(n, batch_size)
-    if shuffle:
-        order = torch.randperm(n, generator=generator, device=generator.device if generator is not None else "cpu")
-    else:
-        order = torch.arange(n)
+    order = torch.randperm(n, generator=generator, device=draw_device(generator)) if shuffle else torch.arange(n)
     order = order.to(data.x.device)
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
